@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.runtime import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -148,19 +148,6 @@ def tiny_model_path(tiny_cfg: Any, cache_dir: str | os.PathLike | None = None) -
         tok.save_pretrained(str(tmp))
 
     return _atomic_dir(final, build)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers within ``timeout`` seconds (False when offline mode is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _hub_cached(repo_id: str) -> bool:

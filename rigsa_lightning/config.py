@@ -1,0 +1,66 @@
+"""Config helpers: where the Hydra configs live, OmegaConf resolvers, argument checks, the config tree printer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rigsa_lightning.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def _run_dir_resolver(resume: Any, default: str) -> str:
+    """``hydra.run.dir``: the folder being resumed (``resume=<run folder>``) or a fresh, unique one."""
+    if resume in (None, False, "", "false", "False", "null"):
+        return default
+    return str(resume)
+
+
+def register_resolvers() -> None:
+    """Register the project's OmegaConf resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("rigsa_run_dir"):
+        OmegaConf.register_new_resolver("rigsa_run_dir", _run_dir_resolver)
+
+
+register_resolvers()
+
+
+def available(group: str) -> list[str]:
+    """Names of the options of a config group (``experiment``, ``adapter``, ...)."""
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def check_experiment_args(args: Sequence[str]) -> None:
+    """Fail with one line (listing the valid names) when ``experiment=<name>`` names no experiment file."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in ("experiment", "sweep"):
+            continue
+        valid = available(key)
+        for name in value.split(","):
+            if name and name not in valid and not name.startswith(("choice(", "range(", "glob(")):
+                raise ConfigError(key, f"no {key} named {name!r}", f"valid: {', '.join(valid)}")
+
+
+def print_config_tree(cfg: DictConfig, fields: Sequence[str] | None = None) -> None:
+    """Print the resolved config as a rich tree (one branch per group)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    order = list(fields) if fields else [k for k in cfg.keys() if k != "hydra"]
+    for name in order:
+        branch = tree.add(str(name), guide_style="dim")
+        value = cfg.get(name)
+        if isinstance(value, DictConfig):
+            text = OmegaConf.to_yaml(value, resolve=True)
+        else:
+            text = str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    rich.print(tree)

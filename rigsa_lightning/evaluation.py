@@ -1,0 +1,121 @@
+"""Textual MNIST scoring of a live model (``acc`` and ``gen_acc``) and the export of every method's adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rigsa_lightning.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision.startswith("bf16"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def score_textual_mnist(
+    model: torch.nn.Module,
+    dm: Any,
+    split: str = "test",
+    precision: str = "32-true",
+    cfg: DictConfig | None = None,
+    cache_key: str | None = None,
+) -> dict[str, float]:
+    """Accuracy on a Textual MNIST split two ways.
+
+    ``acc``: argmax over the ten digit tokens at the answer position (teacher-forced prompt);
+    ``gen_acc``: greedy generation parsed for the first digit (what a user sees). With ``cache_key`` (used for the
+    untrained base) the result is cached on disk keyed by the model and every data option.
+    """
+    from rigsa_lightning.data.textual_mnist import parse_first_digit
+
+    cache_file = None
+    if cache_key is not None and cfg is not None:
+        payload = json.dumps(
+            {
+                "model": cache_key,
+                "data": OmegaConf.to_container(cfg.data, resolve=True),
+                "method": str(cfg.adapter.method) if cfg.adapter.method == "qlora" else "base",
+                "precision": precision,
+                "split": split,
+            },
+            sort_keys=True,
+        )
+        digest = hashlib.sha1(payload.encode()).hexdigest()[:16]
+        cache_file = Path(cfg.paths.cache_dir) / "zero_shot" / f"{digest}.json"
+        if cache_file.is_file():
+            log.info("Textual MNIST zero-shot accuracy from cache %s", cache_file)
+            return json.loads(cache_file.read_text())
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    digit_ids = torch.tensor(dm.digit_token_ids, device=device)
+    loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
+    correct = total = 0
+    with _autocast(precision):
+        for batch in loader:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            rows = torch.arange(logits.size(0), device=device)
+            pred = logits[rows, batch["answer_pos"]][:, digit_ids].argmax(-1)
+            correct += int((pred == batch["digit"]).sum())
+            total += int(batch["digit"].numel())
+        gen_correct = gen_total = 0
+        max_new = int(cfg.data.get("gen_max_new_tokens", 4)) if cfg is not None else 4
+        bs = int(cfg.data.get("eval_batch_size", 32)) if cfg is not None else 32
+        tok = dm.tokenizer
+        for batch in dm.generation_batches(split, bs):
+            ids = batch["input_ids"].to(device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+            texts = tok.batch_decode(out[:, ids.size(1) :], skip_special_tokens=True)
+            for text, digit in zip(texts, batch["digit"].tolist()):
+                gen_correct += int(parse_first_digit(text) == digit)
+                gen_total += 1
+    model.train(was_training)
+    result = {"acc": correct / max(1, total), "gen_acc": gen_correct / max(1, gen_total), "n": float(total)}
+    if cache_file is not None:
+        atomic_write_json(cache_file, result)
+    return result
+
+
+def export_adapter(prepared: Any, cfg: DictConfig, folder: Path) -> Path | None:
+    """Write what users take away: the sparse adapter (RIGSA / random mask), a PEFT folder (LoRA / QLoRA) or the
+    fine-tuned target weights (full). Returns the folder, or None for ``none``."""
+    method = prepared.method
+    base = str(cfg.model.name_or_path)
+    adapter_cfg = OmegaConf.to_container(cfg.adapter, resolve=True)
+    pruning_cfg = OmegaConf.to_container(cfg.pruning, resolve=True)
+    if method in ("rigsa", "random_mask"):
+        from rigsa_lightning.export import save_sparse_adapter
+
+        save_sparse_adapter(prepared.gated, folder, base_model=base, adapter_cfg=adapter_cfg, pruning_cfg=pruning_cfg)
+    elif method in ("lora", "qlora"):
+        from rigsa_lightning.adapters.lora import save_peft_adapter
+
+        save_peft_adapter(prepared.model, folder)
+    elif method == "full":
+        from rigsa_lightning.adapters.full import save_full_weights
+
+        save_full_weights(prepared.targets, folder, base)
+    else:
+        return None
+    return folder

@@ -1,0 +1,39 @@
+"""Process-level setup that must happen before heavy imports (offline switches, quiet libraries)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` seconds (False when offline mode is set)."""
+    if _truthy("HF_HUB_OFFLINE"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def configure_offline_environment() -> bool:
+    """Turn on the HF offline switches when the hub can't be reached, so nothing waits ~23 s on retries.
+
+    Must run before ``datasets``/``transformers``/``lm_eval`` are imported. Returns True when offline.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if _truthy("HF_HUB_OFFLINE"):
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        return True
+    if hub_reachable():
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    return True
