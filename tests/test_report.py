@@ -1,0 +1,517 @@
+"""Sweep report (tables, figures, failed jobs), sweep configs and launchers compose, the report callback.
+
+Fast tests work on fake job folders written here in the ``metrics.json`` schema of ``train.py``; one slow test runs
+a real two-job multirun on the tiny model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rigsa_lightning.config import CONFIG_DIR
+from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.report import build_report, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------- fake sweeps
+def _forget(
+    piqa: tuple[float, float], hella: tuple[float, float], gsm: tuple[float, float]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for task, metric, (before, after) in (
+        ("piqa", "acc", piqa),
+        ("hellaswag", "acc", hella),
+        ("gsm8k", "exact_match_flexible-extract", gsm),
+    ):
+        out[f"forget/{task}/{metric}/before"] = before
+        out[f"forget/{task}/{metric}/after"] = after
+        out[f"forget/{task}/{metric}/delta"] = after - before
+    # secondary metrics that the report must not pick (acc_norm, strict-match)
+    out["forget/piqa/acc_norm/after"] = piqa[1] + 0.01
+    out["forget/gsm8k/exact_match_strict-match/after"] = gsm[1] - 0.05
+    return out
+
+
+def _metrics(method: str, name: str, seed: int, acc: float, **extra: Any) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "method": method,
+        "name": name,
+        "seed": seed,
+        "status": "completed",
+        "run_dir": f"/x/{name}_{seed}",
+        "textual_mnist/acc": acc,
+        "textual_mnist/gen_acc": acc - 0.02,
+        "textual_mnist/zero_shot_acc": 0.1,
+        "textual_mnist/zero_shot_gen_acc": 0.08,
+        "forget/drift/kl/before": 0.0,
+        "forget/drift/kl/after": 0.05,
+        "forget/drift/nll/before": 1.0,
+        "forget/drift/nll/after": 1.1,
+        "forget/drift/nll/delta": 0.1,
+        "forget/skipped": [],
+        "adapter/bytes": 2_000_000,
+        "params/trainable": 1_000_000,
+        "params/adapter_nnz": 500_000,
+        "time/total_s": 120.0,
+        "time/train_s": 90.0,
+        "memory/peak_rss_gb": 3.5,
+    }
+    m.update(extra)
+    return m
+
+
+def _write_job(root: Path, folder: str, overrides: list[str], config: str, files: dict[str, Any]) -> Path:
+    job = root / folder
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / ".hydra" / "config.yaml").write_text(config)
+    for fname, content in files.items():
+        (job / fname).write_text(json.dumps(content))
+    return job
+
+
+def _history(alphas: list[float], densities: list[float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "round": i + 1,
+            "epoch": i,
+            "density": d,
+            "sign_stable_fraction": 0.93,
+            "overlap_prev": 1.0 if i == 0 else 0.5,
+            "alpha_mean": a,
+        }
+        for i, (a, d) in enumerate(zip(alphas, densities))
+    ]
+
+
+def make_fake_sweep(root: Path) -> Path:
+    """Seven job folders: rigsa_50 x2 seeds, rigsa_90, random_mask_50, zero_shot, a failed and an incomplete job."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['+sweep=smoke']\n  sweeper:\n    params:\n"
+        "      experiment: rigsa_50,rigsa_90,random_mask_50,zero_shot,qlora_r16\n      seed: 0,1\n"
+    )
+    rigsa_cfg = "name: ${adapter.method}_50\nadapter:\n  method: rigsa\npruning:\n  sparsity: 0.5\n"
+    _write_job(
+        root,
+        "0_rigsa_50",
+        ["experiment=rigsa_50", "seed=0"],
+        rigsa_cfg,
+        {
+            "metrics.json": _metrics(
+                "rigsa",
+                "rigsa_50",
+                0,
+                0.90,
+                **_forget((0.70, 0.69), (0.40, 0.40), (0.30, 0.28)),
+                **{"adapter/density": 0.5, "prune/history": _history([1e-3], [0.5])},
+            )
+        },
+    )
+    _write_job(
+        root,
+        "1_rigsa_50",
+        ["experiment=rigsa_50", "seed=1"],
+        rigsa_cfg,
+        {
+            "metrics.json": _metrics(
+                "rigsa",
+                "rigsa_50",
+                1,
+                0.94,
+                **_forget((0.70, 0.71), (0.40, 0.38), (0.30, 0.26)),
+                **{"adapter/density": 0.5, "prune/history": _history([2e-3], [0.5]), "time/train_s": 150.0},
+            )
+        },
+    )
+    _write_job(
+        root,
+        "2_rigsa_90",
+        ["experiment=rigsa_90", "seed=0"],
+        "adapter:\n  method: rigsa\npruning:\n  sparsity: 0.9\n",
+        {
+            "metrics.json": _metrics(
+                "rigsa",
+                "rigsa_90",
+                0,
+                0.85,
+                **_forget((0.70, 0.70), (0.40, 0.39), (0.30, 0.29)),
+                # no adapter/density: the report falls back to 1 - pruning.sparsity from .hydra/config.yaml
+                **{
+                    "prune/history": [
+                        {"round": 1, "density": 0.316, "alpha_mean": 1e-3},
+                        {"round": 2, "density": 0.1, "alpha_mean": 4e-3, "sign_stable_fraction": 0.9},
+                        {"round": 3},  # keys missing: tolerated
+                        "not a dict",
+                    ]
+                },
+            )
+        },
+    )
+    _write_job(
+        root,
+        "3_random_mask_50",
+        ["experiment=random_mask_50", "seed=0"],
+        "adapter:\n  method: random_mask\n  density: 0.5\n",
+        {
+            "metrics.json": _metrics(
+                "random_mask",
+                "random_mask_50",
+                0,
+                0.88,
+                **_forget((0.70, 0.70), (0.40, 0.39), (0.30, 0.27)),
+                **{"adapter/density": 0.5},
+            )
+        },
+    )
+    zs = _metrics("none", "zero_shot", 0, 0.1, **_forget((0.70, 0.70), (0.40, 0.40), (0.30, 0.30)))
+    for key in ("adapter/bytes", "params/adapter_nnz"):
+        zs.pop(key)
+    zs["params/trainable"] = 0
+    _write_job(
+        root,
+        "4_zero_shot",
+        ["experiment=zero_shot", "seed=0"],
+        "adapter:\n  method: none\n",
+        {"metrics.json": zs},
+    )
+    _write_job(
+        root,
+        "5_qlora_r16",
+        ["experiment=qlora_r16", "seed=0"],
+        "adapter:\n  method: qlora\n",
+        {"failed.json": {"status": "failed", "error": "RuntimeError: bitsandbytes exploded"}},
+    )
+    _write_job(root, "6_qlora_r16", ["experiment=qlora_r16", "seed=1"], "adapter:\n  method: qlora\n", {})
+    return root
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------------------------ report
+@pytest.fixture(scope="module")
+def fake_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = make_fake_sweep(tmp_path_factory.mktemp("sweep") / "12-00-00-000000_sweep_smoke")
+    return build_report(root)
+
+
+def test_results_csv_rows_means_and_stds(fake_report: dict[str, Any]) -> None:
+    rows = _read_csv(fake_report["results_csv"])
+    assert [(r["method"], r["name"]) for r in rows] == [
+        ("none", "zero_shot"),
+        ("rigsa", "rigsa_50"),
+        ("rigsa", "rigsa_90"),
+        ("random_mask", "random_mask_50"),
+    ]
+    r50 = rows[1]
+    assert r50["n_seeds"] == "2" and r50["seeds"] == "0 1"
+    assert float(r50["tm_acc_mean"]) == pytest.approx(0.92)
+    assert float(r50["tm_acc_std"]) == pytest.approx(statistics.stdev([0.90, 0.94]))
+    assert float(r50["gsm8k_delta_mean"]) == pytest.approx(-0.03)
+    assert float(r50["gsm8k_delta_std"]) == pytest.approx(statistics.stdev([-0.02, -0.04]))
+    assert float(r50["gsm8k_after_mean"]) == pytest.approx(0.27)  # flexible-extract, not strict-match
+    assert r50["gsm8k_metric"] == "exact_match_flexible-extract" and r50["piqa_metric"] == "acc"
+    assert float(r50["piqa_after_mean"]) == pytest.approx(0.70)
+    assert float(r50["train_min_mean"]) == pytest.approx(2.0)
+    assert float(r50["adapter_mb_mean"]) == pytest.approx(2.0)
+    assert float(r50["density_mean"]) == pytest.approx(0.5)
+    single = rows[2]
+    assert single["n_seeds"] == "1" and single["tm_acc_std"] == ""  # one seed: no std
+    assert float(single["density_mean"]) == pytest.approx(0.1)  # from .hydra/config.yaml
+    zs = rows[0]
+    assert zs["adapter_nnz_mean"] == "" and float(zs["trainable_mean"]) == 0.0
+    assert len(_read_csv(fake_report["folder"] / "runs.csv")) == 5
+
+
+def test_results_md_lists_failed_and_incomplete(fake_report: dict[str, Any]) -> None:
+    md = fake_report["results_md"].read_text()
+    assert fake_report["failed"] == ["5_qlora_r16"] and fake_report["incomplete"] == ["6_qlora_r16"]
+    section = md.split("## Failed / incomplete jobs", 1)[1]
+    assert "`5_qlora_r16`" in section and "bitsandbytes exploded" in section
+    assert "`6_qlora_r16`" in section and "incomplete" in section and "experiment=qlora_r16 seed=1" in section
+    assert "92.0 ± 2.8" in md  # rigsa_50 acc in %, mean ± sample std
+    assert "-3.0 ± 1.4" in md  # rigsa_50 GSM8k delta in pp
+    assert "Command: `python -m rigsa_lightning.train -m +sweep=smoke`" in md
+    for name in ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds"):
+        assert f"]({name}.png)" in md
+
+
+def test_figures_written(fake_report: dict[str, Any]) -> None:
+    for name in ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds"):
+        path = fake_report["figures"][name]
+        assert path is not None and path.is_file() and path.stat().st_size > 5_000, name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    leftovers = [p.name for p in fake_report["folder"].iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_skipped_benchmarks_use_drift_and_notes(tmp_path: Path) -> None:
+    """Benchmarks skipped everywhere: '—' in the table, drift KL on the y axis, no pruning figure (noted)."""
+    root = tmp_path / "sweep"
+    for i, (method, name, acc) in enumerate((("qlora", "qlora_r16", 0.9), ("none", "zero_shot", 0.1))):
+        m = _metrics(method, name, 0, acc, **{"forget/skipped": ["piqa", "hellaswag", "gsm8k"]})
+        _write_job(root, f"{i}_{name}", [f"experiment={name}"], "", {"metrics.json": m})
+    out = build_report(root)
+    md = out["results_md"].read_text()
+    assert "PIQA" not in md.split("## Cost")[0]  # no benchmark column without data
+    assert out["figures"]["forgetting_vs_accuracy"] is not None
+    assert out["figures"]["density_sweep"] is None and out["figures"]["pruning_rounds"] is None
+    assert "`pruning_rounds.png`: not drawn" in md and "`density_sweep.png`: not drawn" in md
+    assert "Forgetting benchmarks skipped in at least one run: gsm8k, hellaswag, piqa." in md
+    assert [r["name"] for r in _read_csv(out["results_csv"])] == ["zero_shot", "qlora_r16"]
+
+
+def test_all_failed_still_reports(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    _write_job(
+        root,
+        "0_rigsa_50",
+        ["experiment=rigsa_50"],
+        "",
+        {"failed.json": {"status": "failed", "error": "boom"}},
+    )
+    out = build_report(root)
+    assert _read_csv(out["results_csv"]) == []
+    md = out["results_md"].read_text()
+    assert "No job completed" in md and "boom" in md
+
+
+def test_empty_folder_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="holds no job folders"):
+        build_report(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: folder:") and "\n" not in err
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "missing")])
+    assert exc.value.code == 2
+
+
+def test_cli_and_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m rigsa_lightning.report <folder> --wandb`` in offline mode: files plus one offline W&B run."""
+    root = make_fake_sweep(tmp_path / "sweep")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rigsa_lightning.report", str(root), "--wandb"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 groups" in proc.stdout
+    assert (root / "results.md").is_file()
+    assert len(list((root / "wandb").glob("offline-run-*"))) == 1
+    # the W&B folder is not mistaken for a job on a rerun
+    assert len(build_report(root)["runs"]) == 5
+
+
+# --------------------------------------------------------------------------------------- configs and launchers
+def _compose(conf_dir: Path, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    import rigsa_lightning.config  # noqa: F401  (registers rigsa_run_dir)
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.fixture(scope="module")
+def conf_dir() -> Path:
+    return CONFIG_DIR
+
+
+SWEEPS = {
+    "smoke": (["rigsa_50", "random_mask_50", "qlora_r16", "zero_shot"], "0"),
+    "paper": (
+        [
+            "rigsa_50",
+            "rigsa_75",
+            "rigsa_90",
+            "rigsa_paper",
+            "random_mask_50",
+            "random_mask_75",
+            "random_mask_90",
+            "random_mask_paper",
+            "qlora_r16",
+            "qlora_r64",
+            "zero_shot",
+        ],
+        "0,1,2",
+    ),
+    "sparsity": (
+        ["rigsa_50", "rigsa_75", "rigsa_90", "random_mask_50", "random_mask_75", "random_mask_90"],
+        "0,1,2",
+    ),
+}
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_sweep_configs_compose(conf_dir: Path, sweep: str) -> None:
+    cfg = _compose(conf_dir, [f"+sweep={sweep}"])
+    params = cfg.hydra.sweeper.params
+    experiments, seeds = SWEEPS[sweep]
+    assert str(params.experiment).split(",") == experiments
+    assert str(params.seed) == seeds
+    assert cfg.hydra.callbacks.report._target_ == "rigsa_lightning.sweep_callback.ReportCallback"
+    assert cfg.task_name == f"sweep_{sweep}"
+    for exp in experiments:  # every grid point names an experiment file that exists
+        assert (CONFIG_DIR / "experiment" / f"{exp}.yaml").is_file(), exp
+    # every grid point composes (one job's config)
+    for exp in experiments[:: max(1, len(experiments) // 3)]:
+        job = _compose(conf_dir, [f"+sweep={sweep}", f"experiment={exp}", "seed=1"])
+        assert job.seed == 1 and job.hydra.runtime.choices.experiment == exp
+    if sweep == "smoke":
+        assert cfg.data.train_size == 400 and cfg.data.test_size == 200 and cfg.eval.limit == 10
+        # command-line values win over the sweep file
+        assert _compose(conf_dir, ["+sweep=smoke", "data.train_size=50"]).data.train_size == 50
+    if sweep == "paper":
+        choices = cfg.hydra.runtime.choices
+        assert (choices.model, choices.data, choices.trainer, choices.eval) == (
+            "smollm2_1.7b",
+            "mnist",
+            "gpu",
+            "paper",
+        )
+        assert _compose(conf_dir, ["+sweep=paper", "model=tiny"]).hydra.runtime.choices.model == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ],
+)
+def test_launchers_compose(conf_dir: Path, launcher: str, target: str) -> None:
+    cfg = _compose(conf_dir, ["+sweep=smoke", f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_ == target
+    assert str(cfg.hydra.sweeper.params.seed) == "0"
+
+
+def test_report_callback_on_multirun_end(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.sweep_callback import ReportCallback
+
+    root = make_fake_sweep(tmp_path / "sweep")
+    cb = ReportCallback()
+    cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}}}))
+    assert cb.last_report is not None and (root / "results.md").is_file()
+    # an empty sweep folder is logged, not raised (the sweep itself succeeded)
+    (tmp_path / "empty").mkdir()
+    cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}}))
+    ReportCallback(enabled=False).on_multirun_end(OmegaConf.create({}))
+
+
+def test_multirun_calls_the_report_callback(conf_dir: Path, tmp_path: Path) -> None:
+    """A real Hydra multirun (basic launcher) with the sweep's callback, on a stand-in job function.
+
+    Checks the part that belongs to this module: ``+sweep=...`` sweeps ``experiment`` through
+    ``hydra.sweeper.params``, job folders are ``<num>_<name>``, and the callback reports on the sweep folder.
+    """
+    app = tmp_path / "app.py"
+    app.write_text(
+        f"""
+import json
+from pathlib import Path
+import hydra
+from hydra.core.hydra_config import HydraConfig
+import rigsa_lightning.config
+
+@hydra.main(version_base="1.3", config_path={str(conf_dir)!r}, config_name="train")
+def job(cfg):
+    out = Path(HydraConfig.get().runtime.output_dir)
+    method = HydraConfig.get().runtime.choices.experiment
+    m = {{"method": str(cfg.adapter.method), "name": str(cfg.name), "seed": int(cfg.seed), "status": "completed",
+         "textual_mnist/acc": 0.5 + 0.1 * int(cfg.seed), "forget/drift/kl/after": 0.1, "adapter/density": 0.5,
+         "data_train_size": int(cfg.data.train_size)}}
+    (out / "metrics.json").write_text(json.dumps(m))
+
+job()
+"""
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(app),
+            "-m",
+            "+sweep=smoke",
+            "experiment=rigsa_50,zero_shot",
+            "seed=0,1",
+            f"paths.output_dir={tmp_path / 'out'}",
+            "hydra/launcher=basic",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "out" / "multiruns").glob("*/*_sweep_smoke")
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0_rigsa_50", "1_rigsa_50", "2_zero_shot", "3_zero_shot"]
+    assert json.loads((sweep_dir / "0_rigsa_50" / "metrics.json").read_text())["data_train_size"] == 400
+    rows = _read_csv(sweep_dir / "results.csv")
+    assert [(r["name"], r["n_seeds"]) for r in rows] == [("zero_shot", "2"), ("rigsa_50", "2")]
+    assert math.isclose(float(rows[1]["tm_acc_mean"]), 0.55)
+
+
+# ------------------------------------------------------------------------------------------ end to end (slow)
+@pytest.mark.slow
+def test_real_two_job_multirun_tiny_model(tmp_path: Path) -> None:
+    """Two real jobs (rigsa_50, zero_shot) on the tiny model through the training entry point, then the report."""
+    pytest.importorskip("rigsa_lightning.train")
+    pytest.importorskip("rigsa_lightning.pruning")
+    pytest.importorskip("rigsa_lightning.adapters.gated_sparse")
+    pytest.importorskip("rigsa_lightning.data.textual_mnist")
+    pytest.importorskip("rigsa_lightning.forgetting")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rigsa_lightning.train",
+            "-m",
+            "experiment=rigsa_50,zero_shot",
+            "model=tiny",
+            "debug=fast",
+            "logger=csv",
+            f"paths.output_dir={out}",
+            "print_config=false",
+            "+hydra.callbacks.report._target_=rigsa_lightning.sweep_callback.ReportCallback",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"},
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (sweep_dir,) = (out / "multiruns").glob("*/*")
+    rows = _read_csv(sweep_dir / "results.csv")
+    assert sorted(r["name"] for r in rows) == ["rigsa_50", "zero_shot"], (
+        sweep_dir / "results.md"
+    ).read_text()
+    assert (sweep_dir / "results.md").is_file()
+    assert (sweep_dir / "forgetting_vs_accuracy.png").stat().st_size > 5_000
