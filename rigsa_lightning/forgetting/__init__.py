@@ -1,0 +1,420 @@
+"""Forgetting: PIQA / HellaSwag / GSM8k with lm-eval before and after training, plus an offline drift proxy.
+
+:class:`ForgettingEvaluator` is what the training entry point uses (see docs/ARCHITECTURE.md, "Forgetting
+contract")::
+
+    ev = ForgettingEvaluator(cfg.eval, tokenizer, model_key, cache_dir, run_dir)
+    skipped = ev.preflight()          # before the first training step; ConfigError if eval.require_benchmarks
+    log(ev.evaluate(model, "before")) # forget/<task>/<metric>/before, forget/drift/{kl,nll}/before
+    ...train...                       # optionally ev.evaluate(model, "round<k>") after each pruning round
+    log(ev.evaluate(model, "after"))
+    metrics = ev.summary()            # + forget/<task>/<metric>/delta (= after - before), "skipped"; writes
+                                      #   <run_dir>/forgetting.json
+
+Metric names: ``forget/piqa/acc``, ``forget/piqa/acc_norm``, ``forget/hellaswag/acc``, ``forget/hellaswag/acc_norm``,
+``forget/gsm8k/exact_match_strict-match``, ``forget/gsm8k/exact_match_flexible-extract`` and the drift proxy
+``forget/drift/kl``, ``forget/drift/nll`` (see :mod:`rigsa_lightning.forgetting.drift`), each suffixed with the stage.
+Evaluate on one process only (rank 0) in distributed runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.forgetting import benchmarks
+from rigsa_lightning.forgetting.drift import DriftProbe
+from rigsa_lightning.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ForgettingEvaluator", "DriftProbe", "evaluate_model"]
+
+_CACHE_FORMAT = 1
+
+
+def _plain(cfg: Any) -> Any:
+    """OmegaConf containers -> plain python (resolved); anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return cfg
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+class ForgettingEvaluator:
+    """Forgetting measurements of one run: lm-eval benchmarks and the drift proxy at named stages.
+
+    Args:
+        eval_cfg: the ``eval`` config group (see ``conf/eval/forgetting.yaml`` for every key).
+        tokenizer: the model's tokenizer.
+        model_key: identifies the *base* model (resolved path/id + dtype, ...); keys the ``before`` and drift caches.
+        cache_dir: cache root (``<cache_dir>/forgetting_before``, ``<cache_dir>/forgetting_drift``); None: no cache.
+        run_dir: run folder (``forgetting.json`` and the generated ``lm_eval_tasks/``); None: a temp folder, no file.
+    """
+
+    def __init__(
+        self,
+        eval_cfg: Any,
+        tokenizer: Any,
+        model_key: str,
+        cache_dir: str | os.PathLike | None,
+        run_dir: str | os.PathLike | None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model_key = str(model_key)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.enabled = bool(_get(eval_cfg, "enabled", True))
+        tasks = _plain(_get(eval_cfg, "tasks", list(benchmarks.DEFAULT_NUM_FEWSHOT)))
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        self.tasks: list[str] = [str(t) for t in (tasks or [])]
+        if self.enabled and not self.tasks:
+            raise ConfigError(
+                "eval.tasks", "is empty", "list some of [piqa, hellaswag, gsm8k] or use eval=none"
+            )
+        shots = _plain(_get(eval_cfg, "num_fewshot", None)) or {}
+        if not isinstance(shots, Mapping):
+            raise ConfigError("eval.num_fewshot", f"must be a mapping task -> shots, got {shots!r}")
+        self.num_fewshot: dict[str, int | None] = {}
+        for task in self.tasks:
+            value = shots.get(task, benchmarks.DEFAULT_NUM_FEWSHOT.get(task))
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"eval.num_fewshot.{task}", f"must be an integer >= 0, got {value!r}")
+            self.num_fewshot[task] = value
+        self.limit = _get(eval_cfg, "limit", None)
+        if self.limit is not None and not (
+            (isinstance(self.limit, int) and self.limit >= 1)
+            or (isinstance(self.limit, float) and 0 < self.limit < 1)
+        ):
+            raise ConfigError(
+                "eval.limit", f"must be null, an integer >= 1 or a fraction in (0, 1), got {self.limit!r}"
+            )
+        self.batch_size = int(_get(eval_cfg, "batch_size", 8))
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        self.seed = int(_get(eval_cfg, "seed", 1234))
+        data_dir = _get(eval_cfg, "data_dir", None)
+        self.data_dir = Path(os.path.expanduser(str(data_dir))).resolve() if data_dir else None
+        self.require_benchmarks = bool(_get(eval_cfg, "require_benchmarks", False))
+        self.after_each_round = bool(_get(eval_cfg, "after_each_round", False))
+        self.cache_before = bool(_get(eval_cfg, "cache_before", True))
+        gen = _get(eval_cfg, "gsm8k_max_gen_toks", 256)
+        self.max_gen_toks = int(gen) if gen is not None else None
+        if self.max_gen_toks is not None and self.max_gen_toks < 1:
+            raise ConfigError("eval.gsm8k_max_gen_toks", f"must be >= 1 or null, got {gen!r}")
+        drift_cfg = _get(eval_cfg, "drift", None)
+        self.drift: DriftProbe | None = (
+            DriftProbe(tokenizer, drift_cfg, self.model_key, self.cache_dir)
+            if drift_cfg is not None and bool(_get(drift_cfg, "enabled", True))
+            else None
+        )
+        self.sources: dict[str, benchmarks.TaskSource] = {}
+        self.skipped: dict[str, str] = {}
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.lm_eval_calls = 0
+        self._preflight_done = False
+        self._force_offline = False
+        self._tasks_dir: Path | None = None
+        self._task_manager: Any = None
+        self._limit_noted = False
+
+    # ------------------------------------------------------------------ preflight
+    def preflight(self) -> dict[str, str]:
+        """Check the benchmark data before training; return ``{task: one-line notice}`` for skipped tasks.
+
+        Raises:
+            ConfigError: ``eval.data_dir`` when a file under ``eval.data_dir`` is missing (named in the message), or
+                when ``eval.require_benchmarks`` is set and a benchmark is unavailable.
+        """
+        if self._preflight_done:
+            return dict(self.skipped)
+        if self.enabled:
+            if self.data_dir is not None:
+                if not self.data_dir.is_dir():
+                    raise ConfigError(
+                        "eval.data_dir",
+                        f"folder {self.data_dir} does not exist",
+                        "point it at the local benchmark copies",
+                    )
+                for task in self.tasks:
+                    self.sources[task] = benchmarks.local_task_source(
+                        task, self.data_dir, self.num_fewshot[task]
+                    )
+            else:
+                hub_ok = False if benchmarks.hub_offline() else benchmarks.hub_reachable()
+                self._force_offline = not hub_ok and not benchmarks.hub_offline()
+                for task in self.tasks:
+                    source = benchmarks.hub_task_source(task, self.num_fewshot[task])
+                    ok, why = benchmarks.dataset_availability(source.hub_path, hub_ok)
+                    if ok:
+                        self.sources[task] = source
+                    else:
+                        self.skipped[task] = benchmarks.unavailable_notice(task, why)
+                if self.skipped and self.require_benchmarks:
+                    raise ConfigError(
+                        "eval.data_dir",
+                        f"eval.require_benchmarks is set but {', '.join(self.skipped)} can't be loaded (not in the "
+                        "local HF datasets cache, hub unreachable or offline)",
+                        "set eval.data_dir=<folder with local copies: <dir>/piqa/validation.jsonl, "
+                        "<dir>/hellaswag/validation.jsonl, <dir>/gsm8k/{test,train}.jsonl> or run where the hub "
+                        "is reachable",
+                    )
+                for notice in self.skipped.values():
+                    log.warning(notice)
+            if self.sources:
+                self._write_task_yamls()
+        self._preflight_done = True
+        return dict(self.skipped)
+
+    def _write_task_yamls(self) -> None:
+        if self.run_dir is not None:
+            self._tasks_dir = self.run_dir / "lm_eval_tasks"
+        else:
+            self._tasks_dir = Path(tempfile.mkdtemp(prefix="rigsa_lm_eval_tasks_"))
+        self._tasks_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self._tasks_dir.glob("*.yaml"):
+            stale.unlink()
+        for source in self.sources.values():
+            benchmarks.write_task_yaml(self._tasks_dir, source)
+
+    @property
+    def tasks_dir(self) -> Path | None:
+        """The folder of generated lm-eval task YAMLs (usable with ``lm_eval --include_path``)."""
+        return self._tasks_dir
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, model: torch.nn.Module, stage: str) -> dict[str, float]:
+        """Run the drift probe and the benchmarks on ``model``; return flat ``forget/.../<stage>`` metrics.
+
+        ``stage`` is ``before`` (the untouched base model: computes/loads the drift reference and uses the
+        ``before`` cache), ``after``, ``round<k>`` or any other name. Train/eval flags and RNG states are restored.
+        """
+        stage = str(stage)
+        if not stage or "/" in stage:
+            raise ValueError(f"bad stage name {stage!r}")
+        self.preflight()
+        started = time.time()
+        record: dict[str, Any] = {"metrics": {}, "from_cache": False, "lm_eval": None}
+        with benchmarks.preserve_model_state(model, self.tokenizer):
+            if self.drift is not None:
+                record["metrics"].update(self._drift_metrics(model, stage))
+            if self.enabled and self.sources:
+                record["metrics"].update(self._benchmark_metrics(model, stage, record))
+        record["seconds"] = round(time.time() - started, 3)
+        self.stages[stage] = record
+        return dict(record["metrics"])
+
+    def _drift_metrics(self, model: torch.nn.Module, stage: str) -> dict[str, float]:
+        assert self.drift is not None
+        if stage == "before":
+            self.drift.reference(model)
+        elif not self.drift.has_reference:
+            log.warning(
+                "drift: no base answers for stage %r (evaluate 'before' on the base model first)", stage
+            )
+            return {}
+        return {f"{k}/{stage}": v for k, v in self.drift.measure(model).items()}
+
+    def _cache_key_fields(self, tasks: list[str]) -> dict[str, Any]:
+        return {
+            "format": _CACHE_FORMAT,
+            "model_key": self.model_key,
+            "tasks": sorted(tasks),
+            "num_fewshot": {t: self.num_fewshot[t] for t in sorted(tasks)},
+            "limit": self.limit,
+            "seed": self.seed,
+            "max_gen_toks": self.max_gen_toks,
+            "data": {t: self.sources[t].digest for t in sorted(tasks)},
+            "lm_eval_version": benchmarks.lm_eval_version(),
+        }
+
+    def _benchmark_metrics(
+        self, model: torch.nn.Module, stage: str, record: dict[str, Any]
+    ) -> dict[str, float]:
+        tasks = [t for t in self.tasks if t in self.sources]
+        key_fields = self._cache_key_fields(tasks)
+        cache_path = None
+        if stage == "before" and self.cache_before and self.cache_dir is not None:
+            cache_path = benchmarks.before_cache_path(self.cache_dir, key_fields)
+        results = self._read_before_cache(cache_path, key_fields)
+        if results is not None:
+            record["from_cache"] = True
+            log.info("forgetting: 'before' benchmark numbers from cache %s", cache_path)
+        else:
+            self._note_limit()
+            log.info(
+                "forgetting: lm-eval %s on %s (stage %s)",
+                benchmarks.lm_eval_version(),
+                ", ".join(tasks),
+                stage,
+            )
+            try:
+                with benchmarks.hub_offline_guard(self._force_offline):
+                    raw = benchmarks.run_lm_eval(
+                        model,
+                        self.tokenizer,
+                        tasks,
+                        self._get_task_manager(),
+                        num_fewshot={t: s for t, s in self.num_fewshot.items() if s is not None},
+                        limit=self.limit,
+                        batch_size=self.batch_size,
+                        seed=self.seed,
+                        max_gen_toks=self.max_gen_toks,
+                    )
+            except Exception as exc:
+                if self.require_benchmarks:
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                for task in tasks:
+                    notice = f"forgetting: {task} failed at stage {stage}: {type(exc).__name__}: {first}"
+                    self.skipped.setdefault(task, notice)
+                log.warning(
+                    "forgetting: lm-eval failed at stage %s (%s: %s); benchmarks skipped",
+                    stage,
+                    type(exc).__name__,
+                    first,
+                )
+                return {}
+            finally:
+                self.lm_eval_calls += 1
+            results = benchmarks.trim_results(raw)
+            if cache_path is not None:
+                atomic_write_json(cache_path, {"key": key_fields, "results": results})
+        record["lm_eval"] = results
+        metrics: dict[str, float] = {}
+        for task, values in benchmarks.extract_metrics(results).items():
+            for name, value in values.items():
+                metrics[f"forget/{task}/{name}/{stage}"] = value
+        return metrics
+
+    @staticmethod
+    def _read_before_cache(path: Path | None, key_fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        if path is None or not path.is_file():
+            return None
+        import json
+
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("forgetting: ignoring unreadable cache %s (%s)", path, exc)
+            return None
+        if data.get("key") != json.loads(json.dumps(benchmarks._plain(key_fields))):
+            return None
+        return data.get("results")
+
+    def _get_task_manager(self) -> Any:
+        if self._task_manager is None:
+            assert self._tasks_dir is not None
+            self._task_manager = benchmarks.build_task_manager(self._tasks_dir)
+        return self._task_manager
+
+    def _note_limit(self) -> None:
+        if self.limit is not None and not self._limit_noted:
+            log.warning(self.limit_note)
+            self._limit_noted = True
+
+    @property
+    def limit_note(self) -> str:
+        """The line saying that only part of each benchmark is scored (empty with ``eval.limit=null``)."""
+        if self.limit is None:
+            return ""
+        return (
+            f"forgetting: lm-eval scores only the first {self.limit} examples of each task (eval.limit={self.limit}); "
+            "numbers are indicative, not the full benchmarks (eval.limit=null, e.g. eval=paper, for those)"
+        )
+
+    # ------------------------------------------------------------------ summary / forgetting.json
+    def summary(self) -> dict[str, Any]:
+        """Flat metrics of every stage, ``.../delta`` (= after - before) where both exist, and ``skipped``.
+
+        All values are floats except ``skipped`` ({task: one-line notice}). Also writes ``forgetting.json`` in the
+        run folder when there is one.
+        """
+        flat: dict[str, Any] = self._flat_metrics()
+        flat["skipped"] = dict(self.skipped)
+        if self.run_dir is not None:
+            self.write(self.run_dir)
+        return flat
+
+    def write(self, run_dir: str | os.PathLike | None = None) -> Path:
+        """Write ``<run_dir>/forgetting.json`` atomically: settings, data sources, skipped tasks, per-stage metrics
+        and full lm-eval results (versions, n-shot, n-samples, configs), drift prompts and base answers."""
+        folder = Path(run_dir) if run_dir is not None else self.run_dir
+        if folder is None:
+            raise ValueError("ForgettingEvaluator.write needs a run folder")
+        doc = {
+            "lm_eval_version": benchmarks.lm_eval_version(),
+            "enabled": self.enabled,
+            "model_key": self.model_key,
+            "tasks": self.tasks,
+            "num_fewshot": self.num_fewshot,
+            "limit": self.limit,
+            "limit_note": self.limit_note,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "max_gen_toks": self.max_gen_toks,
+            "data_dir": str(self.data_dir) if self.data_dir else None,
+            "data": {t: s.describe() for t, s in self.sources.items()},
+            "task_yamls": str(self._tasks_dir) if self._tasks_dir else None,
+            "skipped": dict(self.skipped),
+            "metrics": self._flat_metrics(),
+            "stages": self.stages,
+            "drift": self.drift.describe() if self.drift is not None else None,
+        }
+        return atomic_write_json(folder / "forgetting.json", doc)
+
+    def _flat_metrics(self) -> dict[str, float]:
+        """Metrics of every stage plus ``<metric>/delta`` = after - before where both stages have it."""
+        flat: dict[str, float] = {}
+        for record in self.stages.values():
+            flat.update(record["metrics"])
+        for key in [k for k in flat if k.endswith("/before")]:
+            stem = key[: -len("/before")]
+            if f"{stem}/after" in flat:
+                flat[f"{stem}/delta"] = flat[f"{stem}/after"] - flat[key]
+        return flat
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    eval_cfg: Any,
+    model_key: str,
+    cache_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike | None,
+    stage: str = "eval",
+    base_model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Score one model on the forgetting tasks without training (``python -m rigsa_lightning.evaluate``).
+
+    Use ``stage="before"`` when ``model`` is the untouched base model (fills the ``before`` and drift caches that
+    training runs reuse). For a tuned model (base + adapter, merged) pass ``base_model`` to get the drift numbers,
+    or they are reported only if the base answers are already cached for ``model_key``. Returns
+    :meth:`ForgettingEvaluator.summary` (flat ``forget/.../<stage>`` metrics + ``skipped``) and writes
+    ``<out_dir>/forgetting.json``.
+    """
+    evaluator = ForgettingEvaluator(eval_cfg, tokenizer, model_key, cache_dir, out_dir)
+    evaluator.preflight()
+    if base_model is not None and evaluator.drift is not None and stage != "before":
+        evaluator.drift.reference(base_model)
+    evaluator.evaluate(model, stage)
+    return evaluator.summary()
