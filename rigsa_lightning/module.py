@@ -137,8 +137,12 @@ class RigsaLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The IMP callback re-applies masks itself; without it (random_mask) the module does, so AdamW's decoupled
+        # decay can never move a pruned entry.
+        enforce = not any(type(cb).__name__ == "IterativeMagnitudePruning" for cb in self.trainer.callbacks)
         for name, mod in self.prepared.gated.items():
-            mod.enforce_mask()
+            if enforce:
+                mod.enforce_mask()
             if not torch.isfinite(mod.alpha).all():
                 raise NonFiniteError(
                     f"gate {name}.alpha is {mod.alpha.detach().item()} at global step {self.global_step}; "

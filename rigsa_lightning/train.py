@@ -119,12 +119,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     timings["time/data_s"] = time.time() - t
 
     forgetting = ForgettingEvaluator(cfg.eval, prepared.tokenizer, prepared.model_key, str(cache_dir), str(run_dir))
-    skipped = forgetting.preflight()
-    for task, reason in skipped.items():
-        log.warning("forgetting: skipping %s: %s", task, reason)
+    skipped = forgetting.preflight()  # logs one line per skipped benchmark
 
     total_epochs, segments = segment_epochs(cfg)
     lit = RigsaLitModule(prepared, cfg, dm.digit_token_ids, segments)
+    lit.train()  # from_pretrained returns eval mode; LoRA dropout and HF gradient checkpointing need train mode
     precision = str(cfg.trainer.get("precision", "32-true"))
     resuming = bool(cfg.get("ckpt_path"))
 
@@ -252,10 +251,11 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     console.print(table)
     if metrics.get("forget/skipped"):
         console.print(f"forgetting benchmarks skipped: {', '.join(metrics['forget/skipped'])} (see the log line above)")
-    console.print(f"run folder : {run_dir}")
-    console.print(f"metrics    : {run_dir / 'metrics.json'}")
+    # Plain prints: paths must never be wrapped or styled, users copy them.
+    print(f"run folder : {run_dir}")
+    print(f"metrics    : {run_dir / 'metrics.json'}")
     if metrics.get("adapter/path"):
-        console.print(f"adapter    : {metrics['adapter/path']}")
+        print(f"adapter    : {metrics['adapter/path']}")
 
 
 def _is_multirun() -> bool:

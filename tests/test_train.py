@@ -1,0 +1,63 @@
+"""End to end: `python -m rigsa_lightning.train` on the tiny model, and the one-line errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the training CLI offline in ``cwd`` with one thread."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "rigsa_lightning.train", "threads=1", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p for p in (root / "outputs" / "runs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
+    res = run_cli(["experiment=rigsa_50", "model=tiny", "debug=fast"], tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["method"] == "rigsa"
+    assert 0.0 <= metrics["textual_mnist/acc"] <= 1.0
+    assert 0.0 <= metrics["textual_mnist/gen_acc"] <= 1.0
+    assert metrics["adapter/density"] == pytest.approx(0.5, abs=0.01)
+    assert (run_dir / "adapter" / "adapter.safetensors").is_file()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "forget/drift/kl/after" in metrics
+    assert "adapter:" in res.stdout and "metrics" in res.stdout
+
+
+def test_bad_sparsity_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    res = run_cli(["experiment=rigsa_50", "model=tiny", "debug=fast", "pruning.sparsity=1.2"], tmp_path)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: pruning.sparsity"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not list((tmp_path / "outputs" / "runs").glob("*/*"))
+
+
+def test_gpu_trainer_without_gpu_is_one_line(tmp_path: Path) -> None:
+    res = run_cli(["experiment=rigsa_50", "model=tiny", "debug=fast", "trainer=gpu"], tmp_path)
+    assert res.returncode == 2
+    assert "error: trainer" in res.stderr and "trainer=cpu" in res.stderr
+    assert "Traceback" not in res.stderr
