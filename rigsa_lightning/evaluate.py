@@ -1,0 +1,172 @@
+"""``python -m rigsa_lightning.evaluate``: score a model (base, base + exported adapter, or merged) without training.
+
+Examples::
+
+    python -m rigsa_lightning.evaluate                                       # the embedded base model
+    python -m rigsa_lightning.evaluate adapter_path=outputs/runs/.../adapter # base vs base + adapter (deltas)
+    python -m rigsa_lightning.evaluate adapter_path=... merge_to=merged/      # also write a plain merged model
+    python -m rigsa_lightning.evaluate model.name_or_path=merged/ eval.data_dir=/data/benchmarks
+
+Writes ``evaluation.json`` (Textual MNIST acc / gen_acc, forgetting before / after / delta) and ``forgetting.json``
+in ``outputs/runs/<date>/<time>_evaluate/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rigsa_lightning.runtime import configure_offline_environment
+
+configure_offline_environment()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
+from rigsa_lightning.config import CONFIG_DIR  # noqa: E402
+from rigsa_lightning.errors import ConfigError  # noqa: E402
+from rigsa_lightning.io import atomic_write_json  # noqa: E402
+
+log = logging.getLogger("rigsa_lightning.evaluate")
+
+
+def adapter_kind(folder: Path) -> str:
+    """``sparse`` (RIGSA / random mask), ``peft`` (LoRA / QLoRA) or ``full``, from the files in ``folder``."""
+    if (folder / "adapter.safetensors").is_file():
+        return "sparse"
+    if (folder / "adapter_model.safetensors").is_file():
+        return "peft"
+    if (folder / "full_weights.safetensors").is_file():
+        return "full"
+    raise ConfigError(
+        "adapter_path",
+        f"{folder} holds no adapter (adapter.safetensors, adapter_model.safetensors or full_weights.safetensors)",
+        "point it at the adapter/ folder of a run",
+    )
+
+
+def attach_adapter(model: Any, folder: Path) -> tuple[Any, str]:
+    """Load an exported adapter onto ``model``; returns the (possibly wrapped) model and the adapter kind."""
+    kind = adapter_kind(folder)
+    if kind == "sparse":
+        from rigsa_lightning.export import load_sparse_adapter
+
+        load_sparse_adapter(model, folder)
+        return model, kind
+    if kind == "peft":
+        from peft import PeftModel
+
+        try:
+            return PeftModel.from_pretrained(model, str(folder)), kind
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ConfigError(
+                "adapter_path", f"PEFT adapter does not fit this base model: {str(exc).splitlines()[0]}"
+            ) from exc
+    from rigsa_lightning.adapters.full import load_full_weights
+
+    load_full_weights(model, folder)
+    return model, kind
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score the configured model (and adapter) on Textual MNIST and the forgetting tasks; return the metrics."""
+    import torch
+
+    from rigsa_lightning.adapters import model_key
+    from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
+    from rigsa_lightning.evaluation import score_textual_mnist
+    from rigsa_lightning.forgetting import ForgettingEvaluator
+    from rigsa_lightning.models import load_model, resolve_model_path
+
+    t0 = time.time()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    run_dir = Path(cfg.paths.run_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
+    adapter_path = Path(str(cfg.adapter_path)) if cfg.get("adapter_path") else None
+    if adapter_path is not None and not adapter_path.is_dir():
+        raise ConfigError(
+            "adapter_path", f"{adapter_path} does not exist", "point it at the adapter/ folder of a run"
+        )
+    if adapter_path is not None:
+        adapter_kind(adapter_path)
+    path = resolve_model_path(cfg.model, cache_dir)
+    key = model_key(cfg.model, path)
+    model, tok = load_model(cfg.model, cache_dir)
+    model.eval()
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    metrics: dict[str, Any] = {"model": str(cfg.model.name_or_path), "adapter_path": str(adapter_path or "")}
+
+    dm = None
+    if cfg.get("textual_mnist", True):
+        dm = TextualMNISTDataModule(cfg.data, tok, cache_dir=str(cache_dir), seed=int(cfg.data.seed))
+        dm.prepare_data()
+        dm.setup("test")
+    forgetting = ForgettingEvaluator(cfg.eval, tok, key, str(cache_dir), str(run_dir))
+    forgetting.preflight()
+    stage = "before" if adapter_path is not None else "eval"
+    if dm is not None:
+        base = score_textual_mnist(model, dm, "test", precision, cfg=None)
+        metrics.update({f"textual_mnist/{k}/{stage}": v for k, v in base.items()})
+    forgetting.evaluate(model, "before")  # the base model: cached across runs
+    if adapter_path is not None:
+        model, kind = attach_adapter(model, adapter_path)
+        metrics["adapter_kind"] = kind
+        model.eval()
+        if dm is not None:
+            after = score_textual_mnist(model, dm, "test", precision, cfg=None)
+            metrics.update({f"textual_mnist/{k}/after": v for k, v in after.items()})
+        forgetting.evaluate(model, "after")
+        if cfg.get("merge_to"):
+            metrics["merged_to"] = str(merge_and_save(model, kind, Path(str(cfg.merge_to)), tok))
+    metrics.update({k: v for k, v in forgetting.summary().items()})
+    forgetting.write(str(run_dir))
+    metrics["time/total_s"] = time.time() - t0
+    atomic_write_json(run_dir / "evaluation.json", metrics)
+    return metrics
+
+
+def merge_and_save(model: Any, kind: str, folder: Path, tokenizer: Any) -> Path:
+    """Bake the adapter into plain weights and ``save_pretrained`` an ordinary transformers model."""
+    if kind == "sparse":
+        from rigsa_lightning.export import merge_adapter
+
+        plain = merge_adapter(model)
+    elif kind == "peft":
+        plain = model.merge_and_unload()
+    else:
+        plain = model
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError("merge_to", f"{folder} exists and is not empty", "choose a new folder")
+    plain.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    from rigsa_lightning.train import _clean_empty_run_dir
+
+    try:
+        metrics = evaluate(cfg)
+    except ConfigError as exc:
+        _clean_empty_run_dir(Path(cfg.paths.run_dir))
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(2)
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k:45s} {v:.4f}")
+    print(f"results: {Path(cfg.paths.run_dir) / 'evaluation.json'}")
+
+
+def main() -> None:
+    """Console entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`python -m rigsa_lightning.evaluate`: base vs base + exported adapter, merge to a plain model, bad adapter paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import only_run_dir, run_cli
+
+FAST = [
+    "model=tiny",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=4",
+    "eval.drift.num_prompts=2",
+    "eval.drift.max_new_tokens=8",
+]
+
+
+def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "rigsa_lightning.evaluate", "threads=1", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    res = run_cli(["experiment=rigsa_50", "debug=fast", *FAST], root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return only_run_dir(root)
+
+
+def test_evaluate_adapter_matches_training_metrics_and_merges(trained_run: Path, tmp_path: Path) -> None:
+    merged = tmp_path / "merged"
+    res = run_eval([*FAST, f"adapter_path={trained_run / 'adapter'}", f"merge_to={merged}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(next((tmp_path / "outputs" / "runs").glob("*/*_evaluate/evaluation.json")).read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert out["adapter_kind"] == "sparse"
+    # The exported adapter reproduces the trained model on the same test split.
+    assert out["textual_mnist/acc/after"] == pytest.approx(trained["textual_mnist/acc"])
+    assert out["textual_mnist/gen_acc/after"] == pytest.approx(trained["textual_mnist/gen_acc"])
+    assert out["forget/drift/kl/after"] == pytest.approx(trained["forget/drift/kl/after"], abs=1e-5)
+
+    # The merged folder is an ordinary transformers model giving the adapted logits.
+    from transformers import AutoModelForCausalLM
+
+    from rigsa_lightning.export import load_sparse_adapter
+    from rigsa_lightning.models import load_model
+
+    plain = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    adapted, _ = load_model({"name_or_path": "tiny", "dtype": "float32"})
+    load_sparse_adapter(adapted, trained_run / "adapter")
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, adapted(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_rejects_a_folder_without_adapter(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = run_eval([*FAST, f"adapter_path={tmp_path / 'empty'}"], tmp_path)
+    assert res.returncode == 2
+    assert "error: adapter_path" in res.stderr and "Traceback" not in res.stderr
+    assert not list((tmp_path / "outputs" / "runs").glob("*/*"))
