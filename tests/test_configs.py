@@ -24,8 +24,19 @@ def _compose(overrides: list[str]):
 def test_groups_exist() -> None:
     for group in GROUPS:
         assert available(group), f"config group {group} has no options"
-    assert {"rigsa_50", "rigsa_75", "rigsa_90", "rigsa_paper", "random_mask_50", "random_mask_paper", "qlora_r16",
-            "qlora_r64", "lora_r16", "full_ft", "zero_shot"} <= set(available("experiment"))
+    assert {
+        "rigsa_50",
+        "rigsa_75",
+        "rigsa_90",
+        "rigsa_paper",
+        "random_mask_50",
+        "random_mask_paper",
+        "qlora_r16",
+        "qlora_r64",
+        "lora_r16",
+        "full_ft",
+        "zero_shot",
+    } <= set(available("experiment"))
 
 
 @pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("paths",)])
