@@ -2,18 +2,128 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+import signal
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
 
+# Test-only fault injection (read once per module instance; never set them in real runs):
+#   RIGSA_TEST_KILL_AT_STEP=<n>  SIGKILL this process when global step <n> starts (kill-and-resume test);
+#   RIGSA_TEST_NAN_AT_STEP=<n>   set one gate (alpha) to NaN when global step <n> starts (NaN-stop test).
+KILL_AT_STEP_ENV = "RIGSA_TEST_KILL_AT_STEP"
+NAN_AT_STEP_ENV = "RIGSA_TEST_NAN_AT_STEP"
+# Key of this project's extra state in a Lightning checkpoint (plain tensors / primitives: loads with
+# ``torch.load(weights_only=True)``).
+CKPT_KEY = "rigsa"
+CKPT_FORMAT = 1
+# Trainer options that change the training trajectory (checked on resume together with the groups below).
+_TRAJECTORY_TRAINER_KEYS = (
+    "precision",
+    "accumulate_grad_batches",
+    "limit_train_batches",
+    "max_steps",
+    "deterministic",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+)
+_TRAJECTORY_GROUPS = ("model", "adapter", "pruning", "data", "optim")
+_NOT_TRAJECTORY = {"data.num_workers", "data.cache"}
+
 
 class NonFiniteError(RuntimeError):
     """Raised when the loss or a gate becomes NaN/Inf; the run stops and keeps its last good checkpoint."""
+
+
+def _env_step(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) global RNG states as tensors and primitives (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the global RNGs to a state taken by :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([c.cpu() for c in cuda])
+
+
+def trajectory_config(cfg: Any) -> dict[str, Any]:
+    """The options that determine the training trajectory, flattened (``group.key`` -> plain value).
+
+    Stored in every checkpoint; a resume whose options differ from these would silently train a different method.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+        return value
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif prefix not in _NOT_TRAJECTORY:
+            flat[prefix] = value
+
+    flat["seed"] = plain(cfg.get("seed"))
+    for group in _TRAJECTORY_GROUPS:
+        walk(group, plain(cfg.get(group)) or {})
+    trainer = plain(cfg.get("trainer")) or {}
+    for key in _TRAJECTORY_TRAINER_KEYS:
+        if trainer.get(key) is not None:
+            flat[f"trainer.{key}"] = trainer[key]
+    # JSON round trip: tuples become lists, so the stored and the live config compare equal.
+    return json.loads(json.dumps(flat, sort_keys=True, default=str))
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key=<current> (checkpoint: <saved>)`` for every trajectory option that differs."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            out.append(f"{key}={current.get(key)!r} (checkpoint: {saved.get(key)!r})")
+    return out
 
 
 def lr_factor(step: int, segments: list[int], warmup_ratio: float, min_ratio: float, kind: str) -> float:
@@ -70,9 +180,13 @@ class RigsaLitModule(L.LightningModule):
         # the model config, so a checkpoint of a 135M model's rank-1 round is the adapter state, not 540 MB more.
         self.strict_loading = False
         self._register_digit_ids()
+        self._kill_at_step = _env_step(KILL_AT_STEP_ENV)
+        self._nan_at_step = _env_step(NAN_AT_STEP_ENV)
 
     def _register_digit_ids(self) -> None:
-        self.register_buffer("_digit_ids", torch.tensor(self.digit_token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "_digit_ids", torch.tensor(self.digit_token_ids, dtype=torch.long), persistent=False
+        )
 
     # ------------------------------------------------------------------ adapters
     def adapter_modules(self) -> dict[str, torch.nn.Module]:
@@ -125,12 +239,35 @@ class RigsaLitModule(L.LightningModule):
         digit_logits = logits[rows, batch["answer_pos"]][:, self._digit_ids]
         return (digit_logits.argmax(-1) == batch["digit"]).float().mean()
 
+    def nonfinite_tensors(self, limit: int = 3) -> list[str]:
+        """``name (nan|inf)`` of up to ``limit`` trainable tensors holding NaN/Inf (only called on failure)."""
+        found: list[str] = []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
+                kind = "nan" if bool(torch.isnan(p.detach()).any()) else "inf"
+                found.append(f"{name} ({kind})")
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _nonfinite(self, what: str, fix: str) -> NonFiniteError:
+        bad = self.nonfinite_tensors()
+        where = (
+            f"non-finite tensors: {', '.join(bad)}"
+            if bad
+            else "all parameters are finite (overflow in the forward)"
+        )
+        return NonFiniteError(
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}); {where}; the run stops and "
+            f"keeps the last good checkpoint -> {fix}"
+        )
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss_and_logits(batch)
         if not torch.isfinite(loss):
-            raise NonFiniteError(
-                f"train loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
-                "the last good checkpoint is kept -> lower adapter.lr / adapter.alpha_lr or use trainer.precision=32-true"
+            raise self._nonfinite(
+                f"train loss is {loss.item()}",
+                "lower adapter.lr / adapter.alpha_lr or use trainer.precision=32-true",
             )
         bs = batch["input_ids"].size(0)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
@@ -144,9 +281,8 @@ class RigsaLitModule(L.LightningModule):
             if enforce:
                 mod.enforce_mask()
             if not torch.isfinite(mod.alpha).all():
-                raise NonFiniteError(
-                    f"gate {name}.alpha is {mod.alpha.detach().item()} at global step {self.global_step}; "
-                    "the last good checkpoint is kept -> lower adapter.alpha_lr"
+                raise self._nonfinite(
+                    f"gate {name}.alpha is {mod.alpha.detach().item()}", "lower adapter.alpha_lr"
                 )
         if self.prepared.gated and self.global_step % max(1, int(self.trainer.log_every_n_steps)) == 0:
             self.log_dict(self.gate_stats(), on_step=True, on_epoch=False)
@@ -177,6 +313,15 @@ class RigsaLitModule(L.LightningModule):
         bs = batch["input_ids"].size(0)
         self.log("test/loss", loss, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("test/acc", acc, on_epoch=True, batch_size=bs, sync_dist=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Test-only fault injection (see KILL_AT_STEP_ENV / NAN_AT_STEP_ENV); no-ops unless the variables are set.
+        step = int(self.global_step)
+        if self._kill_at_step is not None and step == self._kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._nan_at_step is not None and step == self._nan_at_step and self.prepared.gated:
+            with torch.no_grad():
+                next(iter(self.prepared.gated.values())).alpha.fill_(float("nan"))
 
     def on_train_epoch_start(self) -> None:
         counts = self.parameter_counts()
@@ -211,15 +356,43 @@ class RigsaLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def _kept_state_keys(self) -> set[str]:
-        keys = {f"model.{n}" for n, p in self.model.named_parameters(remove_duplicate=False) if p.requires_grad}
+        keys = {
+            f"model.{n}" for n, p in self.model.named_parameters(remove_duplicate=False) if p.requires_grad
+        }
         for mname, mod in self.prepared.gated.items():
             for bname, _ in mod.named_buffers():
                 keys.add(f"model.{mname}.{bname}")
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the adapter state, refuse to write a non-finite one, and add RNG states and the config.
+
+        Raising here aborts the save before Lightning writes anything, so ``last.ckpt`` stays the last good state.
+        """
         kept = self._kept_state_keys()
         state = checkpoint["state_dict"]
         for key in list(state):
             if key not in kept:
                 del state[key]
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._nonfinite(
+                    f"checkpoint tensor {key} holds NaN/Inf (not saved)",
+                    "lower adapter.lr / adapter.alpha_lr or use trainer.precision=32-true",
+                )
+        checkpoint[CKPT_KEY] = {
+            "format": CKPT_FORMAT,
+            "rng": capture_rng_state(),
+            "config": trajectory_config(self.cfg),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the checkpoint's global RNG states (python, NumPy, torch, CUDA).
+
+        Applied at once: Lightning restores the module first, then sets up optimizers and loops without drawing
+        random numbers, and a resumed epoch creates its train-loader iterator (one torch draw for its base seed)
+        before the first batch, exactly as the uninterrupted run does after the epoch-end save.
+        """
+        extra = checkpoint.get(CKPT_KEY) or {}
+        if extra.get("rng") is not None:
+            restore_rng_state(extra["rng"])

@@ -19,10 +19,10 @@ from rigsa_lightning.runtime import configure_offline_environment
 
 configure_offline_environment()  # before datasets/transformers/lm_eval are imported anywhere
 
-import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
 from rigsa_lightning.config import CONFIG_DIR, check_experiment_args  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -32,6 +32,58 @@ log = logging.getLogger("rigsa_lightning.train")
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+_NULLS = (None, False, "", "null", "None", "none", "false", "False")
+# Entries of a run folder that mean "a run already lives here" (a new run never writes into such a folder).
+RUN_MARKERS = ("metrics.json", "checkpoints", "failed.json", "adapter")
+# Native image sizes of the sources whose size is known without loading them.
+_NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
+
+
+def resume_folder(cfg: DictConfig | dict) -> Path | None:
+    """The run folder ``resume=`` points at (None when not resuming)."""
+    value = cfg.get("resume")
+    return None if value in _NULLS else Path(os.path.expanduser(str(value)))
+
+
+def check_resume_folder(value: Any) -> Path:
+    """Validate ``resume=<run folder>``: it must hold ``checkpoints/last.ckpt`` and no finished run; return it."""
+    fix = "resume=outputs/runs/<date>/<time>_<name> (a run folder holding checkpoints/last.ckpt)"
+    if str(value).lower() in ("true", "1", "yes"):
+        raise ConfigError("resume", "needs the run folder to continue, not a flag", fix)
+    folder = Path(os.path.expanduser(str(value)))
+    if not folder.is_dir():
+        raise ConfigError("resume", f"{folder} does not exist", fix)
+    if not (folder / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(
+            "resume",
+            f"{folder} has no checkpoints/last.ckpt (not a run folder, or the run stopped before its first epoch ended)",
+            "start a new run",
+        )
+    if (folder / "metrics.json").is_file():
+        raise ConfigError("resume", f"{folder} already completed (it has metrics.json)", "start a new run")
+    return folder
+
+
+def _check_data_early(data: Any) -> None:
+    """Split sizes and the resolution of sources with a known image size (before any model is loaded)."""
+    for key in ("train_size", "val_size", "test_size"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"data.{key}", f"must be a positive integer or null (all), got {value!r}")
+        if value <= 0:
+            raise ConfigError(
+                f"data.{key}", f"must be positive, got {value}", "use a positive number of examples"
+            )
+    source = str(data.get("source", "digits"))
+    native = _NATIVE_SIZE.get(source) or (28 if source == "mnist" and not data.get("path") else None)
+    if native is not None:
+        from rigsa_lightning.data.sources import check_resolution
+
+        check_resolution(data, (native, native))
 
 
 def validate_cfg(cfg: DictConfig) -> None:
@@ -47,13 +99,83 @@ def validate_cfg(cfg: DictConfig) -> None:
     accel = str(cfg.trainer.get("accelerator", "cpu"))
     if accel in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer", "trainer=gpu but no GPU is visible on this machine", "use trainer=cpu")
-    PruningSchedule.from_cfg(cfg.pruning)  # validates sparsity / rounds / densities
+    schedule = PruningSchedule.from_cfg(cfg.pruning)  # validates sparsity / rounds / densities
+    if method == "rigsa":
+        schedule.check_max_epochs(cfg.trainer.get("max_epochs"))  # more rounds than the trainer's epochs
+    _check_data_early(cfg.data)
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config
 
         bnb_config(cfg.adapter)  # raises the one-line error when bitsandbytes is missing
+    if resume_folder(cfg) is not None:
+        check_resume_folder(cfg.resume)
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
-        raise ConfigError("ckpt_path", f"{cfg.ckpt_path} does not exist", "point it at a .ckpt file of this run")
+        raise ConfigError(
+            "ckpt_path", f"{cfg.ckpt_path} does not exist", "point it at a .ckpt file of this run"
+        )
+
+
+def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
+    """Load ``path`` safely (``weights_only``, memory-mapped) and compare its stored options with ``cfg``.
+
+    A resume must continue the same trajectory: differing options are an error for ``resume`` and a warning for
+    ``ckpt_path`` (a new run started from a checkpoint may change them on purpose).
+    """
+    import torch
+
+    from rigsa_lightning.module import CKPT_KEY, config_differences, trajectory_config
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, truncated file, disallowed pickle content
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            option,
+            f"checkpoint {path} can't be loaded safely (corrupt, truncated or not a weights-only checkpoint: "
+            f"{first[:200]})",
+            "point it at another checkpoint or start a new run",
+        ) from exc
+    extra = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
+    saved = extra.get("config") if isinstance(extra, dict) else None
+    try:
+        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
+    except (KeyError, TypeError):
+        mid_epoch = False
+    if mid_epoch:
+        log.warning(
+            "%s was saved mid-epoch (global step %s): Lightning replays that epoch's data from its start, so the "
+            "continued run is close to, not bit-identical with, an uninterrupted one (epoch-end checkpoints are exact)",
+            path,
+            ckpt.get("global_step"),
+        )
+    del ckpt
+    if saved is None:
+        log.warning("checkpoint %s holds no run options (older format): they are not compared", path)
+        return
+    diffs = config_differences(saved, trajectory_config(cfg))
+    if not diffs:
+        return
+    shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 4 else "")
+    if option == "resume":
+        raise ConfigError(
+            "resume",
+            f"options differ from the run being resumed: {shown}",
+            "drop these overrides to continue it exactly, or start a new run from it with ckpt_path="
+            + str(path),
+        )
+    log.warning("ckpt_path: options differ from the checkpoint's run: %s", shown)
+
+
+def check_run_folder_free(run_dir: Path) -> None:
+    """A new run never writes into a folder that already holds a run (its results, checkpoints or failure)."""
+    taken = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if taken:
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} already holds a run ({', '.join(taken)}); a new run never writes into another run's folder",
+            f"use a new folder, or resume={run_dir} to continue that run",
+        )
 
 
 def segment_epochs(cfg: DictConfig) -> tuple[int, list[int]]:
@@ -68,6 +190,63 @@ def segment_epochs(cfg: DictConfig) -> tuple[int, list[int]]:
             segs.append(int(schedule.final_epochs))
         return total, segs
     return total, [total]
+
+
+def _check_max_steps(cfg: DictConfig, dm: Any) -> None:
+    """``trainer.max_steps`` must leave room for every prune round (once the steps per epoch are known)."""
+    from rigsa_lightning.pruning import PruningSchedule
+
+    max_steps = cfg.trainer.get("max_steps")
+    if max_steps is None or int(max_steps) < 0 or cfg.adapter.method != "rigsa":
+        return
+    schedule = PruningSchedule.from_cfg(cfg.pruning)
+    if not schedule.rounds:
+        return
+    batches = len(dm.train_dataloader())
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float) and 0 < limit <= 1:
+        batches = max(1, int(batches * limit))
+    per_epoch = max(1, batches // max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1)))
+    needed = (schedule.prune_epochs[-1] + 1) * per_epoch
+    if int(max_steps) < needed:
+        raise ConfigError(
+            "pruning.rounds",
+            f"{schedule.rounds} rounds need {needed} optimizer steps ({per_epoch} per epoch) but trainer.max_steps="
+            f"{max_steps}",
+            "raise trainer.max_steps (-1: no limit) or lower pruning.rounds",
+        )
+
+
+def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    """``checkpoints/last.ckpt`` rewritten (atomically) at every epoch end and, optionally, every N steps.
+
+    Lightning 2.6's ``save_last`` only writes ``last.ckpt`` when a top-k checkpoint was saved at the same step, so
+    with ``save_top_k=0`` nothing was written before the end of training. Here the single kept top-k file *is*
+    ``last.ckpt`` (``filename="last"``, no version counter: each save replaces it). Monitoring callbacks run after
+    the others at epoch end, so the epoch-end checkpoint holds the masks after that epoch's pruning event.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_cfg = cfg.get("checkpoint", {}) or {}
+    if not bool(ckpt_cfg.get("enabled", True)):
+        return []
+    common: dict[str, Any] = {
+        "dirpath": str(run_dir / "checkpoints"),
+        "filename": "last",
+        "monitor": None,
+        "save_top_k": 1,
+        "save_last": False,
+        "enable_version_counter": False,
+    }
+    callbacks = [ModelCheckpoint(**common, save_on_train_epoch_end=True)]
+    every = ckpt_cfg.get("every_n_train_steps")
+    if every:
+        callbacks.append(
+            ModelCheckpoint(**common, every_n_train_steps=int(every), save_on_train_epoch_end=False)
+        )
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
@@ -106,6 +285,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.run_dir)
     cache_dir = Path(cfg.paths.cache_dir)
+    resume = resume_folder(cfg)
+    ckpt_path: Path | None = Path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    if resume is not None:
+        if _is_multirun():
+            raise ConfigError(
+                "resume", "can't be combined with a multirun (-m)", "resume one job folder at a time"
+            )
+        if resume.resolve() != run_dir.resolve():
+            raise ConfigError(
+                "hydra.run.dir",
+                f"is {run_dir} but resume={resume}",
+                "drop the hydra.run.dir override when resuming",
+            )
+        ckpt_path = ckpt_path or resume / "checkpoints" / "last.ckpt"
+        log.info(
+            "resuming %s from %s (before-training numbers: again on the untouched base model, cached)",
+            run_dir,
+            ckpt_path,
+        )
+    else:
+        check_run_folder_free(run_dir)
+    if ckpt_path is not None:
+        check_checkpoint(cfg, ckpt_path, "resume" if resume is not None else "ckpt_path")
     L.seed_everything(int(cfg.seed), workers=True)
     method = str(cfg.adapter.method)
 
@@ -113,23 +315,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     prepared = prepare_model(cfg, cache_dir)
     timings["time/load_s"] = time.time() - t0
     t = time.time()
-    dm = TextualMNISTDataModule(cfg.data, prepared.tokenizer, cache_dir=str(cache_dir), seed=int(cfg.data.seed))
+    dm = TextualMNISTDataModule(
+        cfg.data, prepared.tokenizer, cache_dir=str(cache_dir), seed=int(cfg.data.seed)
+    )
     dm.prepare_data()
     dm.setup("fit")
+    _check_max_steps(cfg, dm)  # before the forgetting preflight writes its task files into the run folder
     timings["time/data_s"] = time.time() - t
 
-    forgetting = ForgettingEvaluator(cfg.eval, prepared.tokenizer, prepared.model_key, str(cache_dir), str(run_dir))
+    forgetting = ForgettingEvaluator(
+        cfg.eval, prepared.tokenizer, prepared.model_key, str(cache_dir), str(run_dir)
+    )
     skipped = forgetting.preflight()  # logs one line per skipped benchmark
 
     total_epochs, segments = segment_epochs(cfg)
     lit = RigsaLitModule(prepared, cfg, dm.digit_token_ids, segments)
     lit.train()  # from_pretrained returns eval mode; LoRA dropout and HF gradient checkpointing need train mode
     precision = str(cfg.trainer.get("precision", "32-true"))
-    resuming = bool(cfg.get("ckpt_path"))
 
     # ---------------------------------------------------------------- before training
     t = time.time()
-    metrics: dict[str, Any] = {"method": method, "name": cfg.name, "seed": int(cfg.seed), "run_dir": str(run_dir)}
+    metrics: dict[str, Any] = {
+        "method": method,
+        "name": cfg.name,
+        "seed": int(cfg.seed),
+        "run_dir": str(run_dir),
+    }
     base = score_textual_mnist(prepared.model, dm, "test", precision, cfg, cache_key=prepared.model_key)
     metrics.update({f"textual_mnist/zero_shot_{k}": v for k, v in base.items()})
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
@@ -144,18 +355,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if method == "rigsa" and bool(cfg.pruning.get("enabled", True)):
             pruning_cb = IterativeMagnitudePruning(cfg.pruning)
             callbacks.append(pruning_cb)
-        ckpt_cfg = cfg.get("checkpoint", {}) or {}
-        if bool(ckpt_cfg.get("enabled", True)):
-            # save_on_train_epoch_end: the checkpoint is taken after the pruning event of that epoch.
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(run_dir / "checkpoints"),
-                    save_last=True,
-                    save_top_k=0,
-                    save_on_train_epoch_end=True,
-                    every_n_train_steps=ckpt_cfg.get("every_n_train_steps"),
-                )
-            )
+        callbacks += checkpoint_callbacks(cfg, run_dir)
         loggers = build_loggers(cfg, run_dir)
         if loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -171,7 +371,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             default_root_dir=str(run_dir),
             enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         )
-        trainer.fit(lit, datamodule=dm, ckpt_path=str(cfg.ckpt_path) if resuming else None)
+        # weights_only: checkpoints hold tensors and primitives only (module.on_save_checkpoint keeps it so).
+        trainer.fit(
+            lit,
+            datamodule=dm,
+            ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
+            weights_only=True,
+        )
         if not trainer.is_global_zero:
             return {}
         for key, value in trainer.callback_metrics.items():
@@ -213,7 +419,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     timings["memory/peak_rss_gb"] = _peak_rss_gb()
     metrics.update(timings)
     metrics["status"] = "completed"
+    if resume is not None:
+        metrics["resumed_from"] = str(ckpt_path)
     atomic_write_json(run_dir / "metrics.json", metrics)
+    for stale in ("failed.json", "FAILED"):  # a resumed run that completes is no longer failed
+        (run_dir / stale).unlink(missing_ok=True)
     from rigsa_lightning.tracking import log_summary
 
     log_summary(loggers, metrics)
@@ -242,7 +452,9 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         "time/total_s",
         "memory/peak_rss_gb",
     ]
-    keys += sorted(k for k in metrics if k.startswith("forget/") and k.endswith("/delta") and "drift" not in k)
+    keys += sorted(
+        k for k in metrics if k.startswith("forget/") and k.endswith("/delta") and "drift" not in k
+    )
     for key in keys:
         if key in metrics:
             v = metrics[key]
@@ -250,7 +462,9 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     console = Console()
     console.print(table)
     if metrics.get("forget/skipped"):
-        console.print(f"forgetting benchmarks skipped: {', '.join(metrics['forget/skipped'])} (see the log line above)")
+        console.print(
+            f"forgetting benchmarks skipped: {', '.join(metrics['forget/skipped'])} (see the log line above)"
+        )
     # Plain prints: paths must never be wrapped or styled, users copy them.
     print(f"run folder : {run_dir}")
     print(f"metrics    : {run_dir / 'metrics.json'}")
@@ -279,6 +493,7 @@ def _clean_empty_run_dir(run_dir: Path) -> None:
 
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
     """Run :func:`train` for one Hydra job: print the config, finish W&B, and report failures clearly."""
+    from rigsa_lightning.module import NonFiniteError
     from rigsa_lightning.tracking import finish_wandb
 
     run_dir = Path(cfg.paths.run_dir)
@@ -292,6 +507,27 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if metrics:
             _print_summary(metrics, run_dir)
         return metrics
+    except NonFiniteError as exc:
+        finish_wandb()
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = str(last) if last.is_file() else None
+        msg = str(exc)
+        log.error("run stopped: %s (run folder %s; last good checkpoint %s)", msg, run_dir, kept)
+        atomic_write_json(
+            run_dir / "failed.json",
+            {"status": "failed", "error": msg, "kind": "non_finite", "last_checkpoint": kept},
+        )
+        atomic_write_text(run_dir / "FAILED", msg + "\n")
+        if multirun:
+            return None
+        print(f"error: non-finite training state: {msg}", file=sys.stderr)
+        if kept:
+            print(
+                f"last good checkpoint: {kept} (continue with a lower lr: ckpt_path={kept})", file=sys.stderr
+            )
+        else:
+            print("no checkpoint had been written yet (the first epoch did not end)", file=sys.stderr)
+        sys.exit(1)
     except ConfigError as exc:
         finish_wandb()
         if multirun:
@@ -323,10 +559,77 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return None
 
 
+def _override_key(arg: str) -> str:
+    return arg.lstrip("+~").split("=", 1)[0]
+
+
+def _arg_value(args: list[str], key: str) -> str | None:
+    value = None
+    for arg in args:
+        if "=" in arg and _override_key(arg) == key:
+            value = arg.split("=", 1)[1]
+    return value
+
+
+# Override names that carry credentials: they would be written to .hydra/config.yaml, the W&B config and logs.
+SECRET_KEYS = ("api_key", "apikey", "wandb_api_key", "token", "hf_token", "secret", "password")
+
+
+def prepare_args(args: list[str]) -> list[str]:
+    """Check the command line before Hydra creates or touches any folder; return the arguments to run with.
+
+    * ``experiment=``/``sweep=`` name existing files (the error lists the valid ones);
+    * ``resume=<run folder>`` points at a resumable run; that run's own overrides (its ``.hydra/overrides.yaml``,
+      saved as ``overrides.original.yaml`` before Hydra rewrites it) are put in front, so ``resume=<folder>`` alone
+      continues it with the same options (an override given again on this command line wins, and the checkpoint
+      check then reports the difference);
+    * ``hydra.run.dir=<folder>`` never names a folder that already holds a run, unless resuming it;
+    * no credential is passed as an override (it would be written into the run folder).
+    """
+    check_experiment_args(args)
+    for arg in args:
+        key = _override_key(arg)
+        if "=" in arg and key.rsplit(".", 1)[-1].lower() in SECRET_KEYS:
+            raise ConfigError(
+                key,
+                "credentials must not be passed as config overrides (they would be written to .hydra/config.yaml)",
+                "set WANDB_API_KEY in the environment or run `wandb login` (stored in ~/.netrc)",
+            )
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    resume = _arg_value(args, "resume")
+    if resume is not None and resume not in _NULLS:
+        if multirun:
+            raise ConfigError(
+                "resume", "can't be combined with a multirun (-m)", "resume one job folder at a time"
+            )
+        folder = check_resume_folder(resume)
+        # Hydra rewrites .hydra/overrides.yaml at every start (also of a failed resume attempt): the run's own
+        # overrides are kept once, before the first resume, in overrides.original.yaml.
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        original_file = folder / ".hydra" / "overrides.original.yaml"
+        if overrides_file.is_file() and not original_file.is_file():
+            atomic_write_text(original_file, overrides_file.read_text())
+        if original_file.is_file():
+            import yaml
+
+            original = yaml.safe_load(original_file.read_text()) or []
+            given = {_override_key(a) for a in args if "=" in a}
+            skip = given | {"resume", "ckpt_path", "hydra.run.dir"}
+            kept = [str(o) for o in original if _override_key(str(o)) not in skip]
+            if kept:
+                print(f"resume: continuing {folder} with its original overrides: {' '.join(kept)}")
+            return kept + list(args)
+        return list(args)
+    run_dir = _arg_value(args, "hydra.run.dir")
+    if run_dir and not multirun:
+        check_run_folder_free(Path(os.path.expanduser(run_dir)))
+    return list(args)
+
+
 def main() -> None:
-    """Console entry point (validates experiment names before Hydra sees them)."""
+    """Console entry point (validates experiment names, resume and run folders before Hydra sees them)."""
     try:
-        check_experiment_args(sys.argv[1:])
+        sys.argv = [sys.argv[0], *prepare_args(sys.argv[1:])]
     except ConfigError as exc:
         print(exc.one_line(), file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,392 @@
+"""Resuming and failures: SIGKILL mid-round and resume bit-for-bit, NaN stops, atomic writes, run-folder guards.
+
+The kill is real: ``RIGSA_TEST_KILL_AT_STEP=<n>`` makes the training process SIGKILL itself when global step ``n``
+starts (rigsa_lightning/module.py), so nothing in the process gets a chance to clean up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+SMALL = [
+    "model=tiny",
+    "data.train_size=32",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=4",
+    "eval=none",
+    "logger=csv",
+    "print_config=false",
+    "trainer.enable_progress_bar=false",
+]
+IGNORED_METRICS = ("time/", "memory/", "run_dir", "adapter/path", "resumed_from")
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """The training CLI offline, one thread, in ``cwd`` (``env`` adds variables)."""
+    full_env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="offline",
+        OMP_NUM_THREADS="1",
+    )
+    full_env.pop("RIGSA_TEST_KILL_AT_STEP", None)
+    full_env.pop("RIGSA_TEST_NAN_AT_STEP", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "rigsa_lightning.train", "threads=1", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "outputs" / "runs").glob("*/*") if p.is_dir())
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = run_dirs(root)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def tail(res: subprocess.CompletedProcess) -> str:
+    return res.stdout[-3000:] + "\n---stderr---\n" + res.stderr[-3000:]
+
+
+def load_ckpt(path: Path) -> dict[str, Any]:
+    """A checkpoint loaded the safe way (no pickle beyond tensors and primitives)."""
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def comparable_metrics(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    out = {k: v for k, v in metrics.items() if not k.startswith(IGNORED_METRICS)}
+    if "prune/history" in out:  # wall-clock seconds per prune differ between processes
+        out["prune/history"] = [{k: v for k, v in r.items() if k != "seconds"} for r in out["prune/history"]]
+    return out
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert sorted(a) == sorted(b), what
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{what}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def kill_and_resume(
+    tmp_path: Path, args: list[str], kill_step: int
+) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Reference run, a run SIGKILLed at ``kill_step``, then ``resume=<its folder>``; returns both folders."""
+    ref_root, kill_root = tmp_path / "ref", tmp_path / "kill"
+    ref_root.mkdir()
+    kill_root.mkdir()
+    ref = run_cli(args, ref_root)
+    assert ref.returncode == 0, tail(ref)
+
+    killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": str(kill_step)})
+    assert killed.returncode == -signal.SIGKILL, tail(killed)
+    run_dir = only_run_dir(kill_root)
+    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "adapter").exists()
+
+    resumed = run_cli([f"resume={run_dir}"], kill_root)  # the run's own overrides come from its folder
+    assert resumed.returncode == 0, tail(resumed)
+    assert "resume: continuing" in resumed.stdout
+    assert run_dirs(kill_root) == [run_dir], "a resume continues in the run's own folder"
+    return only_run_dir(ref_root), run_dir, resumed
+
+
+def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    """rigsa_75 = 2 IMP rounds + final retraining (3 epochs of 8 steps); killed in round 2 (epoch 1, step 12)."""
+    from safetensors.torch import load_file
+
+    args = ["experiment=rigsa_75", *SMALL]
+    ref_root, kill_root = tmp_path / "ref", tmp_path / "kill"
+    ref_root.mkdir()
+    kill_root.mkdir()
+    ref = run_cli(args, ref_root)
+    assert ref.returncode == 0, tail(ref)
+    ref_dir = only_run_dir(ref_root)
+
+    killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": "12"})
+    assert killed.returncode == -signal.SIGKILL, tail(killed)
+    run_dir = only_run_dir(kill_root)
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+    # The checkpoint left behind is the end of epoch 0, after IMP round 1 (masks at density 0.5), with the state
+    # needed for an exact continuation.
+    ckpt_file = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = load_ckpt(ckpt_file)
+    assert ckpt["global_step"] == 8
+    assert ckpt["callbacks"]["IterativeMagnitudePruning"]["round"] == 1
+    masks = {k: v for k, v in ckpt["state_dict"].items() if k.endswith(".mask")}
+    assert masks and all(abs(m.float().mean().item() - 0.5) < 1e-6 for m in masks.values())
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"][0]["last_epoch"] == 8
+    assert {"torch", "numpy", "python"} <= set(ckpt["rigsa"]["rng"])
+    del ckpt
+
+    # A resume with a different trajectory option is refused before anything runs; the run is left as it was.
+    mtime = ckpt_file.stat().st_mtime_ns
+    bad = run_cli([f"resume={run_dir}", "adapter.lr=0.5"], kill_root)
+    assert bad.returncode == 2, tail(bad)
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: resume: options differ"), tail(bad)
+    assert "adapter.lr=0.5" in bad.stderr and "Traceback" not in bad.stderr
+    assert ckpt_file.stat().st_mtime_ns == mtime and not (run_dir / "metrics.json").exists()
+
+    t0 = time.time()
+    resumed = run_cli([f"resume={run_dir}"], kill_root)  # the run's own overrides are read from its folder
+    assert resumed.returncode == 0, tail(resumed)
+    assert "resume: continuing" in resumed.stdout
+    assert run_dirs(kill_root) == [run_dir], "a resume continues in the run's own folder"
+    print(f"resume took {time.time() - t0:.1f} s")
+
+    # Masks, ΔW values and indices, gates: the exported adapters are identical, as are the final checkpoints.
+    assert_same_tensors(
+        load_file(str(ref_dir / "adapter" / "adapter.safetensors")),
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        "exported adapter",
+    )
+    ref_ckpt, res_ckpt = load_ckpt(ref_dir / "checkpoints" / "last.ckpt"), load_ckpt(ckpt_file)
+    assert ref_ckpt["global_step"] == res_ckpt["global_step"] == 24
+    assert_same_tensors(
+        ref_ckpt["state_dict"], res_ckpt["state_dict"], "final checkpoint state (masks, ΔW, alpha)"
+    )
+    # Metrics: accuracy, final losses, alpha statistics, densities, prune history - exactly equal.
+    ref_metrics, res_metrics = comparable_metrics(ref_dir), comparable_metrics(run_dir)
+    assert res_metrics == ref_metrics
+    assert ref_metrics["adapter/density"] == 0.25
+    for key in ("textual_mnist/acc", "final_val/loss", "alpha/mean"):
+        assert key in ref_metrics
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"] == str(ckpt_file)
+
+
+def test_lora_dropout_resume_restores_rng_states(tmp_path: Path) -> None:
+    """LoRA dropout draws from the global torch RNG: only restored RNG states make the continuation exact."""
+    from safetensors.torch import load_file
+
+    args = ["experiment=lora_r16", *SMALL, "data.train_size=16"]  # 2 epochs of 4 steps
+    ref_dir, run_dir, _ = kill_and_resume(tmp_path, args, kill_step=6)
+    assert_same_tensors(
+        load_file(str(ref_dir / "adapter" / "adapter_model.safetensors")),
+        load_file(str(run_dir / "adapter" / "adapter_model.safetensors")),
+        "LoRA adapter",
+    )
+    assert comparable_metrics(run_dir) == comparable_metrics(ref_dir)
+
+
+def test_nan_gate_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    """A gate turned NaN in epoch 1 (step 10): exit != 0, one clear line, failed.json, epoch-0 checkpoint intact."""
+    res = run_cli(["experiment=rigsa_75", *SMALL], tmp_path, env={"RIGSA_TEST_NAN_AT_STEP": "10"})
+    assert res.returncode == 1, tail(res)
+    assert "Traceback" not in res.stderr
+    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("error: non-finite"))
+    assert "global step 10" in line and ".alpha (nan)" in line and "last good checkpoint" in line
+    run_dir = only_run_dir(tmp_path)
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["kind"] == "non_finite" and "global step 10" in failed["error"]
+    assert failed["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert "run stopped" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "metrics.json").exists()
+    ckpt = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 8  # the end of epoch 0, not the bad state
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), key
+
+
+def test_checkpoint_save_refuses_non_finite_state(tiny_model: tuple[Any, Any]) -> None:
+    """The save hook raises before Lightning writes a file, so a NaN ΔW never replaces last.ckpt."""
+    from hydra import compose, initialize_config_dir
+
+    from rigsa_lightning.adapters import PreparedModel
+    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.module import NonFiniteError, RigsaLitModule, restore_rng_state
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=rigsa_50", "model=tiny"])
+    model, tok = tiny_model
+    gated = inject_gated_sparse(model, cfg.adapter)
+    lit = RigsaLitModule(PreparedModel(model, tok, "rigsa", "tiny", gated=gated), cfg, list(range(10)))
+
+    good: dict[str, Any] = {"state_dict": lit.state_dict()}
+    lit.on_save_checkpoint(good)
+    assert all("base_layer" not in k for k in good["state_dict"])  # only adapter tensors are kept
+    expected = torch.rand(3)
+    restore_rng_state(good["rigsa"]["rng"])
+    assert torch.equal(torch.rand(3), expected)
+
+    name = next(iter(gated))
+    with torch.no_grad():
+        gated[name].delta[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=rf"{name}\.delta"):
+        lit.on_save_checkpoint({"state_dict": lit.state_dict()})
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from rigsa_lightning.module import capture_rng_state, restore_rng_state
+
+    np.random.normal()  # a cached Gaussian in NumPy's state
+    random.gauss(0, 1)
+    state = capture_rng_state()
+    torch.save({"rng": state}, tmp_path / "x.ckpt")
+    loaded = torch.load(tmp_path / "x.ckpt", weights_only=True)["rng"]
+    expected = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1), np.random.normal())
+    restore_rng_state(loaded)
+    got = (random.random(), np.random.rand(), torch.rand(2), random.gauss(0, 1), np.random.normal())
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+    assert got[3:] == expected[3:]
+
+
+# ------------------------------------------------------------------------------------------------ resume errors
+def test_resume_of_missing_folder_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    res = run_cli(["resume=outputs/runs/nope", *SMALL], tmp_path)
+    assert res.returncode == 2, tail(res)
+    assert res.stderr.strip().splitlines()[-1].startswith("error: resume: "), tail(res)
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_of_completed_or_checkpointless_run_is_refused(tmp_path: Path) -> None:
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.train import check_resume_folder
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no checkpoints/last.ckpt"):
+        check_resume_folder(run)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert check_resume_folder(run) == run
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already completed"):
+        check_resume_folder(run)
+    with pytest.raises(ConfigError, match="run folder to continue"):
+        check_resume_folder("true")
+
+
+def test_truncated_checkpoint_is_a_one_line_resume_error(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.train import check_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:300])
+    with pytest.raises(ConfigError, match="can't be loaded safely") as info:
+        check_checkpoint(OmegaConf.create({}), ckpt, "resume")
+    assert "\n" not in info.value.one_line()
+
+
+def test_pickled_object_in_checkpoint_is_refused(tmp_path: Path) -> None:
+    """weights_only: a checkpoint carrying arbitrary Python objects is not unpickled."""
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.train import check_checkpoint
+
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("/")}, ckpt)
+    with pytest.raises(ConfigError, match="weights-only"):
+        check_checkpoint(OmegaConf.create({}), ckpt, "ckpt_path")
+
+
+# ------------------------------------------------------------------------------------------------ atomic writes
+def test_atomic_write_that_fails_leaves_neither_file_nor_temp(tmp_path: Path) -> None:
+    from rigsa_lightning.io import atomic_write, atomic_write_json
+
+    target = tmp_path / "metrics.json"
+
+    def half_then_crash(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write('{"status": "compl')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, half_then_crash)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_json(target, {"status": "completed"})
+    with pytest.raises(RuntimeError):
+        atomic_write(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"status": "completed"}  # the old complete file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_sigkill_during_metrics_writes_never_leaves_a_partial_metrics_json(tmp_path: Path) -> None:
+    """A process rewriting a large metrics.json in a loop is SIGKILLed: the visible file always parses."""
+    code = (
+        "import sys\n"
+        "from rigsa_lightning.io import atomic_write_json\n"
+        "i = 0\n"
+        "while True:\n"
+        "    atomic_write_json(sys.argv[1], {'status': 'completed', 'i': i, 'pad': ['x' * 100] * 20000})\n"
+        "    i += 1\n"
+        "    if i == 3:\n"
+        "        print('ready', flush=True)\n"
+    )
+    target = tmp_path / "metrics.json"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    data = json.loads(target.read_text())
+    assert data["status"] == "completed" and data["i"] >= 2
+    # Leftovers of the interrupted write are hidden temp names, never a file that looks complete.
+    assert all(
+        p.name == "metrics.json" or (p.name.startswith(".metrics.json.") and p.name.endswith(".tmp"))
+        for p in tmp_path.iterdir()
+    )
+
+
+def test_train_and_result_writers_use_the_atomic_helpers() -> None:
+    """No plain write of results in the train path (metrics, failure markers, adapters, forgetting, evaluation)."""
+    root = Path(__file__).resolve().parents[1] / "rigsa_lightning"
+    for rel in ("train.py", "evaluation.py", "export.py", "forgetting/__init__.py", "adapters/full.py"):
+        text = (root / rel).read_text()
+        for needle in (".write_text(", ".write_bytes(", "json.dump(", "torch.save("):
+            assert needle not in text, f"{rel} writes with {needle} instead of rigsa_lightning.io"
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def test_new_run_never_writes_into_an_existing_run_folder(tmp_path: Path) -> None:
+    other = tmp_path / "other_run"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "config.yaml").write_text("original: true\n")
+    (other / "metrics.json").write_text('{"status": "completed"}\n')
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    res = run_cli(["experiment=rigsa_50", *SMALL, f"hydra.run.dir={other}"], tmp_path)
+    assert res.returncode == 2, tail(res)
+    assert res.stderr.strip().splitlines()[-1].startswith("error: hydra.run.dir: "), tail(res)
+    assert f"resume={other}" in res.stderr
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before  # untouched, even .hydra
+
+
+def test_run_folder_guard_inside_train(tmp_path: Path) -> None:
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.train import check_run_folder_free
+
+    check_run_folder_free(tmp_path)  # a fresh (or only-.hydra) folder is fine
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ConfigError, match="hydra.run.dir"):
+        check_run_folder_free(tmp_path)
