@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rigsa_lightning.io import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,8 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
             out[prefix] = value
 
     walk("", {k: v for k, v in container.items() if k != "hydra"})
-    return {k: v for k, v in out.items() if "key" not in k.lower().split(".")[-1] or "api" not in k.lower()}
+    secret = ("api_key", "apikey", "token", "secret", "password")
+    return {k: v for k, v in out.items() if not any(w in k.lower().rsplit(".", 1)[-1] for w in secret)}
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
@@ -106,7 +109,7 @@ def make_wandb_logger(cfg: DictConfig, run_dir: Path) -> Any:
     )
     exp = logger.experiment  # starts the run now (offline: ~1.5 s)
     if run_id is None and getattr(exp, "id", None):
-        id_file.write_text(str(exp.id))
+        atomic_write_text(id_file, str(exp.id))
     log.info("W&B mode %s; run files in %s", mode, run_dir / "wandb")
     return logger
 

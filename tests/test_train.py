@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "forget/drift/kl/after" in metrics
-    assert "adapter:" in res.stdout and "metrics" in res.stdout
+    assert re.search(r"^adapter\s+: .*adapter$", res.stdout, re.M), res.stdout[-2000:]
+    assert re.search(r"^metrics\s+: .*metrics\.json$", res.stdout, re.M)
 
 
 def test_bad_sparsity_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
