@@ -249,6 +249,31 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return callbacks
 
 
+def _round_forgetting_cls() -> type:
+    import lightning as L
+
+    class _RoundForgetting(L.Callback):
+        def __init__(self, forgetting: Any, pruning_cb: Any) -> None:
+            self.forgetting = forgetting
+            self.pruning_cb = pruning_cb
+            self.done = 0
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            # Runs after the pruning callback (it is added after it): evaluates the freshly pruned+rewound model.
+            if self.pruning_cb.round > self.done and trainer.is_global_zero:
+                self.done = self.pruning_cb.round
+                metrics = self.forgetting.evaluate(pl_module.model, f"round{self.done}")
+                pl_module.log_dict({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"done": self.done}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self.done = int(state_dict.get("done", 0))
+
+    return _RoundForgetting
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Lightning loggers per ``logger.type`` (W&B offline unless an API key and network are there)."""
     from lightning.pytorch.loggers import CSVLogger
@@ -355,6 +380,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if method == "rigsa" and bool(cfg.pruning.get("enabled", True)):
             pruning_cb = IterativeMagnitudePruning(cfg.pruning)
             callbacks.append(pruning_cb)
+            if forgetting.after_each_round:
+                callbacks.append(_round_forgetting_cls()(forgetting, pruning_cb))
         callbacks += checkpoint_callbacks(cfg, run_dir)
         loggers = build_loggers(cfg, run_dir)
         if loggers:
