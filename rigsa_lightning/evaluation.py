@@ -64,20 +64,31 @@ def score_textual_mnist(
     device = next(model.parameters()).device
     digit_ids = torch.tensor(dm.digit_token_ids, device=device)
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
-    correct = total = 0
+    max_new = int(cfg.data.get("gen_max_new_tokens", 4)) if cfg is not None else 4
+    bs = int(cfg.data.get("eval_batch_size", 32)) if cfg is not None else 32
+    single_token_digits = bool(getattr(dm, "answer_token_count", 1) == 1) or all(
+        len(dm.tokenizer.encode(str(d), add_special_tokens=False)) == 1 for d in range(10)
+    )
+    correct = total = gen_correct = 0
+    need_generation: list[int] = []
     with _autocast(precision):
         for batch in loader:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             rows = torch.arange(logits.size(0), device=device)
-            pred = logits[rows, batch["answer_pos"]][:, digit_ids].argmax(-1)
+            at_answer = logits[rows, batch["answer_pos"]]
+            pred = at_answer[:, digit_ids].argmax(-1)
             correct += int((pred == batch["digit"]).sum())
+            # Greedy generation's first token is the full-vocabulary argmax at the answer position: when it is a
+            # digit token, the parsed answer is that digit, so only the other examples need an actual generate().
+            first = at_answer.argmax(-1)
+            is_digit = (first[:, None] == digit_ids[None, :]).any(-1) & single_token_digits
+            first_digit = (first[:, None] == digit_ids[None, :]).float().argmax(-1)
+            gen_correct += int(((first_digit == batch["digit"]) & is_digit).sum())
+            need_generation += [total + i for i in torch.nonzero(~is_digit).flatten().tolist()]
             total += int(batch["digit"].numel())
-        gen_correct = gen_total = 0
-        max_new = int(cfg.data.get("gen_max_new_tokens", 4)) if cfg is not None else 4
-        bs = int(cfg.data.get("eval_batch_size", 32)) if cfg is not None else 32
         tok = dm.tokenizer
-        for batch in dm.generation_batches(split, bs):
+        for batch in dm.generation_batches(split, bs, indices=need_generation) if need_generation else []:
             ids = batch["input_ids"].to(device)
             out = model.generate(
                 input_ids=ids,
@@ -89,7 +100,7 @@ def score_textual_mnist(
             texts = tok.batch_decode(out[:, ids.size(1) :], skip_special_tokens=True)
             for text, digit in zip(texts, batch["digit"].tolist()):
                 gen_correct += int(parse_first_digit(text) == digit)
-                gen_total += 1
+    gen_total = total
     model.train(was_training)
     result = {"acc": correct / max(1, total), "gen_acc": gen_correct / max(1, gen_total), "n": float(total)}
     if cache_file is not None:

@@ -78,3 +78,51 @@ def test_evaluate_rejects_a_folder_without_adapter(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "error: adapter_path" in res.stderr and "Traceback" not in res.stderr
     assert not list((tmp_path / "outputs" / "runs").glob("*/*"))
+
+
+@pytest.mark.parametrize("boost", [0.0, 3.0, 1000.0])
+def test_gen_acc_shortcut_equals_full_greedy_generation(
+    tiny_model_dir: str, cache_dir: str, boost: float
+) -> None:
+    """gen_acc skips generate() where the first greedy token is a digit; it must equal generating for every example."""
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule, parse_first_digit
+    from rigsa_lightning.evaluation import score_textual_mnist
+    from rigsa_lightning.models import load_model
+
+    model, tok = load_model({"name_or_path": tiny_model_dir})
+    with torch.no_grad():  # make digit "3" (more or less) likely everywhere: mixes both code paths
+        model.get_output_embeddings().weight[tok.convert_tokens_to_ids("3")] *= 1.0 + boost
+    data = OmegaConf.create(
+        {
+            "source": "digits",
+            "train_size": 8,
+            "val_size": 8,
+            "test_size": 24,
+            "batch_size": 4,
+            "eval_batch_size": 8,
+            "seed": 0,
+            "gen_max_new_tokens": 4,
+        }
+    )
+    dm = TextualMNISTDataModule(data, tok, cache_dir=cache_dir, seed=0)
+    dm.prepare_data()
+    dm.setup("test")
+    cfg = OmegaConf.create({"data": data})
+    fast = score_textual_mnist(model, dm, "test", "32-true", cfg=cfg)
+    correct = n = 0
+    with torch.no_grad():
+        for batch in dm.generation_batches("test", 8):
+            out = model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+            texts = tok.batch_decode(out[:, batch["input_ids"].size(1) :], skip_special_tokens=True)
+            correct += sum(parse_first_digit(t) == d for t, d in zip(texts, batch["digit"].tolist()))
+            n += len(texts)
+    assert fast["n"] == n == 24
+    assert fast["gen_acc"] == pytest.approx(correct / n)

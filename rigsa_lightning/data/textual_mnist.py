@@ -670,14 +670,16 @@ class TextualMNISTDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size)
 
     def generation_batches(
-        self, split: str = "test", batch_size: int | None = None
+        self, split: str = "test", batch_size: int | None = None, indices: Sequence[int] | None = None
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Left-padded prompt-only batches ``{input_ids, attention_mask, digit}`` for greedy generation (``gen_acc``)."""
+        """Left-padded prompt-only batches ``{input_ids, attention_mask, digit}`` for greedy generation (``gen_acc``),
+        over the whole split or only the examples at ``indices``."""
         ds = self._split(split)
         bs = int(batch_size or self.eval_batch_size)
         collate = PadCollator(self.pad_id, prompt_only=True)
-        for start in range(0, len(ds), bs):
-            yield collate(ds.__getitems__(list(range(start, min(start + bs, len(ds))))))
+        order = list(range(len(ds))) if indices is None else [int(i) for i in indices]
+        for start in range(0, len(order), bs):
+            yield collate(ds.__getitems__(order[start : start + bs]))
 
     # -- inspection --------------------------------------------------------------------------------------------
     def prompt_length_stats(self) -> dict[str, dict[str, float]]:
