@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear
 from rigsa_lightning.adapters.targets import replace_module
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import atomic_write_json
+from rigsa_lightning.io import atomic_write_json, sibling_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def save_sparse_adapter(
         "extra": _to_plain(extra) if extra else {},
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = sibling_tempdir(folder)
     try:
         save_file(
             tensors,

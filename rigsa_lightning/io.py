@@ -65,3 +65,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             fh.write(text)
 
     return atomic_write(path, _w)
+
+
+def sibling_tempdir(final: str | os.PathLike, tag: str = "") -> Path:
+    """A hidden temporary folder next to ``final`` (to build it completely, then rename it into place).
+
+    Unlike a bare ``mkdtemp`` (mode 0700) it gets the usual permissions, so the renamed folder is shareable.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp

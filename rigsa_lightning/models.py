@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.io import sibling_tempdir
 from rigsa_lightning.runtime import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _atomic_dir(final: Path, build: Any) -> Path:
     if final.is_dir() and (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = sibling_tempdir(final)
     try:
         build(tmp)
         try:

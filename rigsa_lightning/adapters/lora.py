@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.io import sibling_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def save_peft_adapter(model: Any, folder: str | os.PathLike) -> Path:
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = sibling_tempdir(folder)
     old: Path | None = None
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -346,7 +346,7 @@ def save_peft_adapter(model: Any, folder: str | os.PathLike) -> Path:
                     f"PEFT did not write {required} (is the model a PeftModel with one adapter?)"
                 )
         if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            old = sibling_tempdir(folder, "old.")
             os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
     finally:

@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -50,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rigsa_lightning.data.render import render_batch
 from rigsa_lightning.data.sources import cfg_get, load_source, make_splits, prepare_images, source_fingerprint
 from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.io import sibling_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ class TextualMNISTDataModule(L.LightningDataModule):
         final = self.cache_path
         assert final is not None
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp = sibling_tempdir(final)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:
