@@ -74,7 +74,9 @@ def score_textual_mnist(
     with _autocast(precision):
         for batch in loader:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
             rows = torch.arange(logits.size(0), device=device)
             at_answer = logits[rows, batch["answer_pos"]]
             pred = at_answer[:, digit_ids].argmax(-1)
@@ -118,7 +120,9 @@ def export_adapter(prepared: Any, cfg: DictConfig, folder: Path) -> Path | None:
     if method in ("rigsa", "random_mask"):
         from rigsa_lightning.export import save_sparse_adapter
 
-        save_sparse_adapter(prepared.gated, folder, base_model=base, adapter_cfg=adapter_cfg, pruning_cfg=pruning_cfg)
+        save_sparse_adapter(
+            prepared.gated, folder, base_model=base, adapter_cfg=adapter_cfg, pruning_cfg=pruning_cfg
+        )
     elif method in ("lora", "qlora"):
         from rigsa_lightning.adapters.lora import save_peft_adapter
 

@@ -61,7 +61,9 @@ def embedded_gguf_path(name: str = "smollm2-135m-instruct") -> Path:
         )
     path = Path(spec.origin).parent / filename
     if not path.is_file():
-        raise ConfigError("model.name_or_path", f"{path} is missing from the installed package", "reinstall it")
+        raise ConfigError(
+            "model.name_or_path", f"{path} is missing from the installed package", "reinstall it"
+        )
     return path
 
 
@@ -95,7 +97,9 @@ def convert_embedded(name: str, cache_dir: str | os.PathLike | None = None) -> P
     def build(tmp: Path) -> None:
         log.info("Converting embedded %s (%s) to safetensors in %s (once)", name, gguf.name, final)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        gmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        gmodel = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
         config = gmodel.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
@@ -164,7 +168,9 @@ def resolve_model_path(model_cfg: Any, cache_dir: str | os.PathLike | None = Non
     """Turn ``model.name_or_path`` into something ``from_pretrained`` loads without waiting on the network."""
     name = str(_cfg_get(model_cfg, "name_or_path", ""))
     if not name:
-        raise ConfigError("model.name_or_path", "is empty", "use model=smollm2_135m or a hub id / local folder")
+        raise ConfigError(
+            "model.name_or_path", "is empty", "use model=smollm2_135m or a hub id / local folder"
+        )
     if name.startswith(EMBEDDED_PREFIX):
         return str(convert_embedded(name[len(EMBEDDED_PREFIX) :], cache_dir))
     if name == "tiny":
@@ -172,7 +178,9 @@ def resolve_model_path(model_cfg: Any, cache_dir: str | os.PathLike | None = Non
     path = Path(os.path.expanduser(name))
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError("model.name_or_path", f"{path} has no config.json", "point it at a saved HF model folder")
+            raise ConfigError(
+                "model.name_or_path", f"{path} has no config.json", "point it at a saved HF model folder"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ConfigError("model.name_or_path", f"folder {name} does not exist", "check the path")
@@ -223,7 +231,9 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise ConfigError("model.name_or_path", f"could not load {path!r}: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(
+            "model.name_or_path", f"could not load {path!r}: {str(exc).splitlines()[0]}"
+        ) from exc
     tok = load_tokenizer(path, trust_remote_code=trust)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id

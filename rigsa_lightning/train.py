@@ -390,7 +390,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         assert isinstance(trainer_kwargs, dict)
         trainer_kwargs["max_epochs"] = total_epochs
         if cfg.optim.get("grad_clip") and "gradient_clip_val" not in trainer_kwargs:
-            trainer_kwargs["gradient_clip_val"] = float(cfg.optim.grad_clip)  # global norm over adapter tensors
+            trainer_kwargs["gradient_clip_val"] = float(
+                cfg.optim.grad_clip
+            )  # global norm over adapter tensors
         if trainer_kwargs.get("enable_progress_bar", True) and sys.stderr.isatty():
             callbacks.append(RichProgressBar())
         trainer = L.Trainer(

@@ -31,4 +31,6 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert metrics["adapter/density"] == pytest.approx(0.5, abs=0.01)
-    assert "world_size=2" in (res.stdout + res.stderr) or "distributed_backend=gloo" in (res.stdout + res.stderr)
+    assert "world_size=2" in (res.stdout + res.stderr) or "distributed_backend=gloo" in (
+        res.stdout + res.stderr
+    )

@@ -14,7 +14,9 @@ import pytest
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the training CLI offline in ``cwd`` with one thread."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1"
+    )
     return subprocess.run(
         [sys.executable, "-m", "rigsa_lightning.train", "threads=1", *args],
         cwd=cwd,
