@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,8 @@ FAST = [
 
 
 def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1"
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "rigsa_lightning.evaluate", "threads=1", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """Run ``python -m rigsa_lightning.evaluate`` offline with one thread."""
+    return run_cli(args, cwd, module="rigsa_lightning.evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the training CLI offline in ``cwd`` with one thread."""
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 600, module: str = "rigsa_lightning.train"
+) -> subprocess.CompletedProcess:
+    """Run a CLI of the package (training by default) offline in ``cwd`` with one thread."""
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1"
     )
     return subprocess.run(
-        [sys.executable, "-m", "rigsa_lightning.train", "threads=1", *args],
+        [sys.executable, "-m", module, "threads=1", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
