@@ -1,0 +1,530 @@
+"""Memory-lean storage of a pruned RIGSA adapter: only the kept entries of ΔW live (values + flat indices).
+
+After IMP has pruned ΔW to a density ``d`` (3.46% in the paper), the dense-storage :class:`GatedSparseLinear` still
+holds a dense ΔW, its dense gradient, two dense AdamW moments and a bool mask: 17 bytes per entry whatever ``d``.
+:class:`SparseGatedLinear` holds, per *kept* entry, its value (fp32 1-D parameter), the value's gradient, its two
+AdamW moments and an int32 flat index: 20 bytes per kept entry, i.e. ``~1.18·d`` of the dense state.
+
+Forward (same maths, same result as the dense-storage module)::
+
+    W = W0 (cloned) ; W.flat[indices] += alpha * values      # one dense temporary per layer, freed after use
+    y = x Wᵀ + b
+
+The dense ``W`` is *not* saved for backward (that would keep one dense matrix per layer alive until backward):
+:class:`_SparseDeltaLinearFn` saves ``x``, ``values`` and ``alpha`` and rebuilds ``W`` in backward. The weight
+gradient is only needed at the kept entries:
+
+* ``grad_mode="dense"``: ``(gᵀ x).flatten()[indices]`` - the full weight-gradient matmul, then a gather (bitwise
+  equal to the dense-storage module's gradient at the kept entries);
+* ``grad_mode="sampled"``: a sampled dense-dense product (SDDMM, ``torch.sparse.sampled_addmm`` on a CSR pattern
+  built on the fly from ``indices``): only the ``nnz`` needed dot products (``2·T·nnz`` flops instead of
+  ``2·T·out·in``). Equal up to float summation order. CPU and CUDA; fp32/fp64 (bf16 inputs are upcast).
+* ``grad_mode="auto"`` (default): sampled below ``SAMPLED_MAX_DENSITY`` (measured crossover on CPU ~0.2-0.3).
+
+``pruned_value="init"`` (pruned entries frozen at their initial value) keeps that frozen part as one dense buffer
+(no gradient, no moments) and always uses the dense weight gradient (the gate's gradient needs the full product).
+
+Conversion: :func:`to_sparse_storage` / :func:`to_dense_storage` (one module, exact round trip), and
+:func:`convert_adapters` for a whole model. Switching storage in a training run needs a new optimizer (the
+parameters change); see ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, generate_initial_delta
+from rigsa_lightning.adapters.targets import replace_module
+
+__all__ = [
+    "GRAD_MODES",
+    "SAMPLED_MAX_DENSITY",
+    "SparseGatedLinear",
+    "to_sparse_storage",
+    "to_dense_storage",
+    "convert_adapters",
+    "sparse_param_groups",
+    "adapter_state_bytes",
+    "sampled_weight_grad",
+]
+
+GRAD_MODES = ("auto", "sampled", "dense")
+#: ``grad_mode="auto"`` uses the sampled product at densities up to this (CPU: SDDMM ~ dense matmul near 0.25).
+SAMPLED_MAX_DENSITY = 0.2
+
+
+# --------------------------------------------------------------------------------------------------- kernels
+def _csr_pattern(indices: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A CSR tensor with the sparsity pattern of the (sorted, row-major) flat ``indices`` and zero values."""
+    out_features, in_features = shape
+    idx = indices.to(torch.int64)
+    rows = torch.div(idx, in_features, rounding_mode="floor")
+    cols = (idx - rows * in_features).to(torch.int32)
+    crow = torch.zeros(out_features + 1, dtype=torch.int32, device=indices.device)
+    if idx.numel():
+        crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
+    zeros = torch.zeros(idx.numel(), dtype=dtype, device=indices.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, zeros, shape, check_invariants=False)
+
+
+def sampled_weight_grad(
+    grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """``(grad_outᵀ @ x).flatten()[indices]`` computed only at ``indices`` (SDDMM), fp32 (or fp64) 1-D.
+
+    ``grad_out``: (N, out), ``x``: (N, in); ``indices`` sorted row-major flat indices into (out, in).
+    """
+    dtype = grad_out.dtype if grad_out.dtype in (torch.float32, torch.float64) else torch.float32
+    if indices.numel() == 0:
+        return torch.zeros(0, dtype=dtype, device=grad_out.device)
+    pattern = _csr_pattern(indices, shape, dtype)
+    g_t = grad_out.to(dtype).t().contiguous()  # (out, N): the kernel reads rows of both operands
+    prod = torch.sparse.sampled_addmm(pattern, g_t, x.to(dtype), beta=0.0, alpha=1.0)
+    return prod.values()
+
+
+def _rebuild_weight(
+    w0: torch.Tensor,
+    alpha: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    frozen: torch.Tensor | None,
+) -> torch.Tensor:
+    """``W0 + alpha * effective ΔW`` as a new dense tensor (in W0's dtype), bitwise equal to the dense module's."""
+    if frozen is None:
+        # W0 + alpha*0 == W0 outside the kept entries, so clone + index_add_ is the dense sum entry for entry.
+        weight = w0.clone()
+        weight.view(-1).index_add_(0, indices, (alpha * values).to(w0.dtype))
+        return weight
+    eff = frozen.clone()
+    eff.view(-1)[indices] = values
+    return w0 + (alpha * eff).to(w0.dtype)
+
+
+class _SparseDeltaLinearFn(torch.autograd.Function):
+    """``y = x (W0 + alpha·scatter(values))ᵀ + b`` with the weight rebuilt in backward (not saved)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        w0: torch.Tensor,
+        bias: torch.Tensor | None,
+        alpha: torch.Tensor,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        frozen: torch.Tensor | None,
+        compute_dtype: torch.dtype,
+        grad_mode: str,
+    ) -> torch.Tensor:
+        weight = _rebuild_weight(w0, alpha, values, indices, frozen)
+        xc = x.to(compute_dtype)
+        y = F.linear(xc, weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype))
+        del weight
+        ctx.save_for_backward(xc, w0, alpha, values, indices, frozen)
+        ctx.x_dtype = x.dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.grad_mode = grad_mode
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        xc, w0, alpha, values, indices, frozen = ctx.saved_tensors
+        need_x, _, need_b, need_alpha, need_values = ctx.needs_input_grad[:5]
+        shape = (w0.shape[0], w0.shape[1])
+        g2 = grad_out.reshape(-1, shape[0])
+        x2 = xc.reshape(-1, shape[1])
+        grad_x = grad_b = grad_alpha = grad_values = None
+        if need_x:
+            weight = _rebuild_weight(w0, alpha, values, indices, frozen).to(ctx.compute_dtype)
+            grad_x = (g2.to(ctx.compute_dtype) @ weight).reshape(*grad_out.shape[:-1], shape[1])
+            grad_x = grad_x.to(ctx.x_dtype)
+            del weight
+        if need_b and ctx.has_bias:
+            grad_b = g2.sum(0)
+        if need_alpha or need_values:
+            if ctx.grad_mode == "sampled" and frozen is None:
+                kept = sampled_weight_grad(g2, x2, indices, shape).to(values.dtype)
+                full = None
+            else:
+                full = (g2.t() @ x2).to(values.dtype)  # the dense weight gradient (out, in)
+                kept = full.view(-1)[indices]
+            if need_values:
+                grad_values = alpha.to(values.dtype) * kept
+            if need_alpha:
+                if frozen is None:
+                    grad_alpha = torch.dot(kept, values).reshape(alpha.shape).to(alpha.dtype)
+                else:
+                    assert full is not None
+                    eff = frozen.clone()
+                    eff.view(-1)[indices] = values
+                    grad_alpha = (full * eff).sum().reshape(alpha.shape).to(alpha.dtype)
+        return grad_x, None, grad_b, grad_alpha, grad_values, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------- module
+class SparseGatedLinear(nn.Module):
+    """A pruned RIGSA adapter storing only its kept entries: ``y = x (W0 + alpha·ΔW)ᵀ + b``.
+
+    Attributes:
+        base_layer: the frozen ``nn.Linear`` (shared with the dense-storage module it was converted from).
+        values: ``nn.Parameter`` (nnz,) fp32 - the kept entries of ΔW in row-major order.
+        indices: int32 (or int64) buffer (nnz,) - their sorted flat indices into the (out, in) matrix.
+        alpha: the gate (possibly shared with other modules, as in the dense module).
+        frozen: with ``pruned_value="init"``, the initial ΔW at pruned entries (zeros at kept ones); else None.
+        grad_mode: ``auto`` | ``sampled`` | ``dense`` (see the module docstring).
+        delta_seed, init, init_std, alpha_init, gate_key, forward_mode: carried over from the dense module.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        *,
+        init_seed: int,
+        alpha: nn.Parameter | None = None,
+        alpha_init: float = 1e-6,
+        init: str = "kaiming_uniform",
+        init_std: float = 0.02,
+        gate_key: str = "",
+        pruned_value: str = "zero",
+        frozen: torch.Tensor | None = None,
+        grad_mode: str = "auto",
+        forward_mode: str = "merged",
+    ) -> None:
+        super().__init__()
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+        if pruned_value not in ("zero", "init"):
+            raise ValueError(f"pruned_value must be 'zero' or 'init', got {pruned_value!r}")
+        if pruned_value == "init" and frozen is None:
+            raise ValueError("pruned_value='init' needs the frozen initial values")
+        if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1:
+            raise ValueError("indices must be a 1-D int32/int64 tensor")
+        if values.shape != indices.shape:
+            raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} differ")
+        self.base_layer = base_layer
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+        self.in_features = int(base_layer.in_features)
+        self.out_features = int(base_layer.out_features)
+        numel = self.in_features * self.out_features
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel):
+            raise ValueError("indices out of range")
+        if indices.dtype == torch.int32 and numel >= 2**31:
+            raise ValueError("int32 indices cannot address a matrix of >= 2**31 entries; use int64")
+        device = base_layer.weight.device
+        self.values = nn.Parameter(values.detach().to(device=device, dtype=torch.float32).clone())
+        self.register_buffer("indices", indices.detach().to(device).clone(), persistent=True)
+        self.register_buffer("delta_seed", torch.tensor(int(init_seed), dtype=torch.int64), persistent=True)
+        if frozen is not None:
+            frozen = frozen.detach().to(device=device, dtype=torch.float32).reshape(self.out_features, -1)
+        self.register_buffer("frozen", frozen, persistent=True)  # None (pruned_value zero): not in state_dict
+        if alpha is None:
+            alpha = nn.Parameter(torch.tensor(float(alpha_init), dtype=torch.float32, device=device))
+        self.alpha = alpha
+        self.alpha_init = float(alpha_init)
+        self.init = init
+        self.init_std = float(init_std)
+        self.gate_key = gate_key
+        self.pruned_value = pruned_value
+        self.grad_mode = grad_mode
+        self.forward_mode = forward_mode
+        self.merged = False
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def init_seed(self) -> int:
+        """Seed of the initial ΔW (as in :class:`GatedSparseLinear`)."""
+        return int(self.delta_seed)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base bias."""
+        return self.base_layer.bias
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The dense bool mask (built on demand; not stored)."""
+        mask = torch.zeros(self.out_features * self.in_features, dtype=torch.bool, device=self.indices.device)
+        mask[self.indices] = True
+        return mask.view(self.out_features, self.in_features)
+
+    def nnz(self) -> int:
+        """Number of kept entries."""
+        return int(self.indices.numel())
+
+    def density(self) -> float:
+        """Fraction of kept entries."""
+        return self.nnz() / max(1, self.out_features * self.in_features)
+
+    def resolved_grad_mode(self) -> str:
+        """``sampled`` or ``dense``: what backward does for this module (``auto`` resolved by density)."""
+        if self.pruned_value == "init":
+            return "dense"
+        if self.grad_mode == "auto":
+            return "sampled" if self.density() <= SAMPLED_MAX_DENSITY else "dense"
+        return self.grad_mode
+
+    def initial_delta(self) -> torch.Tensor:
+        """The initial ΔW, regenerated from the seed (as :meth:`GatedSparseLinear.initial_delta`)."""
+        return generate_initial_delta(
+            (self.out_features, self.in_features),
+            self.init_seed,
+            self.init,
+            self.init_std,
+            self.values.device,
+        )
+
+    def effective_delta(self) -> torch.Tensor:
+        """Dense ΔW as the forward sees it (a new tensor; no gradient)."""
+        if self.frozen is not None:
+            eff = self.frozen.clone()
+        else:
+            eff = torch.zeros(self.out_features, self.in_features, device=self.values.device)
+        eff.view(-1)[self.indices] = self.values.detach()
+        return eff
+
+    def get_delta_weight(self) -> torch.Tensor:
+        """``alpha * effective_delta()`` (fp32)."""
+        return self.alpha.detach() * self.effective_delta()
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of the adapter's own tensors: ``values``, ``indices``, ``frozen`` (not gradients or moments)."""
+        out = {
+            "values": self.values.numel() * self.values.element_size(),
+            "indices": self.indices.numel() * self.indices.element_size(),
+        }
+        if self.frozen is not None:
+            out["frozen"] = self.frozen.numel() * self.frozen.element_size()
+        return out
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adapted linear map; the dense ΔW/W exist only as per-call temporaries."""
+        if self.merged:
+            return self.base_layer(x)
+        w0 = self.base_layer.weight
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            compute_dtype = torch.get_autocast_dtype(device_type)
+        else:
+            compute_dtype = x.dtype
+        with torch.autocast(device_type=device_type, enabled=False):
+            return _SparseDeltaLinearFn.apply(
+                x,
+                w0,
+                self.base_layer.bias,
+                self.alpha,
+                self.values,
+                self.indices,
+                self.frozen,
+                compute_dtype,
+                self.resolved_grad_mode(),
+            )
+
+    def merge(self) -> None:
+        """Add ``alpha * effective_delta()`` into the base weight."""
+        if self.merged:
+            return
+        with torch.no_grad():
+            w0 = self.base_layer.weight
+            w0.add_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Subtract the merged update back out."""
+        if not self.merged:
+            return
+        with torch.no_grad():
+            w0 = self.base_layer.weight
+            w0.sub_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz()}, "
+            f"density={self.density():.4f}, grad_mode={self.grad_mode}, gate={self.gate_key!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- conversion
+def to_sparse_storage(
+    module: GatedSparseLinear, *, index_dtype: torch.dtype = torch.int32, grad_mode: str = "auto"
+) -> SparseGatedLinear:
+    """The same adapter (same base layer, same gate object, same kept values) with sparse storage.
+
+    The forward output is bitwise equal to ``module``'s; gradients at the kept entries are equal (bitwise with
+    ``grad_mode="dense"``, up to summation order with ``sampled``). ``module`` itself is left unchanged.
+    """
+    if module.merged:
+        raise RuntimeError("unmerge() the adapter before converting its storage")
+    numel = module.mask.numel()
+    if index_dtype == torch.int32 and numel >= 2**31:
+        index_dtype = torch.int64
+    flat_mask = module.mask.reshape(-1)
+    indices = flat_mask.nonzero().reshape(-1)  # sorted, row-major
+    values = module.delta.detach().reshape(-1)[indices]
+    frozen = None
+    if module.pruned_value == "init" and not module._is_full():
+        frozen = module._frozen_values().detach().clone().reshape(-1)
+        frozen[indices] = 0.0
+    return SparseGatedLinear(
+        module.base_layer,
+        values,
+        indices.to(index_dtype),
+        init_seed=module.init_seed,
+        alpha=module.alpha,
+        alpha_init=module.alpha_init,
+        init=module.init,
+        init_std=module.init_std,
+        gate_key=module.gate_key,
+        pruned_value="init" if frozen is not None else "zero",
+        frozen=frozen,
+        grad_mode=grad_mode,
+        forward_mode=module.forward_mode,
+    )
+
+
+def to_dense_storage(module: SparseGatedLinear) -> GatedSparseLinear:
+    """Back to a dense-storage :class:`GatedSparseLinear` (same base layer and gate; exact values and mask)."""
+    if module.merged:
+        raise RuntimeError("unmerge() the adapter before converting its storage")
+    dense = GatedSparseLinear(
+        module.base_layer,
+        init_seed=module.init_seed,
+        alpha=module.alpha,
+        alpha_init=module.alpha_init,
+        init=module.init,
+        init_std=module.init_std,
+        forward_mode=module.forward_mode,
+        gate_key=module.gate_key,
+        delta=module.effective_delta(),
+    )
+    mask = module.mask
+    if not bool(mask.all()):
+        if module.pruned_value == "init":
+            # delta holds the frozen initial values at pruned entries already; apply_mask regenerates the initial
+            # ΔW from the seed (the same values there) as the module's frozen reference.
+            dense.apply_mask(mask, rewind=False, pruned_value="init")
+        else:
+            dense.apply_mask(mask, rewind=False, pruned_value="zero")
+    return dense
+
+
+def convert_adapters(
+    model: nn.Module,
+    adapters: dict[str, nn.Module],
+    storage: str,
+    *,
+    index_dtype: torch.dtype = torch.int32,
+    grad_mode: str = "auto",
+) -> dict[str, nn.Module]:
+    """Replace every adapter of ``model`` (``{module name: adapter}``) by its ``storage`` (sparse|dense) form.
+
+    Returns the new ``{name: module}``. The old modules (and their dense tensors) are no longer referenced by
+    ``model``; an optimizer built on the old parameters must be rebuilt.
+    """
+    if storage not in ("sparse", "dense"):
+        raise ValueError(f"storage must be 'sparse' or 'dense', got {storage!r}")
+    out: dict[str, nn.Module] = {}
+    for name, module in adapters.items():
+        if storage == "sparse":
+            new = (
+                module
+                if isinstance(module, SparseGatedLinear)
+                else to_sparse_storage(module, index_dtype=index_dtype, grad_mode=grad_mode)  # type: ignore[arg-type]
+            )
+        else:
+            new = module if isinstance(module, GatedSparseLinear) else to_dense_storage(module)  # type: ignore[arg-type]
+        if new is not module:
+            replace_module(model, name, new)
+        out[name] = new
+    return out
+
+
+def sparse_param_groups(adapters: dict[str, SparseGatedLinear], adapter_cfg: Any = None) -> list[dict]:
+    """AdamW groups like :func:`~rigsa_lightning.adapters.gated_sparse.adapter_param_groups`: the kept values with
+    ``adapter.weight_decay`` at ``adapter.lr``, the (unique) gates without decay at ``adapter.alpha_lr``."""
+    cfg = adapter_cfg or {}
+    lr = float(cfg.get("lr", 1e-3) or 1e-3)
+    alpha_lr = cfg.get("alpha_lr", None)
+    alpha_lr = lr if alpha_lr is None else float(alpha_lr)
+    weight_decay = float(cfg.get("weight_decay", 1.0))
+    seen: dict[int, nn.Parameter] = {}
+    for module in adapters.values():
+        seen.setdefault(id(module.alpha), module.alpha)
+    return [
+        {
+            "params": [m.values for m in adapters.values()],
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "name": "delta",
+        },
+        {"params": list(seen.values()), "lr": alpha_lr, "weight_decay": 0.0, "name": "alpha"},
+    ]
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def adapter_state_bytes(
+    adapters: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, int]:
+    """Bytes of the adapters' training state, measured on the tensors that exist (shared tensors once).
+
+    Keys: ``delta`` (ΔW or kept values), ``grad`` (their ``.grad``), ``optimizer`` (every tensor in the optimizer
+    state of those parameters, e.g. AdamW's two moments), ``mask`` (bool masks or flat indices), ``frozen`` (frozen
+    initial values / kept copies), ``alpha`` (gates, their grads and moments), ``total``.
+    """
+    seen: set[int] = set()
+    out = {"delta": 0, "grad": 0, "optimizer": 0, "mask": 0, "frozen": 0, "alpha": 0}
+
+    def add(key: str, t: torch.Tensor | None) -> None:
+        if t is None or id(t) in seen:
+            return
+        seen.add(id(t))
+        out[key] += _nbytes(t)
+
+    def opt_state(p: torch.Tensor) -> list[torch.Tensor]:
+        if optimizer is None:
+            return []
+        state = optimizer.state.get(p, {})
+        return [v for v in state.values() if isinstance(v, torch.Tensor)]
+
+    for module in adapters.values():
+        if isinstance(module, SparseGatedLinear):
+            param = module.values
+            add("mask", module.indices)
+            add("frozen", module.frozen)
+        else:
+            param = module.delta  # type: ignore[assignment]
+            add("mask", module.mask)  # type: ignore[arg-type]
+            add("frozen", getattr(module, "_frozen", None))
+            add("frozen", getattr(module, "initial_copy", None))
+        add("delta", param)
+        add("grad", param.grad)
+        for t in opt_state(param):
+            add("optimizer", t)
+        alpha = module.alpha  # type: ignore[assignment]
+        add("alpha", alpha)
+        add("alpha", alpha.grad)
+        for t in opt_state(alpha):
+            add("alpha", t)
+    out["total"] = sum(out.values())
+    return out
