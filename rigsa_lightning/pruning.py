@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rigsa_lightning.adapters.gated_sparse import float_mask
+from rigsa_lightning.adapters.gated_sparse import CHUNK_FRACTION, MIN_CHUNK_ENTRIES, float_mask, row_chunks
 from rigsa_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -247,8 +247,9 @@ class PruningSchedule:
 
 # ====================================================================================================== scoring
 def count_true(mask: torch.Tensor) -> int:
-    """Number of True entries (int32 accumulation per tensor when it fits: ~3x faster than the default)."""
-    return int(mask.sum(dtype=torch.int32 if mask.numel() < 2**31 else torch.int64))
+    """Number of True entries. ``count_nonzero`` allocates nothing and is ~10x faster on CPU than ``sum``, which
+    first converts a bool tensor to a 4- or 8-byte integer copy (one more matrix of memory)."""
+    return int(torch.count_nonzero(mask))
 
 
 def sign_stable(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -290,13 +291,60 @@ class _Threshold:
     ties: int  # ... and the first `ties` candidates equal to bits (matrix order, then flat index)
 
 
-def _masked_bits(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def _masked_bits(scores: torch.Tensor, candidates: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Flat int32 bit patterns of ``scores * candidates`` (monotone in the score for non-negative floats).
 
     Non-candidates become +0.0 (bit pattern 0): the histograms subtract them from bin 0 and the selection ANDs
     with the candidates, which is ~10x faster than ``torch.where(candidates, bits, -1)`` on CPU.
     """
-    return torch.mul(scores.reshape(-1), float_mask(candidates.reshape(-1), scores.dtype)).view(torch.int32)
+    factor = float_mask(candidates.reshape(-1), scores.dtype)
+    if inplace:  # scores is a temporary of the caller: no third chunk-sized tensor
+        return scores.reshape(-1).mul_(factor).view(torch.int32)
+    return torch.mul(scores.reshape(-1), factor).view(torch.int32)
+
+
+def _hi_bin(hi_counts: torch.Tensor, excluded: int, k: int) -> tuple[int, int]:
+    """From the histogram of the top 16 bits: the bin holding the k-th largest candidate and the number above it.
+
+    ``excluded`` non-candidates sit in bin 0 (their masked bits are +0.0) and are subtracted here.
+    """
+    if hi_counts.numel() > 0x7F81 and bool(hi_counts[0x7F81:].any()):  # above +inf: NaN bit patterns
+        raise FloatingPointError("NaN in the adapter weights: cannot rank entries for pruning")
+    hi_counts = hi_counts.clone()
+    hi_counts[0] -= excluded
+    # above_or_in[h] = number of candidates whose top bits are >= h (non-increasing in h).
+    above_or_in = hi_counts.flip(0).cumsum(0).flip(0)
+    hi = int((above_or_in >= k).nonzero().max())
+    above_hi = int(above_or_in[hi + 1]) if hi + 1 < above_or_in.numel() else 0
+    return hi, above_hi
+
+
+def _lo_threshold(lo_counts: torch.Tensor, hi: int, above_hi: int, excluded: int, k: int) -> _Threshold:
+    """The exact threshold from the histogram of the low 16 bits inside bin ``hi``."""
+    if hi == 0:
+        lo_counts = lo_counts.clone()
+        lo_counts[0] -= excluded
+    need = k - above_hi
+    lo_above_or_in = lo_counts.flip(0).cumsum(0).flip(0)
+    lo = int((lo_above_or_in >= need).nonzero().max())
+    above_lo = int(lo_above_or_in[lo + 1]) if lo + 1 < _LO_BINS else 0
+    return _Threshold(bits=(hi << 16) | lo, ties=need - above_lo)
+
+
+def _hi_hist(bits: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(bits >> 16, minlength=_HI_BINS)
+
+
+def _lo_hist(bits: torch.Tensor, hi: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Histogram of the low 16 bits of the entries in top-bits bin ``hi``; accumulated into ``out`` when given
+    (``index_put_``: no 512 KiB temporary per chunk)."""
+    sel = bits[(bits >> 16) == hi]
+    if out is None:
+        return torch.bincount(sel & 0xFFFF, minlength=_LO_BINS) if sel.numel() else None
+    if sel.numel():
+        lo = (sel & 0xFFFF).long()
+        out.index_put_((lo,), torch.ones_like(lo), accumulate=True)
+    return out
 
 
 def _radix_threshold(
@@ -308,32 +356,16 @@ def _radix_threshold(
     """
     hi_counts = None
     for fn in bit_fns:
-        bits = fn()
-        counts = torch.bincount(bits >> 16, minlength=_HI_BINS)
+        counts = _hi_hist(fn())
         hi_counts = counts if hi_counts is None else hi_counts + counts
-        del bits
     assert hi_counts is not None
-    if hi_counts.numel() > 0x7F81 and bool(hi_counts[0x7F81:].any()):  # above +inf: NaN bit patterns
-        raise FloatingPointError("NaN in the adapter weights: cannot rank entries for pruning")
-    hi_counts[0] -= sum(excluded)
-    # above_or_in[h] = number of candidates whose top bits are >= h (non-increasing in h).
-    above_or_in = hi_counts.flip(0).cumsum(0).flip(0)
-    hi = int((above_or_in >= k).nonzero().max())
-    above_hi = int(above_or_in[hi + 1]) if hi + 1 < above_or_in.numel() else 0
+    hi, above_hi = _hi_bin(hi_counts, sum(excluded), k)
     lo_counts = torch.zeros(_LO_BINS, dtype=torch.int64, device=hi_counts.device)
     for fn in bit_fns:
-        bits = fn()
-        sel = bits[(bits >> 16) == hi]
-        if sel.numel():
-            lo_counts += torch.bincount(sel & 0xFFFF, minlength=_LO_BINS)
-        del bits, sel
-    if hi == 0:
-        lo_counts[0] -= sum(excluded)
-    need = k - above_hi
-    lo_above_or_in = lo_counts.flip(0).cumsum(0).flip(0)
-    lo = int((lo_above_or_in >= need).nonzero().max())
-    above_lo = int(lo_above_or_in[lo + 1]) if lo + 1 < _LO_BINS else 0
-    return _Threshold(bits=(hi << 16) | lo, ties=need - above_lo)
+        counts = _lo_hist(fn(), hi)
+        if counts is not None:
+            lo_counts += counts
+    return _lo_threshold(lo_counts, hi, above_hi, sum(excluded), k)
 
 
 def _select(
@@ -419,30 +451,82 @@ class PruneResult:
     stats: dict[str, Any]
 
 
+class _Source:
+    """What one round reads of one module, one row chunk at a time.
+
+    The sign reference is the initial ΔW (drawn again chunk by chunk in each pass: see
+    :func:`~rigsa_lightning.adapters.gated_sparse.initial_delta_chunks`) or the "was positive" bool tensor of the
+    previous prune. Candidates, scores and bit patterns exist one row chunk at a time; no whole-matrix temporary.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        mod: Any,
+        schedule: PruningSchedule,
+        reference: torch.Tensor | None,
+        chunk_entries: int,
+    ) -> None:
+        self.name = name
+        self.mod = mod
+        self.delta = mod.delta.detach()
+        self.ref = reference.to(self.delta.device) if reference is not None else None
+        self.criterion = schedule.criterion
+        self.score = schedule.score
+        self.slices = row_chunks(tuple(self.delta.shape), chunk_entries)
+
+    def chunks(self) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """One pass: ``(rows, candidates, sign-stable alive entries)`` per row chunk, in order."""
+        refs = (
+            (self.ref[sl] for sl in self.slices)
+            if self.ref is not None
+            else self.mod.initial_delta_chunks(self.slices)
+        )
+        for sl, ref in zip(self.slices, refs):
+            stable = self.mod.mask[sl] & sign_stable(self.delta[sl], ref)
+            del ref
+            yield sl, (stable if self.criterion == "sign_magnitude" else self.mod.mask[sl]), stable
+
+    def bits(self, sl: slice, cand: torch.Tensor) -> torch.Tensor:
+        """Masked score bit patterns of the rows ``sl`` (flat int32)."""
+        return _masked_bits(prune_scores(self.delta[sl], self.mod.alpha, self.score), cand, inplace=True)
+
+
 def compute_prune_masks(
     adapters: dict[str, Any],
     schedule: PruningSchedule,
     round_index: int,
     references: dict[str, torch.Tensor] | None = None,
     on_mask: Callable[[str, torch.Tensor, torch.Tensor | None], None] | None = None,
+    *,
+    chunk_entries: int | None = None,
 ) -> PruneResult:
-    """Choose the masks of round ``round_index`` (1-based).
+    """Choose the masks of round ``round_index`` (1-based), streaming over row chunks.
+
+    Per group of matrices (each matrix alone for ``scope: per_matrix``, all of them for ``global``), three passes
+    over row chunks: (1) count candidates and build the histogram of the top 16 score bits, (2) the histogram of
+    the low 16 bits inside the threshold's bin, (3) select exactly ``k`` entries and build the new mask. The sign
+    reference (initial ΔW) is drawn again chunk by chunk in every pass, so the only whole-matrix tensor a round
+    creates is the new bool mask (1/4 of an fp32 matrix); with the chunk temporaries (1/``CHUNK_FRACTION`` of the
+    largest matrix each) and the fixed histograms (0.75 MiB) the extra memory stays below 2x the largest matrix
+    whatever the number of matrices (``make bench``: bench/pruning_event.py).
 
     Without ``on_mask`` the adapters are not changed and the masks are returned. With it, ``on_mask(name, mask,
-    initial)`` is called as soon as a module's mask is final - during the per-matrix loop (``initial`` is the
-    initial ΔW when it was generated for the sign test, so applying the mask does not regenerate it) or after the
-    global threshold (``initial`` None) - and the masks are not kept. A module's mask only depends on its own
-    tensors (and, for global scope, the threshold), so applying it right away is safe.
+    None)`` is called as soon as a module's mask is final and the masks are not kept (the third argument, once
+    the initial ΔW, is kept for compatibility). A module's mask only depends on its own tensors (and, for global
+    scope, the threshold), so applying it right away is safe.
 
     ``references`` holds, for ``sign_reference: previous``, the "was positive" bool tensors saved at the previous
     prune; otherwise (and in round 1) the reference sign is the initial ΔW's.
     """
     names = list(adapters)
+    if not chunk_entries:  # temporaries of a chunk stay a fraction of the largest matrix (see CHUNK_FRACTION)
+        largest = max((adapters[n].mask.numel() for n in names), default=1)
+        chunk_entries = max(MIN_CHUNK_ENTRIES, largest // CHUNK_FRACTION)
+    chunk_entries = int(chunk_entries)
     keep_of = schedule.keep_of
     target = schedule.target_density(round_index)
     fraction = schedule.keep_fraction(round_index)
-    per_matrix = schedule.scope == "per_matrix"
-    candidates: dict[str, torch.Tensor] = {}  # global scope only (kept until the threshold is known)
     alive: dict[str, int] = {}
     stable_alive: dict[str, int] = {}
     n_cand: dict[str, int] = {}
@@ -451,70 +535,83 @@ def compute_prune_masks(
     masks: dict[str, torch.Tensor] = {}
     short: list[str] = []
 
-    def finish(
-        name: str, mask: torch.Tensor, stable: torch.Tensor | None, initial: torch.Tensor | None
-    ) -> None:
-        kept[name] = count_true(mask)
-        # With sign_magnitude the candidates are the sign-stable entries, so every kept entry is sign-stable.
-        kept_stable[name] = kept[name] if stable is None else count_true(mask & stable)
-        if on_mask is not None:
-            on_mask(name, mask, initial)
-        else:
-            masks[name] = mask
-
-    stables: dict[str, torch.Tensor] = {}  # criterion=magnitude with global scope: for the kept-stable count
-    for name in names:
-        mod = adapters[name]
-        delta = mod.delta.detach()
-        initial = None
+    def source(name: str) -> _Source:
+        ref = None
         if schedule.sign_reference == "previous" and references and name in references:
-            ref = references[name].to(delta.device)
-        else:
-            ref = initial = mod.initial_delta()
-        stable = mod.mask & sign_stable(delta, ref)
-        del ref
-        alive[name] = count_true(mod.mask)
-        stable_alive[name] = count_true(stable)
-        if schedule.criterion == "sign_magnitude":
-            cand, extra_stable = stable, None
-        else:
-            cand, extra_stable = mod.mask, stable
-        n_cand[name] = count_true(cand) if extra_stable is not None else stable_alive[name]
-        if per_matrix:
-            if keep_of == "all":
-                k = int(round(float(target) * mod.mask.numel()))
+            ref = references[name]
+        return _Source(name, adapters[name], schedule, ref, chunk_entries)
+
+    def run_group(group: list[str], held: _Source | None) -> None:
+        def sources() -> Iterator[_Source]:
+            if held is not None:
+                yield held
             else:
-                k = int(round(fraction * n_cand[name]))
-            if k > n_cand[name]:
-                short.append(f"{name} ({n_cand[name]} < {k})")
-            scores = prune_scores(delta, mod.alpha, schedule.score)
-            mask = keep_top_k(scores, cand, k, n_cand[name])
-            del scores
-            finish(name, mask, extra_stable, initial)
+                for n in group:
+                    yield source(n)
+
+        # pass 1: counts and the top-bits histogram
+        device = adapters[group[0]].delta.device  # histograms stay on the adapters' device (no sync per chunk)
+        hi_counts = torch.zeros(_HI_BINS, dtype=torch.int64, device=device)
+        excluded = 0
+        for src in sources():
+            n_c = n_s = 0
+            for sl, cand, stable in src.chunks():
+                c = count_true(cand)
+                n_c += c
+                n_s += c if cand is stable else count_true(stable)
+                excluded += cand.numel() - c
+                hi_counts += _hi_hist(src.bits(sl, cand))
+            n_cand[src.name], stable_alive[src.name] = n_c, n_s
+            alive[src.name] = count_true(src.mod.mask)
+            del src  # before the next source regenerates its initial ΔW
+        group_cand = sum(n_cand[n] for n in group)
+        if keep_of == "all":
+            k = int(round(float(target) * sum(adapters[n].mask.numel() for n in group)))
         else:
-            candidates[name] = cand  # global_keep_masks runs before any mask is applied
-            if extra_stable is not None:
-                stables[name] = extra_stable
-        del initial
+            k = int(round(fraction * group_cand))
+        if k > group_cand:
+            where = group[0] if len(group) == 1 else "all matrices"
+            short.append(f"{where} ({group_cand} < {k})")
+        threshold = None
+        if 0 < k < group_cand:
+            hi, above_hi = _hi_bin(hi_counts, excluded, k)
+            lo_counts = torch.zeros(_LO_BINS, dtype=torch.int64, device=hi_counts.device)
+            for src in sources():  # pass 2: low-bits histogram inside bin `hi`
+                for sl, cand, _ in src.chunks():
+                    _lo_hist(src.bits(sl, cand), hi, lo_counts)
+                del src
+            threshold = _lo_threshold(lo_counts, hi, above_hi, excluded, k)
+        ties = threshold.ties if threshold is not None else 0
+        for src in sources():  # pass 3: select; each module's mask is final (and applied) before the next
+            key = src.name
+            new_mask = torch.zeros_like(src.mod.mask)
+            n_kept = n_kept_stable = 0
+            if k > 0:
+                for sl, cand, stable in src.chunks():
+                    if threshold is None:  # k >= candidates: keep them all
+                        keep = cand
+                    else:
+                        keep, ties = _select(src.bits(sl, cand), cand, threshold, ties)
+                        keep = keep.view(cand.shape)
+                    new_mask[sl] = keep
+                    n = count_true(keep)
+                    n_kept += n
+                    # With sign_magnitude the candidates are the sign-stable entries: every kept one is stable.
+                    n_kept_stable += n if cand is stable else count_true(keep & stable)
+            kept[key], kept_stable[key] = n_kept, n_kept_stable
+            if on_mask is not None:
+                on_mask(key, new_mask, None)
+            else:
+                masks[key] = new_mask
+            del new_mask, src
 
-    if not per_matrix:
-        total = sum(adapters[n].mask.numel() for n in names)
-        total_cand = sum(n_cand.values())
-        k = int(round(float(target) * total)) if keep_of == "all" else int(round(fraction * total_cand))
-        if k > total_cand:
-            short.append(f"all matrices ({total_cand} < {k})")
-
-        def scores_of(name: str) -> Callable[[], torch.Tensor]:
-            mod = adapters[name]
-            return lambda: prune_scores(mod.delta, mod.alpha, schedule.score)
-
-        # Streamed: each mask is applied (on_mask) before the next is built. Applying mask i rewinds module i only;
-        # the later matrices' scores and the cached candidates are unaffected (gates are reset after the round).
-        chosen = iter_global_keep_masks([scores_of(n) for n in names], [candidates[n] for n in names], k)
-        for name, mask in zip(names, chosen):
-            finish(name, mask, stables.get(name), None)
-            candidates.pop(name)
-            stables.pop(name, None)
+    if schedule.scope == "per_matrix":
+        for name in names:
+            src = source(name)
+            run_group([name], src)
+            del src
+    else:
+        run_group(names, None)
 
     if short:
         log.warning(
@@ -540,7 +637,7 @@ def compute_prune_masks(
 
 def density_report(adapters: dict[str, Any]) -> dict[str, Any]:
     """Global density, nnz and numel, and the per-module densities (``per_module``)."""
-    nnz = {name: int(mod.mask.sum()) for name, mod in adapters.items()}
+    nnz = {name: count_true(mod.mask) for name, mod in adapters.items()}
     numel = {name: int(mod.mask.numel()) for name, mod in adapters.items()}
     total = sum(numel.values())
     return {

@@ -196,6 +196,79 @@ def test_prune_round_density_rewind_and_signs(tiny_model, scope):
     assert set(rep["per_module"]) == set(adapters)
 
 
+def _reference_masks(adapters, sched, round_index=1, references=None):
+    """Naive selection: stable sort of all candidate scores (descending; ties to the lower matrix, then the lower
+    flat index), per matrix or over the concatenation of all matrices."""
+    cands, scores = {}, {}
+    for n, m in adapters.items():
+        d = m.delta.detach()
+        ref = references[n] if references else m.initial_delta()
+        stable = ((d > 0) == ref) & (d != 0) if ref.dtype == torch.bool else d * ref > 0
+        cands[n] = (m.mask & stable) if sched.criterion == "sign_magnitude" else m.mask.clone()
+        s = (d.float() * m.alpha.detach().float()).abs() if sched.score == "gated" else d.abs()
+        scores[n] = torch.where(cands[n], s, torch.full_like(s, -1.0)).reshape(-1)
+    groups = [[n] for n in adapters] if sched.scope == "per_matrix" else [list(adapters)]
+    out = {}
+    for group in groups:
+        flat = torch.cat([scores[n] for n in group])
+        n_cand = sum(int(cands[n].sum()) for n in group)
+        if sched.keep_of == "all":
+            k = round(sched.target_density(round_index) * sum(adapters[n].mask.numel() for n in group))
+        else:
+            k = round(sched.keep_fraction(round_index) * n_cand)
+        order = torch.sort(-flat, stable=True).indices[: min(k, n_cand)]
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[order] = True
+        for n in group:
+            size = adapters[n].mask.numel()
+            out[n], keep = keep[:size].view(adapters[n].mask.shape), keep[size:]
+    return out
+
+
+@pytest.mark.parametrize("chunk_entries", [7, 96, None])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"scope": "per_matrix"},
+        {"scope": "global"},
+        {"scope": "global", "criterion": "magnitude", "score": "gated"},
+        {"scope": "per_matrix", "sparsity": None, "keep_fraction": 0.3, "keep_of": "sign_stable"},
+        {"scope": "global", "sparsity": None, "keep_fraction": 0.3, "keep_of": "sign_stable"},
+    ],
+)
+def test_streamed_round_equals_naive_sort_with_ties(tiny_model, over, chunk_entries):
+    """Row-chunked passes (chunks of 7 entries cut rows; 96 spans several rows) select exactly the entries a full
+    stable sort selects, ties included (ΔW quantised to a coarse grid: thousands of equal scores)."""
+    model, _ = tiny_model
+    adapters = _adapters(copy.deepcopy(model), gate="layer")
+    _perturb(adapters)
+    with torch.no_grad():
+        for i, m in enumerate(adapters.values()):
+            m.delta.copy_(torch.round(m.delta * 40) / 40)
+            m.alpha.fill_(0.1 * (1 + i % 3))
+    sched = PruningSchedule.from_cfg({**IMP, **over})
+    expected = _reference_masks(adapters, sched)
+    res = compute_prune_masks(adapters, sched, 1, chunk_entries=chunk_entries)
+    for n in adapters:
+        assert torch.equal(res.masks[n], expected[n]), n
+        assert res.stats["kept"][n] == int(expected[n].sum())
+
+
+def test_sign_reference_previous_second_round_equals_naive(tiny_model):
+    model, _ = tiny_model
+    adapters = _adapters(copy.deepcopy(model))
+    _perturb(adapters, seed=1)
+    cb = IterativeMagnitudePruning({**IMP, "rounds": 2, "sparsity": 0.75, "sign_reference": "previous"})
+    cb.prune(adapters)
+    refs = {n: t.clone() for n, t in cb.references.items()}
+    assert set(refs) == set(adapters) and all(t.dtype == torch.bool for t in refs.values())
+    _perturb(adapters, seed=2)
+    expected = _reference_masks(adapters, cb.schedule, 2, refs)
+    res = compute_prune_masks(adapters, cb.schedule, 2, refs, chunk_entries=50)
+    for n in adapters:
+        assert torch.equal(res.masks[n], expected[n]), n
+
+
 def test_magnitude_criterion_keeps_largest_and_keep_of_sign_stable(tiny_model):
     model, _ = tiny_model
     adapters = _adapters(copy.deepcopy(model))
@@ -385,3 +458,38 @@ def test_lightning_checkpoint_after_prune_resumes_identically(tiny_model, tmp_pa
         assert torch.equal(m.mask, r.mask)
         assert torch.equal(m.delta.detach(), r.delta.detach())
         assert torch.equal(m.alpha.detach(), r.alpha.detach())
+
+
+@pytest.mark.parametrize("init", ["kaiming_uniform", "normal"])
+@pytest.mark.parametrize("shape", [(37, 13), (64, 48), (5, 3), (200, 96)])
+@pytest.mark.parametrize("chunk_entries", [1, 7, 48, 16 * 96, 10**6])
+def test_initial_delta_chunks_equal_the_whole_draw(init, shape, chunk_entries):
+    """The prune and the rewind draw the initial ΔW chunk by chunk; it must be the exact same matrix (this guards
+    the assumption about torch's CPU uniform_/normal_ kernels on a torch upgrade)."""
+    from rigsa_lightning.adapters.gated_sparse import generate_initial_delta, initial_delta_chunks, row_chunks
+
+    slices = row_chunks(shape, chunk_entries)
+    chunks = list(initial_delta_chunks(shape, 77, slices, init, 0.02))
+    assert [tuple(c.shape) for c in chunks] == [(sl.stop - sl.start, shape[1]) for sl in slices]
+    assert torch.equal(torch.cat(chunks), generate_initial_delta(shape, 77, init, 0.02))
+    with pytest.raises(ValueError, match="consecutive"):
+        list(initial_delta_chunks(shape, 77, slices[1:], init))
+
+
+@pytest.mark.parametrize("pruned_value", ["zero", "init"])
+def test_apply_mask_streamed_rewind_equals_given_initial(tiny_model, pruned_value):
+    model, _ = tiny_model
+    a = _adapters(copy.deepcopy(model), init="normal")
+    b = _adapters(copy.deepcopy(model), init="normal")
+    _perturb(a)
+    _perturb(b)
+    g = torch.Generator().manual_seed(5)
+    for (n, ma), mb in zip(a.items(), b.values()):
+        mask = torch.rand(ma.mask.shape, generator=g) > 0.4
+        ma.apply_mask(mask, rewind=True, pruned_value=pruned_value)  # initial drawn chunk by chunk
+        mb.apply_mask(mask, rewind=True, pruned_value=pruned_value, initial=mb.initial_delta())
+        assert torch.equal(ma.delta, mb.delta) and torch.equal(ma.mask, mb.mask), n
+        expected = torch.where(
+            mask, mb.initial_delta(), torch.zeros(()) if pruned_value == "zero" else mb.initial_delta()
+        )
+        assert torch.equal(ma.delta.detach(), expected)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -36,6 +37,10 @@ KEEP_INIT = ("regenerate", "copy")
 PRUNED_VALUES = ("zero", "init")
 
 _BLOCK_PREFIX = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
+#: Row chunks of the mask-wide passes of a prune hold 1/CHUNK_FRACTION of the largest matrix (at least
+#: MIN_CHUNK_ENTRIES entries): the chunk-sized temporaries of a pass stay ~0.1x the largest matrix.
+CHUNK_FRACTION = 32
+MIN_CHUNK_ENTRIES = 1 << 16
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -84,10 +89,64 @@ def generate_initial_delta(
     return values
 
 
+def initial_delta_chunks(
+    shape: tuple[int, int] | torch.Size,
+    seed: int,
+    slices: list[slice],
+    init: str = "kaiming_uniform",
+    init_std: float = 0.02,
+    device: torch.device | str | None = None,
+) -> Iterator[torch.Tensor]:
+    """The rows ``slices`` (consecutive, from row 0, as :func:`row_chunks` makes them) of the initial ΔW, drawn one
+    chunk at a time: only a chunk exists, never the whole matrix.
+
+    CPU ``uniform_`` draws one number per entry in order, so consecutive chunks from one generator equal the whole
+    draw. ``normal_`` transforms blocks of 16 draws (Box-Muller) and redraws a ragged tail at the end, so chunks
+    match the whole draw only when every chunk but the last holds a multiple of 16 entries and the last at least
+    16; otherwise the whole matrix is generated once and sliced. (tests/test_pruning.py checks both against
+    :func:`generate_initial_delta`.)
+    """
+    out_features, in_features = int(shape[0]), int(shape[1])
+    starts = [0] + [sl.stop for sl in slices[:-1]]
+    if [sl.start for sl in slices] != starts or (slices and slices[-1].stop > out_features):
+        raise ValueError("slices must be consecutive row ranges starting at row 0")
+    sizes = [(sl.stop - sl.start) * in_features for sl in slices]
+    streamable = init == "kaiming_uniform" or (
+        all(n % 16 == 0 for n in sizes[:-1]) and (len(sizes) == 1 or sizes[-1] >= 16)
+    )
+    if not streamable:
+        whole = generate_initial_delta(shape, seed, init, init_std, device)
+        for sl in slices:
+            yield whole[sl]
+        return
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+    for sl in slices:
+        values = torch.empty(sl.stop - sl.start, in_features, dtype=torch.float32)
+        if init == "kaiming_uniform":
+            values.uniform_(-bound, bound, generator=gen)
+        else:
+            values.normal_(0.0, float(init_std), generator=gen)
+        if device is not None and torch.device(device) != values.device:
+            values = values.to(device)
+        yield values
+
+
 def float_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A bool mask as 0/1 floats. Going through a uint8 view is ~5x faster on CPU than ``mask.float()``, and a
     float x float multiply ~3x faster than float x bool (mixed-dtype kernels are not vectorised)."""
     return mask.contiguous().view(torch.uint8).to(dtype)
+
+
+def row_chunks(shape: tuple[int, ...] | torch.Size, chunk_entries: int | None = None) -> list[slice]:
+    """Row slices of a ``(rows, cols)`` matrix holding about ``chunk_entries`` entries each (at least one row;
+    default: 1/CHUNK_FRACTION of the matrix, at least MIN_CHUNK_ENTRIES)."""
+    rows, cols = int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
+    if chunk_entries is None:
+        chunk_entries = max(MIN_CHUNK_ENTRIES, rows * cols // CHUNK_FRACTION)
+    step = max(1, int(chunk_entries) // max(1, cols))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
 def gate_key(name: str, gate: str) -> str:
@@ -222,6 +281,20 @@ class GatedSparseLinear(nn.Module):
             (self.out_features, self.in_features), self.init_seed, self.init, self.init_std, self.delta.device
         )
 
+    def initial_delta_chunks(self, slices: list[slice]) -> Iterator[torch.Tensor]:
+        """The initial ΔW by consecutive row chunks (see :func:`initial_delta_chunks`; slices of the copy with
+        ``keep_init: copy``)."""
+        if self.initial_copy is not None:
+            return (self.initial_copy[sl] for sl in slices)
+        return initial_delta_chunks(
+            (self.out_features, self.in_features),
+            self.init_seed,
+            slices,
+            self.init,
+            self.init_std,
+            self.delta.device,
+        )
+
     def _frozen_values(self) -> torch.Tensor:
         if self._frozen is None:
             self._frozen = self.initial_delta()
@@ -241,7 +314,7 @@ class GatedSparseLinear(nn.Module):
 
     def nnz(self) -> int:
         """Number of kept (trainable) entries of ΔW."""
-        return int(self.mask.sum())
+        return int(torch.count_nonzero(self.mask))  # no integer copy of the mask (unlike sum)
 
     def density(self) -> float:
         """Fraction of kept entries."""
@@ -293,15 +366,26 @@ class GatedSparseLinear(nn.Module):
         if self.merged:
             raise RuntimeError("unmerge() the adapter before changing its mask")
         new_mask = mask.detach().reshape(self.mask.shape).to(device=self.mask.device, dtype=torch.bool)
-        if initial is None and (rewind or pruned_value == "init"):
-            initial = self.initial_delta()
+        if initial is None and pruned_value == "init":
+            initial = self.initial_delta()  # kept as the frozen values anyway
+        slices = row_chunks(self.mask.shape)
+        # Row chunks: the initial ΔW (when not given) and the 0/1 float mask exist one chunk at a time.
+        inits: Iterator[torch.Tensor | None]
+        if initial is not None:
+            inits = (initial[sl] for sl in slices)
+        elif rewind:
+            inits = self.initial_delta_chunks(slices)
+        else:
+            inits = (None for _ in slices)
         with torch.no_grad():
             self.mask.copy_(new_mask)
-            source = initial if rewind else self.delta.detach()
-            if pruned_value == "zero":
-                torch.mul(source, float_mask(self.mask, source.dtype), out=self.delta.data)
-            else:
-                torch.where(self.mask, source, initial, out=self.delta.data)
+            for sl, init_rows in zip(slices, inits):
+                source = init_rows if rewind else self.delta.detach()[sl]
+                assert source is not None
+                if pruned_value == "zero":
+                    torch.mul(source, float_mask(self.mask[sl], source.dtype), out=self.delta.data[sl])
+                else:
+                    torch.where(self.mask[sl], source, init_rows, out=self.delta.data[sl])
             self.pruned_init.fill_(pruned_value == "init")
         self.pruned_value = pruned_value
         self._frozen = initial if pruned_value == "init" else None
