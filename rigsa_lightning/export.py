@@ -60,7 +60,7 @@ def _index_dtype(numel: int) -> torch.dtype:
 
 
 def save_sparse_adapter(
-    adapters: dict[str, GatedSparseLinear],
+    adapters: dict[str, Any],
     folder: str | os.PathLike,
     *,
     base_model: str,
@@ -80,10 +80,13 @@ def save_sparse_adapter(
     total_nnz = 0
     total_numel = 0
     for name, mod in adapters.items():
-        mask = mod.mask.detach().reshape(-1)
-        numel = mask.numel()
-        indices = mask.nonzero().reshape(-1)
-        values = mod.delta.detach().reshape(-1)[indices].float().cpu().contiguous()
+        numel = mod.numel()
+        if hasattr(mod, "indices"):  # sparse storage (SparseGatedLinear): already kept values + indices
+            indices = mod.indices.detach().long()
+            values = mod.values.detach().float().cpu().contiguous()
+        else:
+            indices = mod.mask.detach().reshape(-1).nonzero().reshape(-1)
+            values = mod.delta.detach().reshape(-1)[indices].float().cpu().contiguous()
         tensors[f"{name}.alpha"] = mod.alpha.detach().float().reshape(()).cpu().clone()
         tensors[f"{name}.indices"] = indices.to(_index_dtype(numel)).cpu().contiguous()
         tensors[f"{name}.values"] = values

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
+from rigsa_lightning.errors import ConfigError
 
 # Test-only fault injection (read once per module instance; never set them in real runs):
 #   RIGSA_TEST_KILL_AT_STEP=<n>  SIGKILL this process when global step <n> starts (kill-and-resume test);
@@ -36,7 +37,9 @@ _TRAJECTORY_TRAINER_KEYS = (
     "gradient_clip_algorithm",
 )
 _TRAJECTORY_GROUPS = ("model", "adapter", "pruning", "data", "optim")
-_NOT_TRAJECTORY = {"data.num_workers", "data.cache"}
+# Storage layout and kernels of the same maths (a resume may switch them: checkpoints convert on load).
+_NOT_TRAJECTORY = {"data.num_workers", "data.cache", "adapter.storage", "adapter.sparse_grad"}
+STORAGES = ("auto", "dense", "sparse")
 
 
 class NonFiniteError(RuntimeError):
@@ -180,6 +183,7 @@ class RigsaLitModule(L.LightningModule):
         # the model config, so a checkpoint of a 135M model's rank-1 round is the adapter state, not 540 MB more.
         self.strict_loading = False
         self._register_digit_ids()
+        self.adapter_storage = "dense"  # resolved in setup() (see resolve_storage)
         self._kill_at_step = _env_step(KILL_AT_STEP_ENV)
         self._nan_at_step = _env_step(NAN_AT_STEP_ENV)
 
@@ -190,8 +194,94 @@ class RigsaLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ adapters
     def adapter_modules(self) -> dict[str, torch.nn.Module]:
-        """The GatedSparseLinear modules by name (empty for LoRA/full/none)."""
+        """The gated adapters by name (GatedSparseLinear, or SparseGatedLinear once stored sparse; empty for
+        LoRA/full/none). The dict object stays the same when the storage changes."""
         return self.prepared.gated
+
+    # ------------------------------------------------------------------ storage
+    def resolve_storage(self) -> str:
+        """``adapter.storage`` resolved against the trainer: ``sparse`` or ``dense``.
+
+        ``auto`` (default) stores pruned adapters sparse on a single-device strategy and dense under DDP/FSDP,
+        whose wrappers cannot follow the parameters changing after a prune; ``sparse`` there is an error.
+        """
+        value = str(self.cfg.adapter.get("storage", "auto") or "auto")
+        if value not in STORAGES:
+            raise ConfigError("adapter.storage", f"unknown value {value!r}", f"use one of {list(STORAGES)}")
+        from rigsa_lightning.adapters.sparse_delta import GRAD_MODES
+
+        grad = str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
+        if grad not in GRAD_MODES:
+            raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
+        if self.method not in GATED_METHODS:
+            return "dense"
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        trainer = self._trainer
+        single = trainer is None or isinstance(trainer.strategy, SingleDeviceStrategy)
+        if value == "sparse" and not single:
+            raise ConfigError(
+                "adapter.storage",
+                f"sparse storage needs a single-device strategy, not {type(trainer.strategy).__name__}",
+                "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
+            )
+        return "sparse" if value == "sparse" or (value == "auto" and single) else "dense"
+
+    def setup(self, stage: str) -> None:
+        """Resolve the adapter storage; a fixed random mask (random_mask) is stored sparse from the start."""
+        self.adapter_storage = self.resolve_storage()
+        if self.adapter_storage == "sparse" and any(
+            m.nnz() < m.numel() for m in self.prepared.gated.values()
+        ):
+            self.set_adapter_storage("sparse")
+
+    def set_adapter_storage(self, storage: str) -> None:
+        """Convert every gated adapter to ``storage`` (``sparse``: kept values + int32 indices, ~20 bytes per kept
+        entry with AdamW instead of 17 per entry; ``dense``), in the model and in :meth:`adapter_modules`.
+
+        During a fit the optimizer and LR scheduler are rebuilt on the new parameters, carrying over the AdamW
+        moments (gathered/scattered at the kept entries), the gates' state, the current learning rates and the
+        scheduler position: the next step is the one the other storage would take (exactly with
+        ``adapter.sparse_grad=dense``; up to float summation order with the sampled weight gradient).
+        """
+        from rigsa_lightning.adapters.sparse_delta import convert_adapters, remap_param_state, storage_of
+
+        gated = self.prepared.gated
+        if not gated or all(storage_of(m) == storage for m in gated.values()):
+            return
+        trainer = self._trainer
+        optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
+        old = dict(gated)
+        new = convert_adapters(
+            self.model, gated, storage, grad_mode=str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
+        )
+        gated.clear()
+        gated.update(new)
+        if optimizer is None:
+            return
+        assert trainer is not None
+        states = {
+            n: optimizer.state[m.trainable_delta()]
+            for n, m in old.items()
+            if m.trainable_delta() in optimizer.state
+        }
+        gate_states = {id(a): optimizer.state[a] for a in self.gates() if a in optimizer.state}
+        lrs = [(g["lr"], g.get("initial_lr")) for g in optimizer.param_groups]
+        schedulers = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        del optimizer
+        trainer.strategy.setup_optimizers(trainer)
+        new_opt = trainer.optimizers[0]
+        for name, state in states.items():
+            new_opt.state[new[name].trainable_delta()] = remap_param_state(state, old[name], new[name])
+        for gate in self.gates():
+            if id(gate) in gate_states:
+                new_opt.state[gate] = gate_states[id(gate)]
+        for group, (lr, initial_lr) in zip(new_opt.param_groups, lrs):
+            group["lr"] = lr
+            if initial_lr is not None:
+                group["initial_lr"] = initial_lr
+        for config, state in zip(trainer.lr_scheduler_configs, schedulers):
+            config.scheduler.load_state_dict(state)
 
     def gates(self) -> list[torch.Tensor]:
         """The distinct gate parameters (alpha) of the gated adapters."""
@@ -206,7 +296,7 @@ class RigsaLitModule(L.LightningModule):
         counts = {"params/trainable": int(sum(trainable.values()))}
         if self.method in GATED_METHODS:
             counts["params/adapter_nnz"] = int(sum(int(m.nnz()) for m in self.prepared.gated.values()))
-            total = sum(m.mask.numel() for m in self.prepared.gated.values())
+            total = sum(m.numel() for m in self.prepared.gated.values())
             counts["params/adapter_entries"] = int(total)
             # Alive entries only: what a sparse adapter actually trains once the pruned entries are fixed.
             counts["params/trainable_alive"] = counts["params/adapter_nnz"] + len(self.gates())
@@ -396,3 +486,31 @@ class RigsaLitModule(L.LightningModule):
         extra = checkpoint.get(CKPT_KEY) or {}
         if extra.get("rng") is not None:
             restore_rng_state(extra["rng"])
+        self._match_checkpoint_storage(checkpoint.get("state_dict") or {})
+
+    def _match_checkpoint_storage(self, state: dict[str, Any]) -> None:
+        """Lay the gated adapters out as the checkpoint stores them (sparse ``values``/``indices`` or dense
+        ``delta``/``mask``) before Lightning loads it (and builds the optimizer on those parameters); the configured
+        storage takes over at the next prune."""
+        from rigsa_lightning.adapters.sparse_delta import sparse_from_tensors, storage_of, to_dense_storage
+        from rigsa_lightning.adapters.targets import replace_module
+
+        gated = self.prepared.gated
+        grad_mode = str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
+        for name, mod in list(gated.items()):
+            prefix = f"model.{name}."
+            if f"{prefix}values" in state:
+                dense = mod if storage_of(mod) == "dense" else to_dense_storage(mod)  # type: ignore[arg-type]
+                new = sparse_from_tensors(
+                    dense,  # type: ignore[arg-type]
+                    state[f"{prefix}values"],
+                    state[f"{prefix}indices"],
+                    state.get(f"{prefix}frozen"),
+                    grad_mode=grad_mode,
+                )
+            elif f"{prefix}delta" in state and storage_of(mod) == "sparse":
+                new = to_dense_storage(mod)  # type: ignore[arg-type]
+            else:
+                continue
+            replace_module(self.model, name, new)
+            gated[name] = new

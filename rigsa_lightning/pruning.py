@@ -679,6 +679,11 @@ class IterativeMagnitudePruning(L.Callback):
         round_index = self.schedule.round_at_epoch(int(trainer.current_epoch))
         if round_index is None or round_index <= self.round:
             return
+        # Sparse storage (adapter.storage): a later round ranks and rewinds the dense form, then stores the new
+        # survivors sparse again (set_adapter_storage carries the optimizer state over both ways).
+        set_storage = getattr(pl_module, "set_adapter_storage", None)
+        if set_storage is not None:
+            set_storage("dense")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         record = self.prune(
             pl_module.adapter_modules(),
@@ -687,6 +692,9 @@ class IterativeMagnitudePruning(L.Callback):
             epoch=int(trainer.current_epoch),
             global_step=int(trainer.global_step),
         )
+        del optimizer
+        if set_storage is not None:
+            set_storage(getattr(pl_module, "adapter_storage", "dense"))
         self._log(trainer, pl_module, self.metrics_of(record))
 
     def on_train_batch_end(

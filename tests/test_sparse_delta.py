@@ -80,12 +80,14 @@ def test_sampled_gradient_matches_dense():
     dense = make_module(out_f=48, in_f=64, density=0.05)
     sparse = to_sparse_storage(dense, grad_mode="sampled")
     assert sparse.resolved_grad_mode() == "sampled"
-    x = torch.randn(2, 33, 64)
-    gy = torch.randn(2, 33, 48)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 33, 64, generator=gen)
+    gy = torch.randn(2, 33, 48, generator=gen)
     y_d, gx_d, gdelta, ga_d = grads(dense, x, gy)
     y_s, gx_s, gvals, ga_s = grads(sparse, x, gy)
     assert torch.equal(y_d, y_s) and torch.equal(gx_d, gx_s)
-    torch.testing.assert_close(gvals, gdelta.reshape(-1)[sparse.indices.long()], rtol=1e-5, atol=1e-6)
+    # Sums of 66 products of O(1) terms in another order: absolute error ~1e-6 where they cancel.
+    torch.testing.assert_close(gvals, gdelta.reshape(-1)[sparse.indices.long()], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ga_s, ga_d, rtol=1e-5, atol=1e-6)
 
 

@@ -312,6 +312,14 @@ class GatedSparseLinear(nn.Module):
         """``alpha * effective_delta()`` (fp32): what :meth:`merge` adds to the base weight."""
         return self.alpha * self.effective_delta()
 
+    def trainable_delta(self) -> nn.Parameter:
+        """The ΔW parameter the optimizer updates (dense storage: the whole matrix)."""
+        return self.delta
+
+    def numel(self) -> int:
+        """Entries of the (out, in) matrix."""
+        return self.out_features * self.in_features
+
     def nnz(self) -> int:
         """Number of kept (trainable) entries of ΔW."""
         return int(torch.count_nonzero(self.mask))  # no integer copy of the mask (unlike sum)
@@ -519,7 +527,7 @@ def random_mask_(adapters: dict[str, GatedSparseLinear], density: float, seed: i
         module.apply_mask(flat.view(module.mask.shape), rewind=True, pruned_value="zero")
 
 
-def unique_alphas(adapters: dict[str, GatedSparseLinear]) -> list[nn.Parameter]:
+def unique_alphas(adapters: dict[str, nn.Module]) -> list[nn.Parameter]:
     """The distinct gate parameters (shared gates counted once), in module order."""
     seen: dict[int, nn.Parameter] = {}
     for module in adapters.values():
@@ -527,16 +535,17 @@ def unique_alphas(adapters: dict[str, GatedSparseLinear]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def adapter_param_groups(adapters: dict[str, GatedSparseLinear], adapter_cfg: Any) -> list[dict]:
-    """AdamW parameter groups: ΔW with ``adapter.weight_decay`` at ``adapter.lr``; the gates without decay at
-    ``adapter.alpha_lr``. Only adapter tensors appear (the base model is frozen)."""
+def adapter_param_groups(adapters: dict[str, nn.Module], adapter_cfg: Any) -> list[dict]:
+    """AdamW parameter groups: ΔW (dense storage) or its kept values (sparse storage) with
+    ``adapter.weight_decay`` at ``adapter.lr``; the gates without decay at ``adapter.alpha_lr``. Only adapter
+    tensors appear (the base model is frozen)."""
     lr = float(_get(adapter_cfg, "lr", 1e-3))
     alpha_lr = _get(adapter_cfg, "alpha_lr", None)
     alpha_lr = lr if alpha_lr is None else float(alpha_lr)
     weight_decay = float(_get(adapter_cfg, "weight_decay", 1.0))
     return [
         {
-            "params": [m.delta for m in adapters.values()],
+            "params": [m.trainable_delta() for m in adapters.values()],
             "lr": lr,
             "weight_decay": weight_decay,
             "name": "delta",

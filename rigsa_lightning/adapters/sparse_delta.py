@@ -48,6 +48,9 @@ __all__ = [
     "to_sparse_storage",
     "to_dense_storage",
     "convert_adapters",
+    "sparse_from_tensors",
+    "storage_of",
+    "remap_param_state",
     "sparse_param_groups",
     "adapter_state_bytes",
     "sampled_weight_grad",
@@ -264,6 +267,17 @@ class SparseGatedLinear(nn.Module):
         mask[self.indices] = True
         return mask.view(self.out_features, self.in_features)
 
+    def trainable_delta(self) -> nn.Parameter:
+        """The parameter the optimizer updates: the kept values."""
+        return self.values
+
+    def enforce_mask(self) -> None:
+        """No-op: pruned entries are not stored, so no update can move them."""
+
+    def numel(self) -> int:
+        """Entries of the (out, in) matrix."""
+        return self.out_features * self.in_features
+
     def nnz(self) -> int:
         """Number of kept entries."""
         return int(self.indices.numel())
@@ -383,10 +397,23 @@ def to_sparse_storage(
     if module.pruned_value == "init" and not module._is_full():
         frozen = module._frozen_values().detach().clone().reshape(-1)
         frozen[indices] = 0.0
+    return sparse_from_tensors(module, values, indices.to(index_dtype), frozen, grad_mode=grad_mode)
+
+
+def sparse_from_tensors(
+    module: GatedSparseLinear,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    frozen: torch.Tensor | None = None,
+    *,
+    grad_mode: str = "auto",
+) -> SparseGatedLinear:
+    """A :class:`SparseGatedLinear` on ``module``'s base layer, gate and seed with the given kept ``values`` at
+    ``indices`` (and ``frozen`` pruned values): how a checkpoint written in sparse storage is laid out again."""
     return SparseGatedLinear(
         module.base_layer,
         values,
-        indices.to(index_dtype),
+        indices,
         init_seed=module.init_seed,
         alpha=module.alpha,
         alpha_init=module.alpha_init,
@@ -398,6 +425,30 @@ def to_sparse_storage(
         grad_mode=grad_mode,
         forward_mode=module.forward_mode,
     )
+
+
+def storage_of(module: nn.Module) -> str:
+    """``sparse`` for a :class:`SparseGatedLinear`, ``dense`` otherwise."""
+    return "sparse" if isinstance(module, SparseGatedLinear) else "dense"
+
+
+def remap_param_state(state: dict[str, Any], old: nn.Module, new: nn.Module) -> dict[str, Any]:
+    """An optimizer's per-parameter state (AdamW: ``step``, ``exp_avg``, ``exp_avg_sq``) of ``old``'s trainable
+    ΔW laid out for ``new``'s: gathered at the kept entries (dense -> sparse) or scattered into zeros (sparse ->
+    dense). Entries outside the mask have zero moments in dense storage, so the round trip is exact."""
+    old_p, new_p = old.trainable_delta(), new.trainable_delta()  # type: ignore[operator]
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.shape != old_p.shape or old_p.shape == new_p.shape:
+            out[key] = value
+        elif isinstance(new, SparseGatedLinear):
+            out[key] = value.reshape(-1)[new.indices.long()].clone()
+        else:
+            assert isinstance(old, SparseGatedLinear)
+            dense = torch.zeros(new_p.numel(), dtype=value.dtype, device=value.device)
+            dense[old.indices.long()] = value
+            out[key] = dense.view(new_p.shape)
+    return out
 
 
 def to_dense_storage(module: SparseGatedLinear) -> GatedSparseLinear:
@@ -458,25 +509,11 @@ def convert_adapters(
 
 
 def sparse_param_groups(adapters: dict[str, SparseGatedLinear], adapter_cfg: Any = None) -> list[dict]:
-    """AdamW groups like :func:`~rigsa_lightning.adapters.gated_sparse.adapter_param_groups`: the kept values with
-    ``adapter.weight_decay`` at ``adapter.lr``, the (unique) gates without decay at ``adapter.alpha_lr``."""
-    cfg = adapter_cfg or {}
-    lr = float(cfg.get("lr", 1e-3) or 1e-3)
-    alpha_lr = cfg.get("alpha_lr", None)
-    alpha_lr = lr if alpha_lr is None else float(alpha_lr)
-    weight_decay = float(cfg.get("weight_decay", 1.0))
-    seen: dict[int, nn.Parameter] = {}
-    for module in adapters.values():
-        seen.setdefault(id(module.alpha), module.alpha)
-    return [
-        {
-            "params": [m.values for m in adapters.values()],
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "name": "delta",
-        },
-        {"params": list(seen.values()), "lr": alpha_lr, "weight_decay": 0.0, "name": "alpha"},
-    ]
+    """AdamW groups of :func:`~rigsa_lightning.adapters.gated_sparse.adapter_param_groups` (the kept values with
+    ``adapter.weight_decay`` at ``adapter.lr``, the unique gates without decay at ``adapter.alpha_lr``)."""
+    from rigsa_lightning.adapters.gated_sparse import adapter_param_groups
+
+    return adapter_param_groups(adapters, adapter_cfg or {})
 
 
 def _nbytes(t: torch.Tensor | None) -> int:
