@@ -212,7 +212,9 @@ class RigsaLitModule(L.LightningModule):
 
         grad = str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
         if grad not in GRAD_MODES:
-            raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
+            raise ConfigError(
+                "adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}"
+            )
         if self.method not in GATED_METHODS:
             return "dense"
         from lightning.pytorch.strategies import SingleDeviceStrategy

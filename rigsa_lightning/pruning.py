@@ -550,7 +550,8 @@ def compute_prune_masks(
                     yield source(n)
 
         # pass 1: counts and the top-bits histogram
-        device = adapters[group[0]].delta.device  # histograms stay on the adapters' device (no sync per chunk)
+        # histograms stay on the adapters' device (no sync per chunk)
+        device = adapters[group[0]].delta.device
         hi_counts = torch.zeros(_HI_BINS, dtype=torch.int64, device=device)
         excluded = 0
         for src in sources():

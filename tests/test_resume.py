@@ -137,10 +137,8 @@ def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path)
     # Stored sparse after the prune (adapter.storage=auto on one device): kept values + sorted flat indices only.
     state = ckpt["state_dict"]
     assert not any(k.endswith((".mask", ".delta")) for k in state)
-    shapes = {
-        f"model.{n}": info["shape"]
-        for n, info in json.loads((ref_dir / "adapter" / "adapter_config.json").read_text())["modules"].items()
-    }
+    exported = json.loads((ref_dir / "adapter" / "adapter_config.json").read_text())
+    shapes = {f"model.{n}": info["shape"] for n, info in exported["modules"].items()}
     for prefix, (rows, cols) in shapes.items():
         indices, values = state[f"{prefix}.indices"], state[f"{prefix}.values"]
         assert indices.dtype == torch.int32 and values.shape == indices.shape
