@@ -159,7 +159,58 @@ def gate_key(name: str, gate: str) -> str:
     return match.group(1) if match else name
 
 
-class GatedSparseLinear(nn.Module):
+class AdapterLayer(nn.Module):
+    """What both storages of the gated adapter share (PEFT-style layer contract): the frozen ``base_layer`` and
+    its ``weight``/``bias``, the ΔW seed (``delta_seed`` buffer), and ``merge``/``unmerge`` of
+    ``get_delta_weight()`` (``alpha`` times the effective ΔW) into the base weight."""
+
+    base_layer: nn.Linear
+    delta_seed: torch.Tensor
+    merged: bool
+
+    @property
+    def init_seed(self) -> int:
+        """Seed of the initial ΔW."""
+        return int(self.delta_seed)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight (so code reading ``module.weight`` of a linear layer keeps working)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base bias."""
+        return self.base_layer.bias
+
+    def get_delta_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        """``alpha * effective ΔW`` (fp32)."""
+        raise NotImplementedError
+
+    def _check_mergeable(self) -> None:
+        """Raise when the base weight cannot take the update (quantised bases)."""
+
+    def merge(self) -> None:
+        """Add ``get_delta_weight()`` into the base weight; the forward then skips the adapter."""
+        if self.merged:
+            return
+        self._check_mergeable()
+        with torch.no_grad():
+            w0 = self.base_layer.weight
+            w0.add_(self.get_delta_weight().detach().to(device=w0.device, dtype=w0.dtype))
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Subtract the merged update back out of the base weight (exact up to float rounding)."""
+        if not self.merged:
+            return
+        with torch.no_grad():
+            w0 = self.base_layer.weight
+            w0.sub_(self.get_delta_weight().detach().to(device=w0.device, dtype=w0.dtype))
+        self.merged = False
+
+
+class GatedSparseLinear(AdapterLayer):
     """``y = x (W0 + alpha * effective_delta())ᵀ + b`` around a frozen ``nn.Linear`` (see the module docstring).
 
     Args:
@@ -247,21 +298,6 @@ class GatedSparseLinear(nn.Module):
         self._mergeable = weight.dtype.is_floating_point and type(base_layer).forward is nn.Linear.forward
 
     # ----------------------------------------------------------------------------------------------- state
-    @property
-    def init_seed(self) -> int:
-        """Seed of the initial ΔW."""
-        return int(self.delta_seed)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base weight (so code reading ``module.weight`` of a linear layer keeps working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The base bias."""
-        return self.base_layer.bias
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._full = None
@@ -415,29 +451,13 @@ class GatedSparseLinear(nn.Module):
                 torch.where(self.mask, self.delta, self._frozen_values(), out=self.delta.data)
 
     # ----------------------------------------------------------------------------------------------- merge
-    def merge(self) -> None:
-        """Add ``alpha * effective_delta()`` into the base weight; the forward then skips the adapter."""
-        if self.merged:
-            return
+    def _check_mergeable(self) -> None:
         if not self._mergeable:
             raise ConfigError(
                 "adapter.merge",
                 f"cannot merge into a {type(self.base_layer).__name__} base (quantised weight)",
                 "load the base model unquantised (model.dtype=float32 or bfloat16) to merge",
             )
-        with torch.no_grad():
-            w0 = self.base_layer.weight
-            w0.add_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
-        self.merged = True
-
-    def unmerge(self) -> None:
-        """Subtract the merged update back out of the base weight (exact up to float rounding)."""
-        if not self.merged:
-            return
-        with torch.no_grad():
-            w0 = self.base_layer.weight
-            w0.sub_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
-        self.merged = False
 
 
 # --------------------------------------------------------------------------------------------------- injection

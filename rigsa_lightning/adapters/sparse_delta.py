@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, generate_initial_delta
+from rigsa_lightning.adapters.gated_sparse import AdapterLayer, GatedSparseLinear, generate_initial_delta
 from rigsa_lightning.adapters.targets import replace_module
 
 __all__ = [
@@ -174,7 +174,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------- module
-class SparseGatedLinear(nn.Module):
+class SparseGatedLinear(AdapterLayer):
     """A pruned RIGSA adapter storing only its kept entries: ``y = x (W0 + alpha·ΔW)ᵀ + b``.
 
     Attributes:
@@ -245,21 +245,6 @@ class SparseGatedLinear(nn.Module):
         self.merged = False
 
     # ----------------------------------------------------------------------------------------------- state
-    @property
-    def init_seed(self) -> int:
-        """Seed of the initial ΔW (as in :class:`GatedSparseLinear`)."""
-        return int(self.delta_seed)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base weight."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The base bias."""
-        return self.base_layer.bias
-
     @property
     def mask(self) -> torch.Tensor:
         """The dense bool mask (built on demand; not stored)."""
@@ -350,24 +335,6 @@ class SparseGatedLinear(nn.Module):
                 compute_dtype,
                 self.resolved_grad_mode(),
             )
-
-    def merge(self) -> None:
-        """Add ``alpha * effective_delta()`` into the base weight."""
-        if self.merged:
-            return
-        with torch.no_grad():
-            w0 = self.base_layer.weight
-            w0.add_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
-        self.merged = True
-
-    def unmerge(self) -> None:
-        """Subtract the merged update back out."""
-        if not self.merged:
-            return
-        with torch.no_grad():
-            w0 = self.base_layer.weight
-            w0.sub_(self.get_delta_weight().to(device=w0.device, dtype=w0.dtype))
-        self.merged = False
 
     def extra_repr(self) -> str:
         return (
