@@ -18,7 +18,17 @@ import sys
 import time
 from typing import Any
 
-from bench.common import REPO, environment, out_dir, print_table, record, say, thread_probe, verdict
+from bench.common import (
+    REPO,
+    environment,
+    fmt_bytes,
+    out_dir,
+    print_table,
+    record,
+    say,
+    thread_probe,
+    verdict,
+)
 
 TARGET_S = 15 * 60
 KEYS = [
@@ -71,6 +81,10 @@ def run(
     for key in ("textual_mnist/zero_shot_acc", "textual_mnist/acc", "adapter/density"):
         if key in metrics:
             rows.append([key, f"{metrics[key]:.4f}"])
+    # Adapter training state after the first step of each epoch (dense round, then the sparse storage).
+    state = metrics.get("memory/adapter_state") or []
+    for h in state:
+        rows.append([f"adapter state epoch {h['epoch']} ({h['storage']})", fmt_bytes(h["total_bytes"])])
     print_table(
         "End-to-end main job (experiment=rigsa_50, embedded SmolLM2-135M + 8x8 digits)",
         ["metric", "value"],
@@ -84,6 +98,7 @@ def run(
         "timings": timings,
         "wall_s": wall,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        "adapter_state": state,
         "target_s": TARGET_S,
         "verdict": verdict(wall, TARGET_S),
         "env": env,
@@ -100,8 +115,21 @@ def headline(entry: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     parts = ", ".join(
         f"{k.split('/')[1][:-2]} {t[k]:.0f}" for k in KEYS[:5] if isinstance(t.get(k), (int, float))
     )
-    return [
+    rows = [
         ("main job wall time", f"{entry['wall_s'] / 60:.1f} min", "<= 15 min", entry["verdict"]),
         ("breakdown (s)", parts, "", ""),
         ("peak RSS", f"{t.get('memory/peak_rss_gb', float('nan')):.2f} GB", "", ""),
     ]
+    state = entry.get("adapter_state") or []
+    if len(state) > 1:
+        first, last = state[0], state[-1]
+        rows.append(
+            (
+                "adapter training state, last / first epoch",
+                f"{fmt_bytes(last['total_bytes'])} ({last['storage']}) / {fmt_bytes(first['total_bytes'])} "
+                f"({first['storage']}) = {last['total_bytes'] / first['total_bytes']:.3f}x",
+                "scales with density",
+                "",
+            )
+        )
+    return rows

@@ -184,6 +184,7 @@ class RigsaLitModule(L.LightningModule):
         self.strict_loading = False
         self._register_digit_ids()
         self.adapter_storage = "dense"  # resolved in setup() (see resolve_storage)
+        self.adapter_state_history: list[dict[str, Any]] = []
         self._kill_at_step = _env_step(KILL_AT_STEP_ENV)
         self._nan_at_step = _env_step(NAN_AT_STEP_ENV)
 
@@ -378,6 +379,27 @@ class RigsaLitModule(L.LightningModule):
                 )
         if self.prepared.gated and self.global_step % max(1, int(self.trainer.log_every_n_steps)) == 0:
             self.log_dict(self.gate_stats(), on_step=True, on_epoch=False)
+        if batch_idx == 0 and self.prepared.gated:
+            self._record_adapter_state()
+
+    def _record_adapter_state(self) -> None:
+        """After the first step of an epoch (grads and AdamW moments exist): bytes of the adapters' training state
+        (ΔW or kept values, grads, moments, masks or indices, gates), logged as ``memory/adapter_state_mb`` and kept
+        per epoch in :attr:`adapter_state_history` (``metrics.json``: ``memory/adapter_state``)."""
+        from rigsa_lightning.adapters.sparse_delta import adapter_state_bytes, storage_of
+
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        state = adapter_state_bytes(self.prepared.gated, optimizer)
+        storage = {storage_of(m) for m in self.prepared.gated.values()}
+        self.adapter_state_history.append(
+            {
+                "epoch": int(self.current_epoch),
+                "storage": "/".join(sorted(storage)),
+                "nnz": int(sum(m.nnz() for m in self.prepared.gated.values())),
+                **{f"{k}_bytes": int(v) for k, v in state.items()},
+            }
+        )
+        self.log("memory/adapter_state_mb", state["total"] / 2**20, on_step=True, on_epoch=False)
 
     def gate_stats(self) -> dict[str, float]:
         """Mean / min / max / mean-|alpha| of the gates."""

@@ -414,6 +414,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("val/", "train/")):
                 metrics[f"final_{key}"] = float(value)
+        if lit.adapter_state_history:  # per epoch: storage, kept entries, bytes of the adapter training state
+            metrics["memory/adapter_state"] = list(lit.adapter_state_history)
         for lg in loggers:
             lg.finalize("success")
     else:

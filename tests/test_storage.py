@@ -51,6 +51,21 @@ def test_sparse_storage_trains_like_dense_storage_across_two_prunes(tmp_path: Pa
     assert m_dense["adapter/density"] == m_sparse["adapter/density"] == 0.25
     assert abs(m_dense["final_val/loss"] - m_sparse["final_val/loss"]) < 1e-4
 
+    # Training state per epoch (after its first step): dense storage stays at 17 B per entry (ΔW 4 + grad 4 +
+    # AdamW 8 + mask 1); sparse storage falls to 20 B per kept entry (value 4 + grad 4 + AdamW 8 + index 4).
+    hist_dense, hist_sparse = m_dense["memory/adapter_state"], m_sparse["memory/adapter_state"]
+    assert [h["epoch"] for h in hist_sparse] == [0, 1, 2]
+    assert [h["storage"] for h in hist_sparse] == ["dense", "sparse", "sparse"]
+    assert [h["storage"] for h in hist_dense] == ["dense"] * 3
+    numel = hist_dense[0]["nnz"]
+    steps = 4 * 14  # AdamW's fp32 `step` tensor of each of the 14 adapted matrices
+    for h in hist_dense:
+        assert h["total_bytes"] - h["alpha_bytes"] == 17 * numel + steps
+    for h in hist_sparse[1:]:
+        assert h["total_bytes"] - h["alpha_bytes"] == 20 * h["nnz"] + steps
+    assert [h["nnz"] for h in hist_sparse] == [numel, numel // 2, numel // 4]
+    assert hist_sparse[2]["total_bytes"] / hist_dense[2]["total_bytes"] < 0.3  # 20 x 0.25 / 17 = 0.294
+
     # Checkpoint layouts: dense ΔW + bool masks, or kept values + int32 indices (4x fewer entries at 25%).
     sd_dense = load_ckpt(dense / "checkpoints" / "last.ckpt")
     sd_sparse = load_ckpt(sparse / "checkpoints" / "last.ckpt")
