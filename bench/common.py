@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# Peak/current RSS, re-exported for the benchmarks: shared with the train job, which reports its own peak with them.
+from rigsa_lightning.runtime import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 RESULT_MARK = "BENCH_RESULT "
 MODEL_NAME = "embedded:smollm2-135m-instruct"
@@ -128,44 +131,6 @@ def alternate(
 
 
 # --------------------------------------------------------------------------------------------------- memory
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False when the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS since the last :func:`reset_peak_rss` (or process start), in bytes."""
-    try:
-        return _status_kb("VmHWM") * 1024
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def rss_bytes() -> int:
-    """Current RSS in bytes."""
-    try:
-        return _status_kb("VmRSS") * 1024
-    except OSError:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-
-
 def trim_malloc() -> None:
     """Return freed heap memory to the OS (glibc ``malloc_trim``) so RSS deltas measure live memory."""
     try:

@@ -37,3 +37,41 @@ def configure_offline_environment() -> bool:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     return True
+
+
+# --------------------------------------------------------------------------------------------------- memory
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (``VmHWM``) of this process, so that a job of a sequential multirun
+    reports its own peak, not the largest of the jobs before it; False where the kernel refuses (non-Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last :func:`reset_peak_rss` (or the process start), in bytes."""
+    try:
+        return _status_kb("VmHWM") * 1024
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """Current RSS in bytes (0 where ``/proc`` is missing)."""
+    try:
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return 0

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.runtime import configure_offline_environment
+from rigsa_lightning.runtime import configure_offline_environment, reset_peak_rss
 
 configure_offline_environment()  # before datasets/transformers/lm_eval are imported anywhere
 
@@ -31,7 +30,10 @@ log = logging.getLogger("rigsa_lightning.train")
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    """Peak RSS (GiB) since :func:`train` started (the kernel counter is reset there; see runtime.reset_peak_rss)."""
+    from rigsa_lightning.runtime import peak_rss_bytes
+
+    return peak_rss_bytes() / 1024**3
 
 
 _NULLS = (None, False, "", "null", "None", "none", "false", "False")
@@ -305,6 +307,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.time()
     timings: dict[str, float] = {}
+    reset_peak_rss()  # this job's own peak, also in a sequential multirun
     validate_cfg(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

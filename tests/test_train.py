@@ -67,3 +67,20 @@ def test_gpu_trainer_without_gpu_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "error: trainer" in res.stderr and "trainer=cpu" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_peak_rss_is_per_job_in_one_process() -> None:
+    """A sequential multirun runs its jobs in one process: each job resets the kernel's peak-RSS counter at its start
+    (train()), so a small job after a big one reports its own peak, not the big one's."""
+    import numpy as np
+    import pytest
+
+    from rigsa_lightning.runtime import peak_rss_bytes, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("the kernel refuses /proc/self/clear_refs here")
+    big = np.ones(32 * 2**20)  # 256 MiB, touched
+    high = peak_rss_bytes()
+    del big
+    reset_peak_rss()
+    assert peak_rss_bytes() < high - 128 * 2**20
