@@ -238,3 +238,29 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def compile_forward(model: Any, compile_cfg: Any) -> bool:
+    """``torch.compile`` the model's ``forward`` in place when ``compile.enabled`` (returns whether it did).
+
+    Only the bound ``forward`` is replaced, so module names, ``state_dict`` keys and checkpoints are unchanged; a
+    module swapped later (sparse storage after a prune) just triggers a recompilation.
+    """
+    if compile_cfg is None or not bool(compile_cfg.get("enabled", False)):
+        return False
+    backend = str(compile_cfg.get("backend", "inductor"))
+    dynamic = bool(compile_cfg.get("dynamic", True))
+    model.forward = torch.compile(model.forward, backend=backend, dynamic=dynamic)
+    return True
+
+
+def check_compile_cfg(compile_cfg: Any) -> None:
+    """One-line error for an unknown ``compile.backend`` (checked before anything is loaded)."""
+    if compile_cfg is None or not bool(compile_cfg.get("enabled", False)):
+        return
+    import torch._dynamo
+
+    backend = str(compile_cfg.get("backend", "inductor"))
+    known = sorted(torch._dynamo.list_backends(exclude_tags=()))
+    if backend not in known:
+        raise ConfigError("compile.backend", f"unknown backend {backend!r}", f"use one of {known}")

@@ -105,6 +105,9 @@ def validate_cfg(cfg: DictConfig) -> None:
     if method == "rigsa":
         schedule.check_max_epochs(cfg.trainer.get("max_epochs"))  # more rounds than the trainer's epochs
     _check_data_early(cfg.data)
+    from rigsa_lightning.models import check_compile_cfg
+
+    check_compile_cfg(cfg.get("compile"))
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config
 
@@ -341,6 +344,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- model + data
     prepared = prepare_model(cfg, cache_dir)
+    from rigsa_lightning.models import compile_forward
+
+    if compile_forward(prepared.model, cfg.get("compile")):
+        log.info("torch.compile: model forward wrapped (backend %s)", cfg.compile.backend)
     timings["time/load_s"] = time.time() - t0
     t = time.time()
     dm = TextualMNISTDataModule(

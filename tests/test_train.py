@@ -84,3 +84,54 @@ def test_peak_rss_is_per_job_in_one_process() -> None:
     del big
     reset_peak_rss()
     assert peak_rss_bytes() < high - 128 * 2**20
+
+
+def test_compile_flag_trains_through_a_prune_with_a_compiled_forward(tmp_path: Path) -> None:
+    """compile.enabled wraps the model's forward (dynamo tracing with the `eager` backend keeps the test fast): the
+    run trains, prunes (the sparse storage swaps modules under the compiled forward), evaluates and exports."""
+    args = [
+        "experiment=rigsa_50",
+        "model=tiny",
+        "debug=fast",
+        "compile.enabled=true",
+        "compile.backend=eager",
+    ]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "torch.compile: model forward wrapped (backend eager)" in res.stdout + res.stderr
+    metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["adapter/density"] == pytest.approx(0.5, abs=0.01)
+    assert [h["storage"] for h in metrics["memory/adapter_state"]][-1] == "sparse"
+
+
+def test_compile_forward_equals_eager(tiny_model) -> None:
+    import copy
+
+    import torch
+
+    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.models import compile_forward
+
+    model = copy.deepcopy(tiny_model[0]).eval()
+    inject_gated_sparse(model, {"alpha_init": 0.5})
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits
+    assert not compile_forward(model, {"enabled": False})
+    assert compile_forward(model, {"enabled": True, "backend": "eager", "dynamic": True})
+    with torch.no_grad():
+        compiled = model(input_ids=ids).logits
+    torch.testing.assert_close(compiled, eager)
+    assert not any("_orig_mod" in k for k in model.state_dict())  # checkpoint keys unchanged
+
+
+def test_unknown_compile_backend_is_one_line(tmp_path: Path) -> None:
+    res = run_cli(
+        ["experiment=rigsa_50", "model=tiny", "debug=fast", "compile.enabled=true", "compile.backend=fast"],
+        tmp_path,
+    )
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: compile.backend"), res.stderr[-2000:]
+    assert "inductor" in lines[-1] and "Traceback" not in res.stderr
