@@ -108,6 +108,7 @@ def validate_cfg(cfg: DictConfig) -> None:
     from rigsa_lightning.models import check_compile_cfg
 
     check_compile_cfg(cfg.get("compile"))
+    _check_storage_early(cfg)
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config
 
@@ -117,6 +118,27 @@ def validate_cfg(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
         raise ConfigError(
             "ckpt_path", f"{cfg.ckpt_path} does not exist", "point it at a .ckpt file of this run"
+        )
+
+
+def _check_storage_early(cfg: DictConfig) -> None:
+    """``adapter.storage`` / ``adapter.sparse_grad`` values, and sparse storage only without a multi-process
+    strategy (RigsaLitModule.resolve_storage checks the live strategy again)."""
+    from rigsa_lightning.adapters.sparse_delta import GRAD_MODES
+    from rigsa_lightning.module import STORAGES
+
+    storage = str(cfg.adapter.get("storage", "auto") or "auto")
+    if storage not in STORAGES:
+        raise ConfigError("adapter.storage", f"unknown value {storage!r}", f"use one of {list(STORAGES)}")
+    grad = str(cfg.adapter.get("sparse_grad", "auto") or "auto")
+    if grad not in GRAD_MODES:
+        raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
+    strategy = str(cfg.trainer.get("strategy", "auto") or "auto").lower()
+    if storage == "sparse" and strategy.startswith(("ddp", "fsdp", "deepspeed")):
+        raise ConfigError(
+            "adapter.storage",
+            f"sparse storage needs a single-device strategy, not trainer.strategy={strategy}",
+            "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
         )
 
 

@@ -131,3 +131,12 @@ def test_optimizer_state_round_trips_between_storages() -> None:
     back = remap_param_state(gathered, sparse, to_dense_storage(sparse))
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(back[key], state[key])
+
+
+def test_sparse_storage_under_ddp_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    res = run_cli(["experiment=rigsa_50", *SMALL, "trainer=ddp", "adapter.storage=sparse"], tmp_path)
+    assert res.returncode == 2, tail(res)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: adapter.storage") and "single-device" in lines[-1], tail(res)
+    assert "adapter.storage=auto" in lines[-1] and "Traceback" not in res.stderr
+    assert not list((tmp_path / "outputs" / "runs").glob("*/*"))  # nothing written
