@@ -166,6 +166,12 @@ class AdapterLayer(nn.Module):
 
     base_layer: nn.Linear
     delta_seed: torch.Tensor
+    alpha: nn.Parameter
+    alpha_init: float
+    init: str
+    init_std: float
+    gate_key: str
+    forward_mode: str
     merged: bool
 
     @property

@@ -381,17 +381,25 @@ def sparse_from_tensors(
         module.base_layer,
         values,
         indices,
-        init_seed=module.init_seed,
-        alpha=module.alpha,
-        alpha_init=module.alpha_init,
-        init=module.init,
-        init_std=module.init_std,
-        gate_key=module.gate_key,
         pruned_value="init" if frozen is not None else "zero",
         frozen=frozen,
         grad_mode=grad_mode,
-        forward_mode=module.forward_mode,
+        **_shared_init_kwargs(module),
     )
+
+
+def _shared_init_kwargs(module: AdapterLayer) -> dict[str, Any]:
+    """Constructor arguments both storages take from each other: the ΔW seed and distribution, the same gate
+    object (shared gates stay shared), its initial value and key, the forward form."""
+    return {
+        "init_seed": module.init_seed,
+        "alpha": module.alpha,
+        "alpha_init": module.alpha_init,
+        "init": module.init,
+        "init_std": module.init_std,
+        "gate_key": module.gate_key,
+        "forward_mode": module.forward_mode,
+    }
 
 
 def storage_of(module: nn.Module) -> str:
@@ -424,14 +432,8 @@ def to_dense_storage(module: SparseGatedLinear) -> GatedSparseLinear:
         raise RuntimeError("unmerge() the adapter before converting its storage")
     dense = GatedSparseLinear(
         module.base_layer,
-        init_seed=module.init_seed,
-        alpha=module.alpha,
-        alpha_init=module.alpha_init,
-        init=module.init,
-        init_std=module.init_std,
-        forward_mode=module.forward_mode,
-        gate_key=module.gate_key,
         delta=module.effective_delta(),
+        **_shared_init_kwargs(module),
     )
     mask = module.mask
     if not bool(mask.all()):
