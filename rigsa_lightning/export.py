@@ -71,6 +71,8 @@ def save_sparse_adapter(
     """Write ``adapter.safetensors`` + ``adapter_config.json`` into ``folder`` (replaced atomically); return it."""
     from safetensors.torch import save_file
 
+    from rigsa_lightning.adapters.sparse_delta import storage_of
+
     folder = Path(folder)
     adapter_plain = _to_plain(adapter_cfg)
     pruning_plain = _to_plain(pruning_cfg)
@@ -81,7 +83,7 @@ def save_sparse_adapter(
     total_numel = 0
     for name, mod in adapters.items():
         numel = mod.numel()
-        if hasattr(mod, "indices"):  # sparse storage (SparseGatedLinear): already kept values + indices
+        if storage_of(mod) == "sparse":  # SparseGatedLinear: already kept values + indices
             indices = mod.indices.detach().long()
             values = mod.values.detach().float().cpu().contiguous()
         else:

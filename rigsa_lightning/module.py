@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
-from rigsa_lightning.errors import ConfigError
 
 # Test-only fault injection (read once per module instance; never set them in real runs):
 #   RIGSA_TEST_KILL_AT_STEP=<n>  SIGKILL this process when global step <n> starts (kill-and-resume test);
@@ -39,7 +38,6 @@ _TRAJECTORY_TRAINER_KEYS = (
 _TRAJECTORY_GROUPS = ("model", "adapter", "pruning", "data", "optim")
 # Storage layout and kernels of the same maths (a resume may switch them: checkpoints convert on load).
 _NOT_TRAJECTORY = {"data.num_workers", "data.cache", "adapter.storage", "adapter.sparse_grad"}
-STORAGES = ("auto", "dense", "sparse")
 
 
 class NonFiniteError(RuntimeError):
@@ -206,16 +204,9 @@ class RigsaLitModule(L.LightningModule):
         ``auto`` (default) stores pruned adapters sparse on a single-device strategy and dense under DDP/FSDP,
         whose wrappers cannot follow the parameters changing after a prune; ``sparse`` there is an error.
         """
-        value = str(self.cfg.adapter.get("storage", "auto") or "auto")
-        if value not in STORAGES:
-            raise ConfigError("adapter.storage", f"unknown value {value!r}", f"use one of {list(STORAGES)}")
-        from rigsa_lightning.adapters.sparse_delta import GRAD_MODES
+        from rigsa_lightning.adapters.sparse_delta import multi_device_error, storage_options
 
-        grad = str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
-        if grad not in GRAD_MODES:
-            raise ConfigError(
-                "adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}"
-            )
+        value, _ = storage_options(self.cfg.adapter)
         if self.method not in GATED_METHODS:
             return "dense"
         from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -223,11 +214,7 @@ class RigsaLitModule(L.LightningModule):
         trainer = self._trainer
         single = trainer is None or isinstance(trainer.strategy, SingleDeviceStrategy)
         if value == "sparse" and not single:
-            raise ConfigError(
-                "adapter.storage",
-                f"sparse storage needs a single-device strategy, not {type(trainer.strategy).__name__}",
-                "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
-            )
+            raise multi_device_error(type(trainer.strategy).__name__)
         return "sparse" if value == "sparse" or (value == "auto" and single) else "dense"
 
     def setup(self, stage: str) -> None:
@@ -247,7 +234,12 @@ class RigsaLitModule(L.LightningModule):
         scheduler position: the next step is the one the other storage would take (exactly with
         ``adapter.sparse_grad=dense``; up to float summation order with the sampled weight gradient).
         """
-        from rigsa_lightning.adapters.sparse_delta import convert_adapters, remap_param_state, storage_of
+        from rigsa_lightning.adapters.sparse_delta import (
+            convert_adapters,
+            remap_param_state,
+            storage_of,
+            storage_options,
+        )
 
         gated = self.prepared.gated
         if not gated or all(storage_of(m) == storage for m in gated.values()):
@@ -255,9 +247,7 @@ class RigsaLitModule(L.LightningModule):
         trainer = self._trainer
         optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
         old = dict(gated)
-        new = convert_adapters(
-            self.model, gated, storage, grad_mode=str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
-        )
+        new = convert_adapters(self.model, gated, storage, grad_mode=storage_options(self.cfg.adapter)[1])
         gated.clear()
         gated.update(new)
         if optimizer is None:
@@ -516,11 +506,16 @@ class RigsaLitModule(L.LightningModule):
         """Lay the gated adapters out as the checkpoint stores them (sparse ``values``/``indices`` or dense
         ``delta``/``mask``) before Lightning loads it (and builds the optimizer on those parameters); the configured
         storage takes over at the next prune."""
-        from rigsa_lightning.adapters.sparse_delta import sparse_from_tensors, storage_of, to_dense_storage
+        from rigsa_lightning.adapters.sparse_delta import (
+            sparse_from_tensors,
+            storage_of,
+            storage_options,
+            to_dense_storage,
+        )
         from rigsa_lightning.adapters.targets import replace_module
 
         gated = self.prepared.gated
-        grad_mode = str(self.cfg.adapter.get("sparse_grad", "auto") or "auto")
+        grad_mode = storage_options(self.cfg.adapter)[1]
         for name, mod in list(gated.items()):
             prefix = f"model.{name}."
             if f"{prefix}values" in state:

@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rigsa_lightning.adapters.gated_sparse import CHUNK_FRACTION, MIN_CHUNK_ENTRIES, float_mask, row_chunks
+from rigsa_lightning.adapters.gated_sparse import default_chunk_entries, float_mask, row_chunks
 from rigsa_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -335,16 +335,13 @@ def _hi_hist(bits: torch.Tensor) -> torch.Tensor:
     return torch.bincount(bits >> 16, minlength=_HI_BINS)
 
 
-def _lo_hist(bits: torch.Tensor, hi: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Histogram of the low 16 bits of the entries in top-bits bin ``hi``; accumulated into ``out`` when given
-    (``index_put_``: no 512 KiB temporary per chunk)."""
+def _lo_hist(bits: torch.Tensor, hi: int, out: torch.Tensor) -> None:
+    """Add the low 16 bits of the entries in top-bits bin ``hi`` to the histogram ``out`` (``index_put_``: no
+    512 KiB temporary per call)."""
     sel = bits[(bits >> 16) == hi]
-    if out is None:
-        return torch.bincount(sel & 0xFFFF, minlength=_LO_BINS) if sel.numel() else None
     if sel.numel():
         lo = (sel & 0xFFFF).long()
         out.index_put_((lo,), torch.ones_like(lo), accumulate=True)
-    return out
 
 
 def _radix_threshold(
@@ -362,9 +359,7 @@ def _radix_threshold(
     hi, above_hi = _hi_bin(hi_counts, sum(excluded), k)
     lo_counts = torch.zeros(_LO_BINS, dtype=torch.int64, device=hi_counts.device)
     for fn in bit_fns:
-        counts = _lo_hist(fn(), hi)
-        if counts is not None:
-            lo_counts += counts
+        _lo_hist(fn(), hi, lo_counts)
     return _lo_threshold(lo_counts, hi, above_hi, sum(excluded), k)
 
 
@@ -497,7 +492,7 @@ def compute_prune_masks(
     schedule: PruningSchedule,
     round_index: int,
     references: dict[str, torch.Tensor] | None = None,
-    on_mask: Callable[[str, torch.Tensor, torch.Tensor | None], None] | None = None,
+    on_mask: Callable[[str, torch.Tensor], None] | None = None,
     *,
     chunk_entries: int | None = None,
 ) -> PruneResult:
@@ -511,18 +506,16 @@ def compute_prune_masks(
     largest matrix each) and the fixed histograms (0.75 MiB) the extra memory stays below 2x the largest matrix
     whatever the number of matrices (``make bench``: bench/pruning_event.py).
 
-    Without ``on_mask`` the adapters are not changed and the masks are returned. With it, ``on_mask(name, mask,
-    None)`` is called as soon as a module's mask is final and the masks are not kept (the third argument, once
-    the initial ΔW, is kept for compatibility). A module's mask only depends on its own tensors (and, for global
-    scope, the threshold), so applying it right away is safe.
+    Without ``on_mask`` the adapters are not changed and the masks are returned. With it, ``on_mask(name, mask)``
+    is called as soon as a module's mask is final and the masks are not kept. A module's mask only depends on its
+    own tensors (and, for global scope, the threshold), so applying it right away is safe.
 
     ``references`` holds, for ``sign_reference: previous``, the "was positive" bool tensors saved at the previous
     prune; otherwise (and in round 1) the reference sign is the initial ΔW's.
     """
     names = list(adapters)
-    if not chunk_entries:  # temporaries of a chunk stay a fraction of the largest matrix (see CHUNK_FRACTION)
-        largest = max((adapters[n].mask.numel() for n in names), default=1)
-        chunk_entries = max(MIN_CHUNK_ENTRIES, largest // CHUNK_FRACTION)
+    if not chunk_entries:  # temporaries of a chunk stay a fraction of the largest matrix
+        chunk_entries = default_chunk_entries(max((adapters[n].mask.numel() for n in names), default=1))
     chunk_entries = int(chunk_entries)
     keep_of = schedule.keep_of
     target = schedule.target_density(round_index)
@@ -601,7 +594,7 @@ def compute_prune_masks(
                     n_kept_stable += n if cand is stable else count_true(keep & stable)
             kept[key], kept_stable[key] = n_kept, n_kept_stable
             if on_mask is not None:
-                on_mask(key, new_mask, None)
+                on_mask(key, new_mask)
             else:
                 masks[key] = new_mask
             del new_mask, src
@@ -729,13 +722,12 @@ class IterativeMagnitudePruning(L.Callback):
         alpha_values = torch.stack([a.detach().float().reshape(()) for a in alphas.values()]).cpu()
         new_references: dict[str, torch.Tensor] = {}
 
-        def apply(name: str, mask: torch.Tensor, initial: torch.Tensor | None) -> None:
+        def apply(name: str, mask: torch.Tensor) -> None:
             mod = adapters[name]
             if sched.sign_reference == "previous":  # the sign before rewinding: next round's reference
                 new_references[name] = mod.delta.detach() > 0
-            mod.apply_mask(
-                mask, rewind=sched.rewind == "init", pruned_value=sched.pruned_value, initial=initial
-            )
+            # the rewind draws the initial ΔW chunk by chunk (GatedSparseLinear.apply_mask)
+            mod.apply_mask(mask, rewind=sched.rewind == "init", pruned_value=sched.pruned_value)
 
         # Masks are applied module by module as soon as they are final (no second copy of all masks in memory).
         result = compute_prune_masks(adapters, sched, round_index, self.references, on_mask=apply)

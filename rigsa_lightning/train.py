@@ -124,22 +124,12 @@ def validate_cfg(cfg: DictConfig) -> None:
 def _check_storage_early(cfg: DictConfig) -> None:
     """``adapter.storage`` / ``adapter.sparse_grad`` values, and sparse storage only without a multi-process
     strategy (RigsaLitModule.resolve_storage checks the live strategy again)."""
-    from rigsa_lightning.adapters.sparse_delta import GRAD_MODES
-    from rigsa_lightning.module import STORAGES
+    from rigsa_lightning.adapters.sparse_delta import multi_device_error, storage_options
 
-    storage = str(cfg.adapter.get("storage", "auto") or "auto")
-    if storage not in STORAGES:
-        raise ConfigError("adapter.storage", f"unknown value {storage!r}", f"use one of {list(STORAGES)}")
-    grad = str(cfg.adapter.get("sparse_grad", "auto") or "auto")
-    if grad not in GRAD_MODES:
-        raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
+    storage, _ = storage_options(cfg.adapter)
     strategy = str(cfg.trainer.get("strategy", "auto") or "auto").lower()
     if storage == "sparse" and strategy.startswith(("ddp", "fsdp", "deepspeed")):
-        raise ConfigError(
-            "adapter.storage",
-            f"sparse storage needs a single-device strategy, not trainer.strategy={strategy}",
-            "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
-        )
+        raise multi_device_error(f"trainer.strategy={strategy}")
 
 
 def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:

@@ -73,10 +73,21 @@ def generate_initial_delta(
     ``kaiming_uniform`` equals ``nn.Linear.reset_parameters`` (``kaiming_uniform_(a=sqrt(5))``, i.e. uniform in
     ``±1/sqrt(in_features)``); ``normal`` draws N(0, init_std²).
     """
-    out_features, in_features = int(shape[0]), int(shape[1])
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
-    values = torch.empty(out_features, in_features, dtype=torch.float32)
+    return _draw_rows(int(shape[0]), int(shape[1]), gen, init, init_std, device)
+
+
+def _draw_rows(
+    rows: int,
+    in_features: int,
+    gen: torch.Generator,
+    init: str,
+    init_std: float,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """The next ``rows`` rows of an initial ΔW from ``gen`` (CPU fp32 draw, then moved to ``device``)."""
+    values = torch.empty(rows, in_features, dtype=torch.float32)
     if init == "kaiming_uniform":
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         values.uniform_(-bound, bound, generator=gen)
@@ -121,16 +132,8 @@ def initial_delta_chunks(
         return
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
-    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
     for sl in slices:
-        values = torch.empty(sl.stop - sl.start, in_features, dtype=torch.float32)
-        if init == "kaiming_uniform":
-            values.uniform_(-bound, bound, generator=gen)
-        else:
-            values.normal_(0.0, float(init_std), generator=gen)
-        if device is not None and torch.device(device) != values.device:
-            values = values.to(device)
-        yield values
+        yield _draw_rows(sl.stop - sl.start, in_features, gen, init, init_std, device)
 
 
 def float_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -139,12 +142,17 @@ def float_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     return mask.contiguous().view(torch.uint8).to(dtype)
 
 
+def default_chunk_entries(largest_numel: int) -> int:
+    """Entries per row chunk when the largest matrix involved has ``largest_numel`` entries."""
+    return max(MIN_CHUNK_ENTRIES, int(largest_numel) // CHUNK_FRACTION)
+
+
 def row_chunks(shape: tuple[int, ...] | torch.Size, chunk_entries: int | None = None) -> list[slice]:
     """Row slices of a ``(rows, cols)`` matrix holding about ``chunk_entries`` entries each (at least one row;
-    default: 1/CHUNK_FRACTION of the matrix, at least MIN_CHUNK_ENTRIES)."""
+    default: :func:`default_chunk_entries` of the matrix)."""
     rows, cols = int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
     if chunk_entries is None:
-        chunk_entries = max(MIN_CHUNK_ENTRIES, rows * cols // CHUNK_FRACTION)
+        chunk_entries = default_chunk_entries(rows * cols)
     step = max(1, int(chunk_entries) // max(1, cols))
     return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 

@@ -50,6 +50,9 @@ __all__ = [
     "convert_adapters",
     "sparse_from_tensors",
     "storage_of",
+    "storage_options",
+    "multi_device_error",
+    "STORAGES",
     "remap_param_state",
     "sparse_param_groups",
     "adapter_state_bytes",
@@ -57,6 +60,8 @@ __all__ = [
 ]
 
 GRAD_MODES = ("auto", "sampled", "dense")
+#: ``adapter.storage``: auto (sparse on one device, dense under DDP/FSDP), sparse, dense.
+STORAGES = ("auto", "dense", "sparse")
 #: ``grad_mode="auto"`` uses the sampled product at densities up to this (CPU: SDDMM ~ dense matmul near 0.25).
 SAMPLED_MAX_DENSITY = 0.2
 
@@ -400,6 +405,31 @@ def _shared_init_kwargs(module: AdapterLayer) -> dict[str, Any]:
         "gate_key": module.gate_key,
         "forward_mode": module.forward_mode,
     }
+
+
+def storage_options(adapter_cfg: Any) -> tuple[str, str]:
+    """``(adapter.storage, adapter.sparse_grad)``, validated (one-line ConfigError naming the option)."""
+    from rigsa_lightning.errors import ConfigError
+
+    storage = str(adapter_cfg.get("storage", "auto") or "auto")
+    if storage not in STORAGES:
+        raise ConfigError("adapter.storage", f"unknown value {storage!r}", f"use one of {list(STORAGES)}")
+    grad = str(adapter_cfg.get("sparse_grad", "auto") or "auto")
+    if grad not in GRAD_MODES:
+        raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
+    return storage, grad
+
+
+def multi_device_error(strategy: str) -> Exception:
+    """The error for ``adapter.storage=sparse`` with a multi-process strategy (DDP/FSDP wrappers register the
+    parameters once and cannot follow them changing after a prune)."""
+    from rigsa_lightning.errors import ConfigError
+
+    return ConfigError(
+        "adapter.storage",
+        f"sparse storage needs a single-device strategy, not {strategy}",
+        "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
+    )
 
 
 def storage_of(module: nn.Module) -> str:
