@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TEST_ARGS ?=
 ARGS ?=
+# Real PIQA / HellaSwag / GSM8k copies beside the project (eval.data_dir); a user with the hub leaves it unset.
+ifneq ($(wildcard ../shared/data/forgetting),)
+export RIGSA_EVAL_DATA ?= $(abspath ../shared/data/forgetting)
+endif
 
 .PHONY: install train test test-fast lint format bench sweep report clean-outputs help
 

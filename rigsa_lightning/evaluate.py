@@ -110,15 +110,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     forgetting.preflight()
     stage = "before" if adapter_path is not None else "eval"
     if dm is not None:
-        base = score_textual_mnist(model, dm, "test", precision, cfg=None)
+        base = score_textual_mnist(model, dm, "test", precision, cfg=cfg)
         metrics.update({f"textual_mnist/{k}/{stage}": v for k, v in base.items()})
+    forgetting.write_each_stage = adapter_path is None  # with an adapter: written once it is known to fit
     forgetting.evaluate(model, "before")  # the base model: cached across runs
     if adapter_path is not None:
         model, kind = attach_adapter(model, adapter_path)
+        forgetting.write_each_stage = True
+        forgetting.save_stage("before")
         metrics["adapter_kind"] = kind
         model.eval()
         if dm is not None:
-            after = score_textual_mnist(model, dm, "test", precision, cfg=None)
+            after = score_textual_mnist(model, dm, "test", precision, cfg=cfg)
             metrics.update({f"textual_mnist/{k}/after": v for k, v in after.items()})
         forgetting.evaluate(model, "after")
         if cfg.get("merge_to"):

@@ -67,6 +67,13 @@ PREFERRED_METRICS: dict[str, list[str]] = {
     "gsm8k": ["exact_match_flexible-extract", "exact_match_strict-match"],
 }
 NON_BENCHMARK_KEYS = ("drift", "skipped")
+# The continuous, lower-variance forgetting measure of each benchmark (issue 13): mean change of the gold choice's
+# log-likelihood margin over the best wrong choice (nats), or of the reference solution's NLL per token (nats).
+CONTINUOUS_MEASURES: dict[str, tuple[str, str]] = {
+    "piqa": ("margin", "gold margin"),
+    "hellaswag": ("margin", "gold margin"),
+    "gsm8k": ("gold_nll", "gold NLL/token"),
+}
 FIGURES = ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds")
 _SKIP_DIRS = {"wandb", "checkpoints", "adapter", "csv", "lightning_logs", "__pycache__"}
 _MAX_DEPTH = 4
@@ -303,6 +310,21 @@ def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
         if task in skipped:
             before = after = delta = NAN
         row[f"{task}_before"], row[f"{task}_after"], row[f"{task}_delta"] = before, after, delta
+        # the paired 95% CI over items of this run's change, and McNemar's p (issue 13)
+        lo, hi, p = (_num(m.get(f"{base}/delta_{k}")) for k in ("ci_lo", "ci_hi", "p"))
+        row[f"{task}_delta_ci"] = (
+            (hi - lo) / 2 if _finite(lo) and _finite(hi) and task not in skipped else NAN
+        )
+        row[f"{task}_delta_p"] = p if task not in skipped else NAN
+        if task in CONTINUOUS_MEASURES:
+            name = CONTINUOUS_MEASURES[task][0]
+            cont = _num(m.get(f"forget/{task}/{name}/delta"))
+            lo, hi = (_num(m.get(f"forget/{task}/{name}/delta_{k}")) for k in ("ci_lo", "ci_hi"))
+            skip = task in skipped
+            row[f"{task}_{name}_delta"] = NAN if skip else cont
+            row[f"{task}_{name}_delta_ci"] = (
+                (hi - lo) / 2 if _finite(lo) and _finite(hi) and not skip else NAN
+            )
     row["drift_kl"] = _num(m.get("forget/drift/kl/after"))
     nll_delta = _num(m.get("forget/drift/nll/delta"))
     if not _finite(nll_delta):
@@ -329,6 +351,9 @@ class Column:
     key: str
     label: str
     kind: str  # acc (fraction → %), delta (fraction → signed pp), float, count, mb, min, gb
+    ci: str | None = (
+        None  # run-row key of the per-run 95% CI half-width over items (paired bootstrap), if any
+    )
 
 
 def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
@@ -341,7 +366,17 @@ def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
     for task, metric in tasks.items():
         label = BENCHMARKS.get(task, task)
         quality.append(Column(f"{task}_after", f"{label} {short_metric(metric)} after (%)", "acc"))
-        quality.append(Column(f"{task}_delta", f"{label} Δ (pp)", "delta"))
+        quality.append(Column(f"{task}_delta", f"{label} Δ (pp) [± item CI]", "delta", ci=f"{task}_delta_ci"))
+        if task in CONTINUOUS_MEASURES:
+            name, text = CONTINUOUS_MEASURES[task]
+            quality.append(
+                Column(
+                    f"{task}_{name}_delta",
+                    f"{label} Δ {text} [± item CI]",
+                    "float",
+                    ci=f"{task}_{name}_delta_ci",
+                )
+            )
     quality += [Column("drift_kl", "drift KL", "float"), Column("drift_nll_delta", "drift ΔNLL", "float")]
     cost = [
         Column("density", "density (%)", "acc"),
@@ -394,6 +429,9 @@ def aggregate(runs: list[dict[str, Any]], columns: Sequence[Column]) -> list[dic
         for col in columns:
             mean, std, _ = _mean_std([r.get(col.key, NAN) for r in members])
             row[f"{col.key}_mean"], row[f"{col.key}_std"] = mean, std
+            if col.ci:  # the typical per-run item CI half-width (RMS over the group's runs)
+                cis = [r.get(col.ci, NAN) for r in members if _finite(r.get(col.ci, NAN))]
+                row[f"{col.key}_ci"] = math.sqrt(sum(c * c for c in cis) / len(cis)) if cis else NAN
         rows.append(row)
     rows.sort(key=lambda r: _group_sort_key(r["method"], r["name"], r.get("density_mean", NAN)))
     return rows
@@ -419,14 +457,17 @@ def _fmt_value(v: float, kind: str) -> str:
     return f"{v:.3g}"
 
 
-def format_cell(mean: float, std: float, kind: str) -> str:
-    """``mean ± std`` in display units; ``—`` when there is no value (e.g. a skipped benchmark)."""
+def format_cell(mean: float, std: float, kind: str, ci: float | None = None) -> str:
+    """``mean ± std`` (std over seeds) in display units, then ``[± h]`` with the 95% CI half-width over items of a
+    paired measure; ``—`` when there is no value (e.g. a skipped benchmark)."""
     if not _finite(mean):
         return "—"
     text = _fmt_value(mean, kind)
     if _finite(std) and kind not in ("count",):
         spread = _fmt_value(std, kind if kind != "delta" else "acc")
         text += f" ± {spread}"
+    if ci is not None and _finite(ci):
+        text += f" [± {_fmt_value(ci, kind if kind != 'delta' else 'acc')}]"
     return text
 
 
@@ -444,7 +485,9 @@ def _group_table(rows: list[dict[str, Any]], columns: Sequence[Column]) -> str:
     body = []
     for r in rows:
         cells = [METHOD_LABELS.get(r["method"], r["method"]), r["name"], str(r["n_seeds"])]
-        cells += [format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind) for c in columns]
+        cells += [
+            format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind, r.get(f"{c.key}_ci")) for c in columns
+        ]
         body.append(cells)
     return _md_table(header, body)
 
@@ -523,6 +566,15 @@ def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> li
                     0,
                 )
             )
+    for task in tasks:
+        if task not in CONTINUOUS_MEASURES:
+            continue
+        name, text = CONTINUOUS_MEASURES[task]
+        key = f"{task}_{name}_delta"
+        if any(_finite(r.get(key, NAN)) for r in runs):
+            label = BENCHMARKS.get(task, task)
+            hint = "above 0 = forgetting" if name == "gold_nll" else "below 0 = forgetting"
+            out.append(Measure(key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}", 1, 0))
     if not out and any(_finite(r.get("drift_kl", NAN)) for r in runs):
         out.append(
             Measure(
@@ -567,15 +619,31 @@ def plot_forgetting_vs_accuracy(
             sel = [r for r in pts if (r["method"], r["name"]) == mn and _finite(r.get(meas.key, NAN))]
             if not sel:
                 continue
+            xs = [100 * r["tm_acc"] for r in sel]
+            ys = [meas.scale * r[meas.key] for r in sel]
+            errs = [meas.scale * r.get(f"{meas.key}_ci", NAN) for r in sel]
+            if any(_finite(e) for e in errs):  # the run's paired 95% CI over items
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[e if _finite(e) else 0.0 for e in errs],
+                    fmt="none",
+                    ecolor=_method_color(mn[0]),
+                    elinewidth=1.0,
+                    capsize=3,
+                    alpha=0.7,
+                    zorder=1,
+                )
             ax.scatter(
-                [100 * r["tm_acc"] for r in sel],
-                [meas.scale * r[meas.key] for r in sel],
+                xs,
+                ys,
                 color=_method_color(mn[0]),
                 marker=marker_of[mn],
                 s=60,
                 alpha=0.85,
                 edgecolors="black",
                 linewidths=0.5,
+                zorder=2,
             )
         if meas.reference is not None:
             ax.axhline(meas.reference, color="black", linewidth=0.8, alpha=0.5, zorder=0)

@@ -109,6 +109,10 @@ def validate_cfg(cfg: DictConfig) -> None:
 
     check_compile_cfg(cfg.get("compile"))
     _check_storage_early(cfg)
+    if cfg.get("eval") is not None:
+        from rigsa_lightning.forgetting import check_eval_cfg
+
+        check_eval_cfg(cfg.eval)  # eval.limit / scorer / ... and the files under eval.data_dir
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config
 
@@ -449,7 +453,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     after = score_textual_mnist(prepared.model, dm, "test", precision, cfg)
     metrics.update({f"textual_mnist/{k}": v for k, v in after.items()})
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
-        metrics.update(forgetting.evaluate(prepared.model, "after"))
+        if (
+            method == "none" and "before" in forgetting.stages
+        ):  # zero-shot: the model is unchanged, score it once
+            metrics.update(
+                forgetting.copy_stage("before", "after", "no training: the model is the base model")
+            )
+        else:
+            metrics.update(forgetting.evaluate(prepared.model, "after"))
     forgetting_summary = forgetting.summary()
     metrics.update({k: v for k, v in forgetting_summary.items() if k != "skipped"})
     metrics["forget/skipped"] = sorted(skipped)
@@ -513,7 +524,12 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     for key in keys:
         if key in metrics:
             v = metrics[key]
-            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+            text = f"{v:.4f}" if isinstance(v, float) else str(v)
+            if f"{key}_ci_lo" in metrics:  # paired change with its 95% bootstrap CI (and McNemar's p)
+                text += f" [{metrics[key + '_ci_lo']:+.4f}, {metrics[key + '_ci_hi']:+.4f}]"
+                if f"{key}_p" in metrics:
+                    text += f" p={metrics[key + '_p']:.2g}"
+            table.add_row(key, text)
     console = Console()
     console.print(table)
     if metrics.get("forget/skipped"):

@@ -15,10 +15,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Models, tokenised data and "before" numbers are cached across test sessions (the first run converts the GGUF).
 os.environ.setdefault("RIGSA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rigsa_lightning"))
 
+# The real benchmark copies (issue 13): tests that score real items ask for them through `forgetting_data`; every
+# other test keeps eval.data_dir unset (the environment default of the train command) so it does not score them.
+_FORGETTING_DATA = os.environ.pop("RIGSA_EVAL_DATA", None) or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared",
+    "data",
+    "forgetting",
+)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def forgetting_data():
+    """The real PIQA / HellaSwag / GSM8k copies (../shared/data/forgetting or $RIGSA_EVAL_DATA)."""
+    from pathlib import Path
+
+    path = Path(_FORGETTING_DATA)
+    if not (path / "piqa" / "validation.jsonl").is_file():
+        pytest.skip(f"real benchmark data not found at {path} (set RIGSA_EVAL_DATA)")
+    return path
 
 
 @pytest.fixture(scope="session")

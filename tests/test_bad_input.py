@@ -124,6 +124,45 @@ def test_cli_missing_eval_data_dir_file(tmp_path: Path) -> None:
     assert_nothing_written(tmp_path)
 
 
+def _eval_args(bench: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=rigsa_50",
+        *[a for a in SMALL if not a.startswith("eval=")],
+        "eval=forgetting",
+        f"eval.data_dir={bench}",
+        "eval.drift.enabled=false",
+        *extra,
+    ]
+
+
+def test_cli_eval_limit_larger_than_the_split(tmp_path: Path, forgetting_data: Path) -> None:
+    res = run_cli(_eval_args(forgetting_data, "eval.tasks=[piqa]", "eval.limit.piqa=5000"), tmp_path)
+    line = assert_one_line_error(res, "eval.limit.piqa", "5000", "1838", "piqa/validation.jsonl")
+    assert "at most 1838" in line
+    assert_nothing_written(tmp_path)
+
+
+def test_cli_eval_file_with_wrong_fields(tmp_path: Path) -> None:
+    bench = tmp_path / "bench"
+    (bench / "piqa").mkdir(parents=True)
+    bad = bench / "piqa" / "validation.jsonl"
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    res = run_cli(_eval_args(bench, "eval.tasks=[piqa]", "eval.limit=1"), tmp_path)
+    assert_one_line_error(res, "eval.data_dir", str(bad), "goal", "sol1")
+    assert_nothing_written(tmp_path)
+
+
+def test_cli_bad_eval_limit_keeps_earlier_results(tmp_path: Path, forgetting_data: Path) -> None:
+    """A bad value next to an earlier run's results: one line before any loading, the earlier run untouched."""
+    old = tmp_path / "outputs" / "runs" / "2026-01-01" / "00-00-00_rigsa_50"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text('{"status": "completed"}')
+    res = run_cli(_eval_args(forgetting_data, "eval.tasks=[hellaswag]", "eval.limit=0"), tmp_path)
+    assert_one_line_error(res, "eval.limit", "got 0")
+    assert run_dirs(tmp_path) == [old]
+    assert (old / "metrics.json").read_text() == '{"status": "completed"}'
+
+
 def test_cli_qlora_without_bitsandbytes(tmp_path: Path) -> None:
     """A bitsandbytes that can't be imported (shadowed by a module raising ImportError) stops a QLoRA run."""
     shadow = tmp_path / "shadow"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.forgetting import ForgettingEvaluator, benchmarks, evaluate_model
+from rigsa_lightning.forgetting import ForgettingEvaluator, benchmarks, evaluate_model, items
 from rigsa_lightning.forgetting.drift import DriftProbe
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS
 
@@ -68,7 +68,9 @@ def perturb(model: torch.nn.Module, steps: int = 3) -> None:
 # ---------------------------------------------------------------------------------------------- lm-eval
 
 
-def _cli_results(model_dir: str, include_dir: Path, out: Path) -> tuple[dict, dict[str, list[dict]]]:
+def _cli_results(
+    model_dir: str, include_dir: Path, out: Path, samples: dict[str, list[int]] | None = None
+) -> tuple[dict, dict[str, list[dict]]]:
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
     )
@@ -84,8 +86,7 @@ def _cli_results(model_dir: str, include_dir: Path, out: Path) -> tuple[dict, di
         ",".join(TASKS),
         "--include_path",
         str(include_dir),
-        "--limit",
-        str(LIMIT),
+        *(["--samples", json.dumps(samples)] if samples else ["--limit", str(LIMIT)]),
         "--batch_size",
         "4",
         "--seed",
@@ -113,7 +114,7 @@ def test_in_process_equals_lm_eval_cli(tiny_model, tiny_model_dir, tmp_path):
     )
     assert ev.preflight() == {}
     ours = ev.evaluate(model, "after")
-    assert set(ours) == {
+    lm_eval_keys = {
         "forget/piqa/acc/after",
         "forget/piqa/acc_norm/after",
         "forget/hellaswag/acc/after",
@@ -121,18 +122,32 @@ def test_in_process_equals_lm_eval_cli(tiny_model, tiny_model_dir, tmp_path):
         "forget/gsm8k/exact_match_strict-match/after",
         "forget/gsm8k/exact_match_flexible-extract/after",
     }
+    assert set(ours) == lm_eval_keys | {
+        "forget/piqa/margin/after",
+        "forget/hellaswag/margin/after",
+        "forget/gsm8k/gold_nll/after",
+        "forget/piqa/n_items",
+        "forget/hellaswag/n_items",
+        "forget/gsm8k/n_items",
+    }
+    # eval.limit picks a seeded subset of each split (piqa and hellaswag have 4 items here, gsm8k 3)
+    chosen = {task: ev.stages["after"]["items"][task]["doc_id"] for task in TASKS}
+    assert chosen["gsm8k"] == [0, 1, 2] and len(chosen["piqa"]) == len(chosen["hellaswag"]) == LIMIT
+    assert chosen == {
+        task: items.choose_items(n, LIMIT, 0) for task, n in (("piqa", 4), ("hellaswag", 4), ("gsm8k", 3))
+    }
     # The generated task YAMLs include lm-eval's own configs and point at absolute local paths.
     yaml_text = (ev.tasks_dir / "hellaswag.yaml").read_text()
     assert "include: " + str(benchmarks.builtin_task_yaml("hellaswag")) in yaml_text
     assert str(BENCH.resolve() / "hellaswag" / "validation.jsonl") in yaml_text
 
-    cli, cli_samples = _cli_results(tiny_model_dir, ev.tasks_dir, tmp_path / "cli")
+    cli, cli_samples = _cli_results(tiny_model_dir, ev.tasks_dir, tmp_path / "cli", samples=chosen)
     cli_metrics = {
         f"forget/{task}/{name}/after": value
         for task, m in benchmarks.extract_metrics(cli).items()
         for name, value in m.items()
     }
-    assert ours == pytest.approx(cli_metrics, abs=1e-9)
+    assert {k: v for k, v in ours.items() if k in lm_eval_keys} == pytest.approx(cli_metrics, abs=1e-9)
     assert cli["n-shot"] == {"piqa": 0, "hellaswag": 0, "gsm8k": 5}
     record = ev.stages["after"]["lm_eval"]
     assert record["n-shot"] == cli["n-shot"]
@@ -146,17 +161,18 @@ def test_in_process_equals_lm_eval_cli(tiny_model, tiny_model_dir, tmp_path):
         TASKS,
         benchmarks.build_task_manager(ev.tasks_dir),
         num_fewshot={"piqa": 0, "hellaswag": 0, "gsm8k": 5},
-        limit=LIMIT,
+        limit=None,
         batch_size=4,
         seed=1234,
         max_gen_toks=MAX_GEN,
         log_samples=True,
+        choose_items=lambda task, n: chosen[task],
     )
     for task in TASKS:
         # one record per (document, filter) in process (gsm8k has two filters), one per document in the CLI's file
         mine = {s["doc_id"]: s for s in json.loads(json.dumps(raw["samples"][task], default=str))}
         theirs = {s["doc_id"]: s for s in cli_samples[task]}
-        assert sorted(mine) == sorted(theirs) == list(range(LIMIT))
+        assert sorted(mine) == sorted(theirs) == chosen[task]
         for doc_id, a in mine.items():
             b = theirs[doc_id]
             if task == "gsm8k":
@@ -240,6 +256,8 @@ def test_summary_delta_and_forgetting_json(tiny_model, tmp_path):
     summary = ev.summary()
     assert summary["skipped"] == {}
     for key, value in before.items():
+        if not key.endswith("/before"):
+            continue
         stem = key[: -len("/before")]
         assert summary[f"{stem}/delta"] == pytest.approx(after[f"{stem}/after"] - value)
     assert summary["forget/drift/kl/after"] > summary["forget/drift/kl/before"]
@@ -252,7 +270,7 @@ def test_summary_delta_and_forgetting_json(tiny_model, tmp_path):
     assert (
         doc["data"]["piqa"]["source"] == "local"
         and doc["limit"] == LIMIT
-        and "first 3 examples" in doc["limit_note"]
+        and "seeded fixed subset" in doc["limit_note"]
     )
     assert doc["drift"]["answers"] and "proxy" in doc["drift"]["note"]
 
@@ -265,6 +283,8 @@ def test_evaluate_model_helper(tiny_model, tmp_path):
     assert set(out) == {
         "forget/piqa/acc/before",
         "forget/piqa/acc_norm/before",
+        "forget/piqa/margin/before",
+        "forget/piqa/n_items",
         "forget/drift/kl/before",
         "forget/drift/nll/before",
         "skipped",
@@ -413,7 +433,11 @@ def test_eval_config_group():
         }
     base = cfgs["forgetting"]
     assert base["tasks"] == TASKS and base["num_fewshot"] == {"piqa": 0, "hellaswag": 0, "gsm8k": 5}
-    assert base["limit"] == 20 and base["require_benchmarks"] is False and base["drift"]["enabled"] is True
+    assert set(base["limit"]) == set(TASKS) and all(
+        isinstance(v, int) and v >= 1 for v in base["limit"].values()
+    )
+    assert base["data_dir"] == "${oc.env:RIGSA_EVAL_DATA,null}" and base["scorer"] == "fast"
+    assert base["require_benchmarks"] is False and base["drift"]["enabled"] is True
     assert set(cfgs["none"]) == set(base) and set(cfgs["paper"]) == set(base)
     assert cfgs["none"]["enabled"] is False and cfgs["none"]["drift"]["enabled"] is False
     assert cfgs["paper"]["limit"] is None and cfgs["paper"]["require_benchmarks"] is True

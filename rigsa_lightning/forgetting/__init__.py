@@ -30,15 +30,15 @@ from typing import Any
 import torch
 
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.forgetting import benchmarks
+from rigsa_lightning.forgetting import benchmarks, items, paired
 from rigsa_lightning.forgetting.drift import DriftProbe
 from rigsa_lightning.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgettingEvaluator", "DriftProbe", "evaluate_model"]
+__all__ = ["ForgettingEvaluator", "DriftProbe", "check_eval_cfg", "evaluate_model"]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 def _plain(cfg: Any) -> Any:
@@ -57,6 +57,14 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if cfg is None:
         return default
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def _short(name: str) -> str:
+    return {
+        "exact_match_strict-match": "em-strict",
+        "exact_match_flexible-extract": "em-flex",
+        "gold_nll": "gold NLL",
+    }.get(name, name)
 
 
 class ForgettingEvaluator:
@@ -100,19 +108,39 @@ class ForgettingEvaluator:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(f"eval.num_fewshot.{task}", f"must be an integer >= 0, got {value!r}")
             self.num_fewshot[task] = value
-        self.limit = _get(eval_cfg, "limit", None)
-        if self.limit is not None and not (
-            (isinstance(self.limit, int) and self.limit >= 1)
-            or (isinstance(self.limit, float) and 0 < self.limit < 1)
-        ):
+        self.limit = _plain(_get(eval_cfg, "limit", None))
+        if isinstance(self.limit, Mapping):
+            unknown = sorted(set(self.limit) - set(benchmarks.DEFAULT_NUM_FEWSHOT) - set(self.tasks))
+            if unknown:
+                raise ConfigError(
+                    f"eval.limit.{unknown[0]}", "is not a forgetting task", f"use some of {self.tasks}"
+                )
+            for task, value in self.limit.items():
+                items.check_limit(value, f"eval.limit.{task}")
+        else:
+            items.check_limit(self.limit, "eval.limit")
+        self.subset_seed = int(_get(eval_cfg, "subset_seed", 0))
+        self.scorer = str(_get(eval_cfg, "scorer", "fast"))
+        if self.scorer not in ("fast", "lm_eval"):
             raise ConfigError(
-                "eval.limit", f"must be null, an integer >= 1 or a fraction in (0, 1), got {self.limit!r}"
+                "eval.scorer", f"must be fast or lm_eval, got {self.scorer!r}", "use eval.scorer=fast"
+            )
+        self.token_budget = int(_get(eval_cfg, "token_budget", 2048))
+        if self.token_budget < 64:
+            raise ConfigError("eval.token_budget", f"must be >= 64, got {self.token_budget}", "e.g. 2048")
+        self.gold_nll = bool(_get(eval_cfg, "gold_nll", True))
+        self.bootstrap_iters = int(_get(eval_cfg, "bootstrap_iters", paired.DEFAULT_ITERS))
+        if self.bootstrap_iters < 100:
+            raise ConfigError(
+                "eval.bootstrap_iters", f"must be >= 100, got {self.bootstrap_iters}", "e.g. 10000"
             )
         self.batch_size = int(_get(eval_cfg, "batch_size", 8))
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
         self.seed = int(_get(eval_cfg, "seed", 1234))
         data_dir = _get(eval_cfg, "data_dir", None)
+        if data_dir in ("", "null", "None"):
+            data_dir = None
         self.data_dir = Path(os.path.expanduser(str(data_dir))).resolve() if data_dir else None
         self.require_benchmarks = bool(_get(eval_cfg, "require_benchmarks", False))
         self.after_each_round = bool(_get(eval_cfg, "after_each_round", False))
@@ -131,6 +159,9 @@ class ForgettingEvaluator:
         self.skipped: dict[str, str] = {}
         self.stages: dict[str, dict[str, Any]] = {}
         self.lm_eval_calls = 0
+        #: Write each stage's results to the run folder as soon as it is scored (the evaluate command holds them
+        #: until the adapter is known to fit the model: bad input writes nothing).
+        self.write_each_stage = True
         self._preflight_done = False
         self._force_offline = False
         self._tasks_dir: Path | None = None
@@ -149,16 +180,7 @@ class ForgettingEvaluator:
             return dict(self.skipped)
         if self.enabled:
             if self.data_dir is not None:
-                if not self.data_dir.is_dir():
-                    raise ConfigError(
-                        "eval.data_dir",
-                        f"folder {self.data_dir} does not exist",
-                        "point it at the local benchmark copies",
-                    )
-                for task in self.tasks:
-                    self.sources[task] = benchmarks.local_task_source(
-                        task, self.data_dir, self.num_fewshot[task]
-                    )
+                self.sources.update(self.local_sources())
             else:
                 hub_ok = False if benchmarks.hub_offline() else benchmarks.hub_reachable()
                 self._force_offline = not hub_ok and not benchmarks.hub_offline()
@@ -184,6 +206,27 @@ class ForgettingEvaluator:
                 self._write_task_yamls()
         self._preflight_done = True
         return dict(self.skipped)
+
+    def local_sources(self) -> dict[str, benchmarks.TaskSource]:
+        """The tasks' files under ``eval.data_dir``, checked: present, with the fields lm-eval's task reads, and
+        holding at least ``eval.limit`` items (ConfigError naming the option and the file otherwise)."""
+        assert self.data_dir is not None
+        if not self.data_dir.is_dir():
+            raise ConfigError(
+                "eval.data_dir",
+                f"folder {self.data_dir} does not exist",
+                "point it at the local benchmark copies",
+            )
+        sources = {}
+        for task in self.tasks:
+            source = benchmarks.local_task_source(task, self.data_dir, self.num_fewshot[task])
+            for split, files in source.data_files.items():
+                if split in (source.eval_split, source.fewshot_split):
+                    items.check_fields(task, files)
+            scored = source.data_files[source.eval_split]
+            items.resolve_size(self.limit, task, items.count_items(scored), where=f"({scored[0]})")
+            sources[task] = source
+        return sources
 
     def _write_task_yamls(self) -> None:
         if self.run_dir is not None:
@@ -221,6 +264,7 @@ class ForgettingEvaluator:
                 record["metrics"].update(self._benchmark_metrics(model, stage, record))
         record["seconds"] = round(time.time() - started, 3)
         self.stages[stage] = record
+        self._finish_stage(stage)
         return dict(record["metrics"])
 
     def _drift_metrics(self, model: torch.nn.Module, stage: str) -> dict[str, float]:
@@ -241,11 +285,19 @@ class ForgettingEvaluator:
             "tasks": sorted(tasks),
             "num_fewshot": {t: self.num_fewshot[t] for t in sorted(tasks)},
             "limit": self.limit,
+            "subset_seed": self.subset_seed,
             "seed": self.seed,
             "max_gen_toks": self.max_gen_toks,
+            "scorer": self.scorer,
+            "gold_nll": self.gold_nll,
             "data": {t: self.sources[t].digest for t in sorted(tasks)},
             "lm_eval_version": benchmarks.lm_eval_version(),
         }
+
+    def _choose_items(self, task: str, n_docs: int) -> list[int] | None:
+        """The seeded fixed subset of ``task``'s scored split (None: every item)."""
+        size = items.resolve_size(self.limit, task, n_docs)
+        return None if size is None else items.choose_items(n_docs, size, self.subset_seed)
 
     def _benchmark_metrics(
         self, model: torch.nn.Module, stage: str, record: dict[str, Any]
@@ -255,17 +307,19 @@ class ForgettingEvaluator:
         cache_path = None
         if stage == "before" and self.cache_before and self.cache_dir is not None:
             cache_path = benchmarks.before_cache_path(self.cache_dir, key_fields)
-        results = self._read_before_cache(cache_path, key_fields)
-        if results is not None:
+        cached = self._read_before_cache(cache_path, key_fields)
+        if cached is not None:
+            results, per_item = cached
             record["from_cache"] = True
             log.info("forgetting: 'before' benchmark numbers from cache %s", cache_path)
         else:
             self._note_limit()
             log.info(
-                "forgetting: lm-eval %s on %s (stage %s)",
-                benchmarks.lm_eval_version(),
+                "forgetting: %s on %s (stage %s; lm-eval %s task definitions)",
+                "fast scorer" if self.scorer == "fast" else "lm-eval HFLM",
                 ", ".join(tasks),
                 stage,
+                benchmarks.lm_eval_version(),
             )
             try:
                 with benchmarks.hub_offline_guard(self._force_offline):
@@ -275,11 +329,18 @@ class ForgettingEvaluator:
                         tasks,
                         self._get_task_manager(),
                         num_fewshot={t: s for t, s in self.num_fewshot.items() if s is not None},
-                        limit=self.limit,
+                        limit=None,
                         batch_size=self.batch_size,
                         seed=self.seed,
                         max_gen_toks=self.max_gen_toks,
+                        log_samples=True,
+                        choose_items=self._choose_items,
+                        scorer=self.scorer,
+                        token_budget=self.token_budget,
+                        gold_nll=self.gold_nll,
                     )
+            except ConfigError:
+                raise
             except Exception as exc:
                 if self.require_benchmarks:
                     raise
@@ -296,18 +357,168 @@ class ForgettingEvaluator:
                 return {}
             finally:
                 self.lm_eval_calls += 1
-            results = benchmarks.trim_results(raw)
+            gold = raw.get("gold_nll") or {}
+            per_item = {
+                task: items.records_from_samples(task, raw["samples"].get(task, []), gold.get(task))
+                for task in tasks
+            }
+            results = benchmarks.trim_results({k: v for k, v in raw.items() if k != "gold_nll"})
             if cache_path is not None:
-                atomic_write_json(cache_path, {"key": key_fields, "results": results})
+                atomic_write_json(cache_path, {"key": key_fields, "results": results, "items": per_item})
         record["lm_eval"] = results
+        record["items"] = per_item
         metrics: dict[str, float] = {}
         for task, values in benchmarks.extract_metrics(results).items():
             for name, value in values.items():
                 metrics[f"forget/{task}/{name}/{stage}"] = value
+        for task, cols in per_item.items():
+            for name in items.CONTINUOUS:
+                if cols.get(name):
+                    metrics[f"forget/{task}/{name}/{stage}"] = items.means(cols)[name]
+            metrics[f"forget/{task}/n_items"] = float(len(cols.get("doc_id", [])))
         return metrics
 
+    # ------------------------------------------------------------------ paired statistics
+    def paired_stats(self, stage: str, reference: str = "before") -> dict[str, float]:
+        """Paired change ``stage - reference`` of every per-item measure: mean with a bootstrap CI over items, and
+        McNemar's exact p for the 0/1 measures. Keys ``forget/<task>/<measure>/delta`` (``delta_<stage>`` for a
+        stage other than ``after``) plus ``..._ci_lo``, ``..._ci_hi``, ``..._p`` (McNemar), ``..._lost``,
+        ``..._gained``."""
+        ref = self.stages.get(reference, {}).get("items")
+        cur = self.stages.get(stage, {}).get("items")
+        if not ref or not cur or stage == reference:
+            return {}
+        suffix = "delta" if stage == "after" else f"delta_{stage}"
+        out: dict[str, float] = {}
+        for task, cols in cur.items():
+            if task not in ref:
+                continue
+            for k, name in enumerate(items.BINARY + items.CONTINUOUS):
+                if not cols.get(name) or not ref[task].get(name):
+                    continue
+                b, a = items.paired(ref[task], cols, name)
+                if len(b) == 0:
+                    continue
+                est = paired.paired_bootstrap(b, a, iters=self.bootstrap_iters, seed=self.subset_seed + k)
+                stem = f"forget/{task}/{name}/{suffix}"
+                out[stem] = est.mean
+                out[f"{stem}_ci_lo"] = est.lo
+                out[f"{stem}_ci_hi"] = est.hi
+                if name in items.BINARY:
+                    test = paired.mcnemar_exact(b, a)
+                    out[f"{stem}_p"] = test.p
+                    out[f"{stem}_lost"] = float(test.lost)
+                    out[f"{stem}_gained"] = float(test.gained)
+        return out
+
+    def stage_intervals(self, stage: str) -> dict[str, paired.Estimate]:
+        """``{"<task>/<measure>": mean with bootstrap CI}`` of one stage's per-item values."""
+        out: dict[str, paired.Estimate] = {}
+        for task, cols in (self.stages.get(stage, {}).get("items") or {}).items():
+            for k, name in enumerate(items.BINARY + items.CONTINUOUS):
+                if cols.get(name):
+                    out[f"{task}/{name}"] = paired.mean_ci(
+                        cols[name], iters=self.bootstrap_iters, seed=self.subset_seed + k
+                    )
+        return out
+
+    def stage_lines(self, stage: str) -> list[str]:
+        """What the user sees when a stage finishes: one line per task with CIs (and the paired change)."""
+        record = self.stages.get(stage)
+        if record is None:
+            return []
+        lines = []
+        intervals = self.stage_intervals(stage)
+        stats = record.get("paired") or {}
+        suffix = "delta" if stage == "after" else f"delta_{stage}"
+        for task, cols in (record.get("items") or {}).items():
+            parts = []
+            for name in items.BINARY + items.CONTINUOUS:
+                est = intervals.get(f"{task}/{name}")
+                if est is None:
+                    continue
+                pct = name in items.BINARY
+                scale, unit = (100.0, "%") if pct else (1.0, "")
+                text = f"{_short(name)} {est.mean * scale:.{1 if pct else 3}f}{unit} ±{est.half_width * scale:.{1 if pct else 3}f}"
+                stem = f"forget/{task}/{name}/{suffix}"
+                if stem in stats:
+                    d, lo, hi = (
+                        stats[stem] * scale,
+                        stats[f"{stem}_ci_lo"] * scale,
+                        stats[f"{stem}_ci_hi"] * scale,
+                    )
+                    text += (
+                        f" (Δ {d:+.{1 if pct else 3}f} [{lo:+.{1 if pct else 3}f}, {hi:+.{1 if pct else 3}f}]"
+                    )
+                    text += f", p={stats[stem + '_p']:.2g})" if f"{stem}_p" in stats else ")"
+                parts.append(text)
+            n = len(cols.get("doc_id", []))
+            lines.append(f"forgetting [{stage}] {task} (n={n}): " + "; ".join(parts))
+        drift = {k: v for k, v in record["metrics"].items() if k.startswith("forget/drift/")}
+        if drift:
+            lines.append(
+                f"forgetting [{stage}] drift proxy: "
+                + ", ".join(f"{k.split('/')[2]} {v:.3f}" for k, v in sorted(drift.items()))
+            )
+        lines.append(
+            f"forgetting [{stage}] done in {record.get('seconds', 0):.0f} s"
+            + (" (from cache)" if record.get("from_cache") else "")
+            + (f" -> {self.items_path(stage)}" if self.run_dir is not None and record.get("items") else "")
+        )
+        return lines
+
+    def items_path(self, stage: str) -> Path:
+        """``<run_dir>/forgetting_items/<stage>.json.gz``: the per-item records of one stage."""
+        assert self.run_dir is not None
+        return self.run_dir / "forgetting_items" / f"{stage}.json.gz"
+
+    def copy_stage(self, source: str, stage: str, reason: str) -> dict[str, float]:
+        """Record ``stage`` as identical to ``source`` without scoring again (zero-shot: no training happened)."""
+        if source not in self.stages:
+            raise ValueError(f"no stage {source!r} to copy")
+        src = self.stages[source]
+        metrics = {
+            k.rsplit("/", 1)[0] + f"/{stage}": v
+            for k, v in src["metrics"].items()
+            if k.endswith(f"/{source}")
+        }
+        metrics.update({k: v for k, v in src["metrics"].items() if not k.endswith(f"/{source}")})
+        self.stages[stage] = {
+            "metrics": metrics,
+            "from_cache": src.get("from_cache", False),
+            "lm_eval": src.get("lm_eval"),
+            "items": src.get("items"),
+            "seconds": 0.0,
+            "same_as": source,
+            "note": reason,
+        }
+        self._finish_stage(stage)
+        log.info("forgetting [%s]: same as %s (%s)", stage, source, reason)
+        return dict(self.stages[stage]["metrics"])
+
+    def _finish_stage(self, stage: str) -> None:
+        """Paired statistics, the per-item file and ``forgetting.json`` right away, then the lines for the user."""
+        record = self.stages[stage]
+        record["paired"] = self.paired_stats(stage)
+        record["metrics"].update(record["paired"])
+        record["intervals"] = {k: v.as_dict() for k, v in self.stage_intervals(stage).items()}
+        if self.write_each_stage:
+            self.save_stage(stage)
+        for line in self.stage_lines(stage):
+            log.info(line)
+
+    def save_stage(self, stage: str) -> None:
+        """Write the per-item file of ``stage`` and ``forgetting.json`` now (nothing without a run folder)."""
+        if self.run_dir is None:
+            return
+        if self.stages[stage].get("items"):
+            items.save_records(self.items_path(stage), self.stages[stage]["items"])
+        self.write(self.run_dir)
+
     @staticmethod
-    def _read_before_cache(path: Path | None, key_fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _read_before_cache(
+        path: Path | None, key_fields: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         if path is None or not path.is_file():
             return None
         import json
@@ -319,7 +530,9 @@ class ForgettingEvaluator:
             return None
         if data.get("key") != json.loads(json.dumps(benchmarks._plain(key_fields))):
             return None
-        return data.get("results")
+        if "results" not in data or "items" not in data:
+            return None
+        return data["results"], data["items"]
 
     def _get_task_manager(self) -> Any:
         if self._task_manager is None:
@@ -337,9 +550,15 @@ class ForgettingEvaluator:
         """The line saying that only part of each benchmark is scored (empty with ``eval.limit=null``)."""
         if self.limit is None:
             return ""
+        sizes = (
+            ", ".join(f"{t} {v}" for t, v in self.limit.items())
+            if isinstance(self.limit, Mapping)
+            else str(self.limit)
+        )
         return (
-            f"forgetting: lm-eval scores only the first {self.limit} examples of each task (eval.limit={self.limit}); "
-            "numbers are indicative, not the full benchmarks (eval.limit=null, e.g. eval=paper, for those)"
+            f"forgetting: each benchmark is scored on a seeded fixed subset of its items (eval.limit: {sizes}; "
+            f"eval.subset_seed={self.subset_seed}), the same items at every stage; paired CIs say how precise the "
+            "changes are (eval.limit=null, e.g. eval=paper, scores the full splits)"
         )
 
     # ------------------------------------------------------------------ summary / forgetting.json
@@ -377,7 +596,14 @@ class ForgettingEvaluator:
             "task_yamls": str(self._tasks_dir) if self._tasks_dir else None,
             "skipped": dict(self.skipped),
             "metrics": self._flat_metrics(),
-            "stages": self.stages,
+            "items_files": {
+                stage: str(self.items_path(stage))
+                for stage, rec in self.stages.items()
+                if rec.get("items") and self.run_dir is not None
+            },
+            "stages": {
+                stage: {k: v for k, v in rec.items() if k != "items"} for stage, rec in self.stages.items()
+            },
             "drift": self.drift.describe() if self.drift is not None else None,
         }
         return atomic_write_json(folder / "forgetting.json", doc)
@@ -389,9 +615,18 @@ class ForgettingEvaluator:
             flat.update(record["metrics"])
         for key in [k for k in flat if k.endswith("/before")]:
             stem = key[: -len("/before")]
-            if f"{stem}/after" in flat:
+            if f"{stem}/after" in flat and f"{stem}/delta" not in flat:
                 flat[f"{stem}/delta"] = flat[f"{stem}/after"] - flat[key]
         return flat
+
+
+def check_eval_cfg(eval_cfg: Any) -> None:
+    """Validate the ``eval`` options and any local benchmark files before a model loads (one-line ConfigErrors)."""
+    cfg = dict(_plain(eval_cfg) or {})
+    cfg["drift"] = None
+    evaluator = ForgettingEvaluator(cfg, None, "", None, None)
+    if evaluator.enabled and evaluator.data_dir is not None:
+        evaluator.local_sources()
 
 
 def evaluate_model(

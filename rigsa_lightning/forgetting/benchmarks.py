@@ -44,7 +44,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,43 +418,106 @@ def run_lm_eval(
     seed: int,
     max_gen_toks: int | None,
     log_samples: bool = False,
+    *,
+    choose_items: Callable[[str, int], list[int] | None] | None = None,
+    scorer: str = "lm_eval",
+    token_budget: int | None = None,
+    gold_nll: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the live ``model`` with lm-eval on ``task_names``; return ``simple_evaluate``'s result dict.
 
-    The model is wrapped with ``HFLM(pretrained=model, tokenizer=tokenizer)`` (no copy, no reload, no
-    ``use_cache``); few-shot counts are set per task (``simple_evaluate`` takes a single one); ``max_gen_toks``
-    overrides the generation length of generate-until tasks (gsm8k). Gradients are off and the model's
-    train/eval flags, tied output embedding, tokenizer settings and global RNG states are restored afterwards.
-    ``log_samples=True`` keeps lm-eval's per-document records under ``"samples"`` (off by default: large).
+    The model is wrapped with lm-eval's ``HFLM`` (``scorer="lm_eval"``) or :class:`~rigsa_lightning.forgetting.
+    scorer.FastHFLM` (``scorer="fast"``: shared-context KV cache, same numbers) around the live model (no copy, no
+    reload, no ``use_cache``); few-shot counts are set per task (``simple_evaluate`` takes a single one);
+    ``max_gen_toks`` overrides the generation length of generate-until tasks (gsm8k). ``choose_items(task, n_docs)``
+    picks the scored document indices per task (lm-eval's ``samples``; None = all; it replaces ``limit``), recorded
+    under ``"item_indices"``. ``gold_nll=True`` adds, for generate-until tasks, the teacher-forced log-likelihood of
+    each reference solution under the same prompt (``"gold_nll"``: ``{task: {doc_id: (nll_sum, n_tokens)}}``; needs
+    ``log_samples``). Gradients are off and the model's train/eval flags, tied output embedding, tokenizer settings
+    and global RNG states are restored afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
+    ``"samples"``.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    from rigsa_lightning.forgetting.scorer import DEFAULT_TOKEN_BUDGET, FastHFLM
+
+    if scorer not in ("fast", "lm_eval"):
+        raise ConfigError("eval.scorer", f"must be fast or lm_eval, got {scorer!r}")
     with preserve_model_state(model, tokenizer), torch.no_grad():
-        hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
+        if scorer == "fast":
+            lm: Any = FastHFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=int(batch_size),
+                token_budget=int(token_budget or DEFAULT_TOKEN_BUDGET),
+            )
+        else:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
         loaded = task_manager.load(list(task_names))
         tasks = []
+        samples: dict[str, list[int]] | None = {} if choose_items is not None else None
         for name in task_names:
             task = loaded["tasks"][name]
             if num_fewshot is not None and name in num_fewshot and num_fewshot[name] is not None:
                 task.set_config(key="num_fewshot", value=int(num_fewshot[name]))
             tasks.append(task)
+            if choose_items is not None and samples is not None:
+                chosen = choose_items(name, len(task.eval_docs))
+                if chosen is not None:
+                    samples[name] = chosen
         result = lm_eval.simple_evaluate(
-            model=hflm,
+            model=lm,
             tasks=tasks,
-            limit=limit,
+            limit=None if samples else limit,
+            samples=samples or None,
             bootstrap_iters=0,
-            log_samples=log_samples,
+            log_samples=log_samples or gold_nll,
             gen_kwargs={"max_gen_toks": int(max_gen_toks)} if max_gen_toks else None,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
             fewshot_random_seed=seed,
             task_manager=task_manager,
+            verbosity="ERROR",
         )
-    if result is None:  # pragma: no cover - non-zero rank
-        return {}
-    return dict(result)
+        if result is None:  # pragma: no cover - non-zero rank
+            return {}
+        result = dict(result)
+        if samples:
+            result["item_indices"] = samples
+        if gold_nll:
+            result["gold_nll"] = {
+                task.config.task: gold_solution_nll(lm, task, result["samples"][task.config.task])
+                for task in tasks
+                if task.OUTPUT_TYPE == "generate_until"
+            }
+            if not log_samples:
+                result.pop("samples", None)
+    return result
+
+
+def gold_solution_nll(
+    lm: Any, task: Any, samples: Sequence[Mapping[str, Any]]
+) -> dict[int, tuple[float, int]]:
+    """``{doc_id: (NLL of the reference solution, its tokens)}``: the task's target (``target_delimiter`` +
+    ``doc_to_target``, as the few-shot examples show it) teacher-forced after the exact prompt lm-eval generated
+    from, tokenised by lm-eval's own ``_encode_pair``."""
+    requests, doc_ids = [], []
+    seen: set[int] = set()
+    for s in samples:
+        doc_id = int(s["doc_id"])
+        if doc_id in seen:  # one logged sample per filter
+            continue
+        seen.add(doc_id)
+        context = s["arguments"][0][0]
+        target = task.doc_to_target(s["doc"])
+        continuation = str(task.config.target_delimiter) + str(target)
+        ctx_enc, cont_enc = lm._encode_pair(context, continuation)
+        requests.append(((context, continuation), ctx_enc, cont_enc))
+        doc_ids.append(doc_id)
+    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
+    return {d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)}
 
 
 def extract_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:

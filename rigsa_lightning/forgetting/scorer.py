@@ -1,0 +1,295 @@
+"""A faster lm-eval model for multiple-choice scoring: each context is encoded once, its continuations share the
+context's KV cache, and the LM head runs only where a continuation token is predicted.
+
+:class:`FastHFLM` is lm-eval's own ``HFLM`` with one method replaced (``_loglikelihood_tokens``): the requests,
+their tokenisation (``_encode_pair``: trailing spaces moved to the continuation, the same left truncation), the
+task YAMLs, filters and metrics all stay lm-eval's. ``generate_until`` (GSM8k) is HFLM's batched ``generate``
+with a KV cache, unchanged.
+
+For a batch of distinct contexts (right padded, sorted by length) the decoder body runs once; the continuation
+tokens of every request of those contexts then run as one batch over the contexts' KV cache rows (repeated per
+request with ``Cache.reorder_cache``), with explicit position ids and an attention mask that hides the padding.
+The head (a plain ``nn.Linear``) is applied to the last context position and the continuation positions only, in
+the model's dtype, followed by ``log_softmax`` like HFLM. Models whose head is not a plain linear layer, or whose
+logits the restricted path does not reproduce on a probe, use HFLM's path (one log line).
+
+Equivalence with ``HFLM`` (acc/acc_norm identical, log-likelihoods within 1e-4 on real PIQA/HellaSwag items) is
+tested in ``tests/test_fast_scorer.py``; ``make bench`` (``bench/forgetting_eval.py``) measures the speed ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+
+log = logging.getLogger(__name__)
+
+#: Tokens per batched forward (contexts, and continuations) unless ``token_budget`` is given.
+DEFAULT_TOKEN_BUDGET = 4096
+
+
+def split_body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """``(decoder body, LM head)`` of a Hugging Face causal LM (PEFT-wrapped or not), or None when the head is not a
+    plain ``nn.Linear`` or the model post-processes its logits (soft-capping, logit scale)."""
+    lm = model
+    if hasattr(lm, "get_base_model") and callable(lm.get_base_model):  # PEFT's PeftModel
+        lm = lm.get_base_model()
+    prefix = getattr(lm, "base_model_prefix", None)
+    body = getattr(lm, prefix, None) if isinstance(prefix, str) else None
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    config = getattr(lm, "config", None)
+    post_processed = any(
+        getattr(config, name, None) not in (None, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+    ) or hasattr(lm, "logit_scale")
+    if body is None or type(head) is not torch.nn.Linear or post_processed:
+        return None
+    return body, head
+
+
+def length_batches(lengths: Sequence[int], token_budget: int, slack: float = 0.1) -> list[list[int]]:
+    """Split positions ``0..n-1`` of length-sorted ``lengths`` into consecutive batches whose padded size
+    (rows x longest) stays within ``token_budget`` and within ``1 + slack`` of their real token count."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = width = 0
+    for k, length in enumerate(lengths):
+        n = max(int(length), 1)
+        w = max(width, n)
+        if current and (
+            (len(current) + 1) * w > token_budget or (len(current) + 1) * w > (1 + slack) * (real + n)
+        ):
+            batches.append(current)
+            current, real, w = [], 0, n
+        current.append(k)
+        real += n
+        width = w
+    if current:
+        batches.append(current)
+    return batches
+
+
+class FastHFLM(HFLM):
+    """lm-eval's ``HFLM`` whose log-likelihood requests share each context's KV cache.
+
+    Args:
+        pretrained: the live model (or anything ``HFLM`` accepts).
+        token_budget: tokens per batched forward pass (contexts; continuations).
+        **kwargs: passed to ``HFLM`` (``tokenizer``, ``batch_size`` for generation, ...).
+    """
+
+    def __init__(self, pretrained: Any, token_budget: int = DEFAULT_TOKEN_BUDGET, **kwargs: Any) -> None:
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.token_budget = int(token_budget)
+        self._split = split_body_and_head(self.model) if self.backend == "causal" else None
+        self._checked = False
+        self._cache_kw = "past_key_values"
+        if self._split is not None:
+            import inspect
+
+            if "cache" in inspect.signature(self._split[0].forward).parameters:
+                self._cache_kw = "cache"  # transformers >= 5.2x renamed it
+        if self._split is None:
+            log.info("fast scorer: the model's head is not a plain linear layer; using lm-eval's HFLM path")
+
+    # ------------------------------------------------------------------ helpers
+    def _head_logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self._split is not None
+        logits = self._split[1](hidden)
+        return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+
+    def _probe(self, tokens: Sequence[int]) -> bool:
+        """Whether the restricted path gives the model's own logits on ``tokens`` (checked once per instance)."""
+        assert self._split is not None
+        ids = torch.tensor([list(tokens)[-64:]], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            full = self.model(ids).logits[0, -1].float()
+            hidden = self._split[0](input_ids=ids).last_hidden_state
+            part = self._split[1](hidden[0, -1]).float()
+        ok = torch.allclose(full, part, atol=1e-4, rtol=1e-4)
+        if not ok:
+            log.info(
+                "fast scorer: restricted head differs from the model's logits; using lm-eval's HFLM path"
+            )
+        return ok
+
+    # ------------------------------------------------------------------ lm-eval hook
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
+        """``(sum of continuation log-probs, continuation is greedy)`` per request, in request order."""
+        if self._split is not None and not self._checked and requests:
+            _, ctx, cont = requests[0]
+            if not self._probe(ctx + cont):
+                self._split = None
+            self._checked = True
+        if self._split is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        overlong: list[int] = []
+        for i, (_, ctx, cont) in enumerate(requests):
+            if not ctx or not cont:
+                raise ValueError("fast scorer: empty context or continuation tokens")
+            if len(ctx) + len(cont) > self.max_length + 1:
+                overlong.append(i)
+            else:
+                by_context.setdefault(tuple(ctx), []).append(i)
+        if overlong:  # left truncation mixes context and continuation: lm-eval's own path
+            out = super()._loglikelihood_tokens([requests[i] for i in overlong], disable_tqdm=True)
+            for i, value in zip(overlong, out, strict=True):
+                results[i] = value
+        groups = [_Group.of(ctx, members, requests) for ctx, members in by_context.items()]
+        groups.sort(key=lambda grp: -len(grp.prefix))  # by length: little padding in the prefix pass
+        for part in length_batches([len(grp.prefix) for grp in groups], self.token_budget):
+            self._score_batch([groups[k] for k in part], requests, results)
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    @torch.no_grad()
+    def _score_batch(
+        self,
+        batch: list[_Group],
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        results: list[tuple[float, bool] | None],
+    ) -> None:
+        """One pass over the groups' shared prefixes, then their continuations' remainders in length-sorted chunks."""
+        assert self._split is not None
+        body, _ = self._split
+        device = self.device
+        lens = [len(grp.prefix) for grp in batch]
+        ids = torch.zeros(len(batch), max(lens), dtype=torch.long, device=device)
+        prefix_mask = torch.zeros_like(ids)
+        for g, grp in enumerate(batch):
+            ids[g, : lens[g]] = torch.tensor(grp.prefix, dtype=torch.long)
+            prefix_mask[g, : lens[g]] = 1
+        out = body(input_ids=ids, attention_mask=prefix_mask, use_cache=True)
+        # the head at the last context position and every shared-continuation position, for all groups at once
+        rows_idx = [g for g, grp in enumerate(batch) for _ in range(grp.n_shared + 1)]
+        pos_idx = [p for grp in batch for p in range(grp.ctx_len - 1, len(grp.prefix))]
+        prefix_lp = self._head_logprobs(out.last_hidden_state[torch.tensor(rows_idx), torch.tensor(pos_idx)])
+        first_logprobs, shared = [], []
+        offset = 0
+        for grp in batch:
+            lp = prefix_lp[offset : offset + grp.n_shared + 1]
+            offset += grp.n_shared + 1
+            first_logprobs.append(lp[-1])
+            if grp.n_shared:
+                target = torch.tensor(grp.prefix[grp.ctx_len :], dtype=torch.long, device=device)
+                shared.append(
+                    (
+                        float(lp[:-1].gather(1, target[:, None]).sum()),
+                        bool((lp[:-1].argmax(-1) == target).all()),
+                    )
+                )
+            else:
+                shared.append((0.0, True))
+        first = torch.stack(first_logprobs)  # [groups, vocab]: predicts each remainder's first token
+
+        rows = sorted(
+            ((g, i) for g, grp in enumerate(batch) for i in grp.members),
+            key=lambda gi: len(requests[gi[1]][2]),
+        )
+        tails = [len(requests[i][2]) - batch[g].n_shared - 1 for g, i in rows]
+        for part in length_batches(tails, self.token_budget):
+            chunk = [rows[k] for k in part]
+            self._score_rows(chunk, batch, requests, results, out.past_key_values, prefix_mask, first, shared)
+
+    def _score_rows(
+        self,
+        rows: list[tuple[int, int]],
+        batch: list[_Group],
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        results: list[tuple[float, bool] | None],
+        prefix_cache: Any,
+        prefix_mask: torch.Tensor,
+        first: torch.Tensor,
+        shared: list[tuple[float, bool]],
+    ) -> None:
+        """Score the remainders of ``rows`` (``(group index in the batch, request index)``) over the prefix cache."""
+        from transformers import DynamicCache
+
+        assert self._split is not None
+        body, _ = self._split
+        device = self.device
+        rests = [requests[i][2][batch[g].n_shared :] for g, i in rows]
+        tail = max(len(c) for c in rests) - 1
+        row_group = torch.tensor([g for g, _ in rows], dtype=torch.long, device=device)
+        tail_logprobs = None
+        if tail > 0:
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (layer.keys.index_select(0, row_group), layer.values.index_select(0, row_group))
+                    for layer in prefix_cache.layers
+                ],
+                config=getattr(body, "config", None),
+            )
+            tail_ids = torch.zeros(len(rows), tail, dtype=torch.long, device=device)
+            tail_mask = torch.zeros_like(tail_ids)
+            for r, rest in enumerate(rests):
+                if len(rest) > 1:
+                    tail_ids[r, : len(rest) - 1] = torch.tensor(rest[:-1], dtype=torch.long)
+                    tail_mask[r, : len(rest) - 1] = 1
+            starts = torch.tensor([len(batch[g].prefix) for g, _ in rows], dtype=torch.long, device=device)
+            positions = starts[:, None] + torch.arange(tail, device=device)[None, :]
+            hidden = body(
+                input_ids=tail_ids,
+                attention_mask=torch.cat([prefix_mask[row_group], tail_mask], dim=1),
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kw: cache},
+            ).last_hidden_state
+            tail_logprobs = self._head_logprobs(
+                hidden[tail_mask.bool()]
+            )  # only positions that predict tokens
+        offset = 0
+        for (g, i), rest in zip(rows, rests, strict=True):
+            target = torch.tensor(rest, dtype=torch.long, device=device)
+            logprobs = first[g][None, :]
+            if len(rest) > 1:
+                assert tail_logprobs is not None
+                logprobs = torch.cat([logprobs, tail_logprobs[offset : offset + len(rest) - 1]], dim=0)
+                offset += len(rest) - 1
+            score = shared[g][0] + float(logprobs.gather(1, target[:, None]).sum())
+            greedy = shared[g][1] and bool((logprobs.argmax(dim=-1) == target).all())
+            results[i] = (score, greedy)
+            self.cache_hook.add_partial("loglikelihood", requests[i][0], (score, greedy))
+
+
+@dataclass
+class _Group:
+    """Requests with the same context tokens; ``prefix`` = the context + the longest token prefix their
+    continuations share (at most each continuation's length - 1, so every request keeps one token to predict)."""
+
+    prefix: tuple[int, ...]
+    ctx_len: int
+    members: list[int]
+
+    @property
+    def n_shared(self) -> int:
+        """Continuation tokens in the prefix."""
+        return len(self.prefix) - self.ctx_len
+
+    @classmethod
+    def of(
+        cls,
+        ctx: tuple[int, ...],
+        members: list[int],
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+    ) -> _Group:
+        """The group of ``members`` (request indices) sharing context ``ctx``."""
+        conts = [requests[i][2] for i in members]
+        limit = min(len(c) for c in conts) - 1
+        n = 0
+        while n < limit and all(c[n] == conts[0][n] for c in conts):
+            n += 1
+        return cls(prefix=ctx + tuple(conts[0][:n]), ctx_len=len(ctx), members=members)
