@@ -9,6 +9,7 @@ sparse_phase            adapter state bytes and step time after pruning, dense v
 pruning                 one IMP round over the 210 matrices (per-matrix, global), time + peak memory; 1.7B
 textual_mnist           render + tokenise 60,000 28x28 images through the DataModule, cold and warm
 forgetting              lm-eval in process (HFLM on the live model) vs the lm_eval CLI
+fast_scorer             the fast forgetting scorer vs lm-eval's HFLM on the same real PIQA/HellaSwag items
 compile                 torch.compile of the dense RIGSA step (only with --compile or --only compile)
 e2e                     ``python -m rigsa_lightning.train experiment=rigsa_50`` wall time and peak RSS
 ======================  =================================================================================
@@ -31,10 +32,11 @@ BENCHMARKS: dict[str, str] = {
     "pruning": "bench.pruning_event",
     "textual_mnist": "bench.textual_mnist",
     "forgetting": "bench.forgetting_eval",
+    "fast_scorer": "bench.fast_scorer",
     "compile": "bench.compile_step",
     "e2e": "bench.e2e",
 }
-DEFAULT = ["dense_step", "sparse_phase", "pruning", "textual_mnist", "forgetting", "e2e"]
+DEFAULT = ["dense_step", "sparse_phase", "pruning", "textual_mnist", "forgetting", "fast_scorer", "e2e"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -161,3 +161,63 @@ def test_fast_scorer_falls_back_when_the_probe_disagrees(tiny_model, forgetting_
     n_ctx = len(requests[0][1])
     expected = sum(float(logp[t - 1, ids[0, t]]) for t in range(n_ctx, ids.shape[1]))
     assert got[0][0] == pytest.approx(expected, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- in the train command
+def _train_with_real_eval(tmp_path: Path, forgetting_data: Path, experiment: str):
+    from tests.test_resume import SMALL, only_run_dir, run_cli, tail
+
+    args = [
+        f"experiment={experiment}",
+        *[a for a in SMALL if not a.startswith("eval=")],
+        "eval=forgetting",
+        "eval.limit={piqa: 12, hellaswag: 6, gsm8k: 2}",
+        "eval.gsm8k_max_gen_toks=8",
+        "eval.drift.enabled=false",
+        "eval.bootstrap_iters=500",
+    ]
+    res = run_cli(args, tmp_path, env={"RIGSA_EVAL_DATA": str(forgetting_data)})
+    assert res.returncode == 0, tail(res)
+    return res, only_run_dir(tmp_path)
+
+
+def test_train_reports_paired_forgetting_per_stage(tmp_path, forgetting_data):
+    """eval.data_dir comes from RIGSA_EVAL_DATA; each stage prints its CIs and writes its item file at once."""
+    import json
+
+    from rigsa_lightning.forgetting import items
+
+    res, run = _train_with_real_eval(tmp_path, forgetting_data, "rigsa_50")
+    out = res.stdout + res.stderr
+    assert "forgetting [before] piqa (n=12): acc " in out and "forgetting [after] hellaswag (n=6)" in out
+    before = items.load_records(run / "forgetting_items" / "before.json.gz")
+    after = items.load_records(run / "forgetting_items" / "after.json.gz")
+    assert before["piqa"]["doc_id"] == after["piqa"]["doc_id"] == items.choose_items(1838, 12, 0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    b, a = items.paired(before["piqa"], after["piqa"], "margin")
+    assert metrics["forget/piqa/margin/delta"] == pytest.approx(float((a - b).mean()), abs=1e-9)
+    for stem in ("forget/piqa/acc/delta", "forget/hellaswag/acc_norm/delta", "forget/gsm8k/gold_nll/delta"):
+        assert metrics[f"{stem}_ci_lo"] <= metrics[stem] <= metrics[f"{stem}_ci_hi"], stem
+    assert 0.0 <= metrics["forget/piqa/acc/delta_p"] <= 1.0
+    doc = json.loads((run / "forgetting.json").read_text())
+    assert doc["data_dir"] == str(forgetting_data.resolve()) and "items" not in doc["stages"]["after"]
+
+
+def test_zero_shot_scores_the_model_once(tmp_path, forgetting_data):
+    import json
+
+    from rigsa_lightning.forgetting import items
+
+    res, run = _train_with_real_eval(tmp_path, forgetting_data, "zero_shot")
+    out = res.stdout + res.stderr
+    assert "(stage before;" in out or "numbers from cache" in out
+    assert "(stage after;" not in out  # `after` is the same model: not scored a second time
+    assert "forgetting [after]: same as before (no training" in out
+    doc = json.loads((run / "forgetting.json").read_text())
+    assert doc["stages"]["after"]["same_as"] == "before"
+    assert items.load_records(run / "forgetting_items" / "after.json.gz") == items.load_records(
+        run / "forgetting_items" / "before.json.gz"
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["forget/piqa/acc/delta"] == 0.0 and metrics["forget/piqa/acc/delta_p"] == 1.0
+    assert metrics["forget/gsm8k/gold_nll/delta_ci_lo"] == metrics["forget/gsm8k/gold_nll/delta_ci_hi"] == 0.0

@@ -276,6 +276,40 @@ def test_skipped_benchmarks_use_drift_and_notes(tmp_path: Path) -> None:
     assert [r["name"] for r in _read_csv(out["results_csv"])] == ["zero_shot", "qlora_r16"]
 
 
+def test_paired_cis_reach_the_table_and_the_figure(tmp_path: Path) -> None:
+    """Per-run paired CIs over items (issue 13): `[± h]` in the table, error bars in the figure, the continuous
+    measures (gold margin, GSM8k gold NLL) as their own columns and panels."""
+    root = tmp_path / "sweep"
+    for i, (method, name, acc, d) in enumerate(
+        (("rigsa", "rigsa_50", 0.8, -0.02), ("qlora", "qlora_r16", 0.7, -0.05))
+    ):
+        m = _metrics(method, name, 0, acc, **_forget((0.6, 0.6 + d), (0.4, 0.4 + d), (0.01, 0.01)))
+        m.update(
+            {
+                "forget/piqa/acc/delta_ci_lo": d - 0.03,
+                "forget/piqa/acc/delta_ci_hi": d + 0.03,
+                "forget/piqa/acc/delta_p": 0.2,
+                "forget/piqa/margin/delta": -0.1,
+                "forget/piqa/margin/delta_ci_lo": -0.15,
+                "forget/piqa/margin/delta_ci_hi": -0.05,
+                "forget/gsm8k/gold_nll/delta": 0.04 * (i + 1),
+                "forget/gsm8k/gold_nll/delta_ci_lo": 0.02 * (i + 1),
+                "forget/gsm8k/gold_nll/delta_ci_hi": 0.06 * (i + 1),
+            }
+        )
+        _write_job(root, f"{i}_{name}", [f"experiment={name}"], "", {"metrics.json": m})
+    out = build_report(root)
+    runs = {r["name"]: r for r in out["runs"]}
+    assert runs["rigsa_50"]["piqa_delta_ci"] == pytest.approx(0.03)
+    assert runs["qlora_r16"]["gsm8k_gold_nll_delta"] == pytest.approx(0.08)
+    assert runs["qlora_r16"]["gsm8k_gold_nll_delta_ci"] == pytest.approx(0.04)
+    md = out["results_md"].read_text()
+    assert "PIQA Δ (pp) [± item CI]" in md and "GSM8k Δ gold NLL/token [± item CI]" in md
+    assert "-2.0 [± 3.0]" in md and "-5.0 [± 3.0]" in md  # one seed: the run's own 95% CI over items
+    assert "0.08 [± 0.04]" in md
+    assert out["figures"]["forgetting_vs_accuracy"] is not None
+
+
 def test_all_failed_still_reports(tmp_path: Path) -> None:
     root = tmp_path / "sweep"
     _write_job(
