@@ -466,6 +466,16 @@ def run_lm_eval(
                 chosen = choose_items(name, len(task.eval_docs))
                 if chosen is not None:
                     samples[name] = chosen
+        if (
+            gold_nll and scorer == "fast"
+        ):  # one prefill of prompt + solution serves the NLL and the generation
+            lm.gold_targets = {
+                task.config.task: (
+                    lambda doc, t=task: str(t.config.target_delimiter) + str(t.doc_to_target(doc))
+                )
+                for task in tasks
+                if task.OUTPUT_TYPE == "generate_until"
+            }
         result = lm_eval.simple_evaluate(
             model=lm,
             tasks=tasks,
@@ -505,19 +515,25 @@ def gold_solution_nll(
     from, tokenised by lm-eval's own ``_encode_pair``."""
     requests, doc_ids = [], []
     seen: set[int] = set()
+    done: dict[str, tuple[float, int]] = getattr(lm, "gold_scores", None) or {}
+    out: dict[int, tuple[float, int]] = {}
     for s in samples:
         doc_id = int(s["doc_id"])
         if doc_id in seen:  # one logged sample per filter
             continue
         seen.add(doc_id)
         context = s["arguments"][0][0]
+        if context in done:  # scored with the generation's prefill (FastHFLM.generate_until)
+            out[doc_id] = done[context]
+            continue
         target = task.doc_to_target(s["doc"])
         continuation = str(task.config.target_delimiter) + str(target)
         ctx_enc, cont_enc = lm._encode_pair(context, continuation)
         requests.append(((context, continuation), ctx_enc, cont_enc))
         doc_ids.append(doc_id)
     scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
-    return {d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)}
+    out.update({d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)})
+    return out
 
 
 def extract_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:

@@ -264,6 +264,118 @@ class FastHFLM(HFLM):
             results[i] = (score, greedy)
             self.cache_hook.add_partial("loglikelihood", requests[i][0], (score, greedy))
 
+    # ------------------------------------------------------------------ generation (+ the gold solution's NLL)
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy generation with a KV cache; for tasks in :attr:`gold_targets` one prefill of *prompt + reference
+        solution* also gives the solution's teacher-forced NLL (:attr:`gold_scores`), the solution's positions being
+        masked out while generating. Falls back to HFLM's ``generate`` for sampling, a truncated prompt, a
+        non-plain head, or when no gold target is asked for."""
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+        gold = getattr(self, "gold_targets", None) or {}
+        if self._split is None or not gold or not requests:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        plans: list[tuple[int, str, list[int], list[int], list[str], int]] = []
+        for k, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            sampling = kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0
+            target = gold.get(getattr(req, "task_name", None))
+            ctx_enc = self.tok_batch_encode([context])[0][0].tolist()
+            if (
+                sampling
+                or target is None
+                or "max_length" in kwargs
+                or len(ctx_enc) > self.max_length - max_gen
+            ):
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            pair_ctx, cont_enc = self._encode_pair(context, target(req.doc))
+            if pair_ctx != ctx_enc or not cont_enc:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            plans.append((k, context, ctx_enc, cont_enc, until, max_gen))
+        out: list[str] = [""] * len(requests)
+        plans.sort(key=lambda p: -(len(p[2]) + len(p[3])))
+        batch = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)
+        for start in range(0, len(plans), batch):
+            for k, text in self._generate_batch(plans[start : start + batch]):
+                out[k] = text
+                context, gen_kwargs = requests[k].args
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, plans: list[tuple[int, str, list[int], list[int], list[str], int]]
+    ) -> list[tuple[int, str]]:
+        from lm_eval.models.utils import postprocess_generated_text
+
+        assert self._split is not None
+        body, _ = self._split
+        device = self.device
+        seqs = [ctx + cont[:-1] for _, _, ctx, cont, _, _ in plans]
+        width = max(len(x) for x in seqs)
+        ids = torch.zeros(len(plans), width, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, : len(seq)] = 1
+        out = body(input_ids=ids, attention_mask=mask, use_cache=True)
+        cache = out.past_key_values
+        # the head where the solution's tokens are predicted: its NLL, and the first generated token (greedy)
+        rows = [r for r, p in enumerate(plans) for _ in range(len(p[3]))]
+        pos = [t for p in plans for t in range(len(p[2]) - 1, len(p[2]) + len(p[3]) - 1)]
+        logprobs = self._head_logprobs(out.last_hidden_state[torch.tensor(rows), torch.tensor(pos)])
+        scores = getattr(self, "gold_scores", None)
+        if scores is None:
+            scores = self.gold_scores = {}
+        first_tokens, offset = [], 0
+        for _, context, _, cont, _, _ in plans:
+            lp = logprobs[offset : offset + len(cont)]
+            offset += len(cont)
+            target = torch.tensor(cont, dtype=torch.long, device=device)
+            scores[context] = (-float(lp.gather(1, target[:, None]).sum()), len(cont))
+            first_tokens.append(int(lp[0].argmax()))
+        # generation: only the prompt's cache entries are visible (the solution's are masked out)
+        ctx_lens = torch.tensor([len(p[2]) for p in plans], dtype=torch.long, device=device)
+        visible = (torch.arange(width, device=device)[None, :] < ctx_lens[:, None]).long()
+        max_gen = max(p[5] for p in plans)
+        generated: list[list[int]] = [[t] for t in first_tokens]
+        done = [self._finished(g, p[4], p[5]) for g, p in zip(generated, plans, strict=True)]
+        step = 0
+        while not all(done) and step + 1 < max_gen:
+            tokens = torch.tensor([[g[-1]] for g in generated], dtype=torch.long, device=device)
+            visible = torch.cat([visible, torch.ones(len(plans), 1, dtype=torch.long, device=device)], dim=1)
+            hidden = body(
+                input_ids=tokens,
+                attention_mask=visible,
+                position_ids=(ctx_lens + step)[:, None],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            ).last_hidden_state
+            nxt = self._split[1](hidden[:, -1]).argmax(-1).tolist()
+            step += 1
+            for r, token in enumerate(nxt):
+                if not done[r]:
+                    generated[r].append(int(token))
+                    done[r] = self._finished(generated[r], plans[r][4], plans[r][5])
+        results = []
+        for (k, _, _, _, until, _), toks in zip(plans, generated, strict=True):
+            text = postprocess_generated_text(
+                generation=self.tok_decode(toks), stop=until, think_end_token=None
+            )
+            results.append((k, text))
+        return results
+
+    def _finished(self, tokens: list[int], until: list[str], max_gen: int) -> bool:
+        """A row stops at the end-of-text token, at a stop sequence, or after ``max_gen`` tokens."""
+        if len(tokens) >= max_gen or tokens[-1] == self.eot_token_id:
+            return True
+        text = self.tok_decode(tokens[-12:])  # a stop sequence ends within the last tokens
+        return any(u and u in text for u in until)
+
 
 @dataclass
 class _Group:
