@@ -12,7 +12,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
 
@@ -306,20 +305,24 @@ class RigsaLitModule(L.LightningModule):
         """Logits of the adapted model."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def _loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        shift_logits = logits[:, :-1, :].float()
-        shift_labels = labels[:, 1:]
-        loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100
-        )
-        return loss, logits
+    def _loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shifted cross-entropy (fp32) over the supervised labels and the logits ``[batch, vocab]`` at
+        ``answer_pos`` (None without it). The LM head runs at those positions only (``rigsa_lightning.head``):
+        the loss equals the full-logits loss, and the model falls back to the full forward when its head is not a
+        plain linear layer."""
+        from rigsa_lightning.head import supervised_loss_and_answer_logits
+
+        return supervised_loss_and_answer_logits(self.model, batch)
 
     def digit_accuracy(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fraction of examples whose argmax over the ten digit tokens at the answer position is right."""
-        rows = torch.arange(logits.size(0), device=logits.device)
-        digit_logits = logits[rows, batch["answer_pos"]][:, self._digit_ids]
+        """Fraction of examples whose argmax over the ten digit tokens at the answer position is right.
+
+        ``logits`` are the answer position's ``[batch, vocab]`` (as :meth:`_loss_and_logits` returns them) or a
+        whole ``[batch, seq, vocab]`` tensor."""
+        if logits.dim() == 3:
+            rows = torch.arange(logits.size(0), device=logits.device)
+            logits = logits[rows, batch["answer_pos"]]
+        digit_logits = logits[:, self._digit_ids]
         return (digit_logits.argmax(-1) == batch["digit"]).float().mean()
 
     def nonfinite_tensors(self, limit: int = 3) -> list[str]:
@@ -406,6 +409,7 @@ class RigsaLitModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
+        assert logits is not None, "Textual MNIST batches carry answer_pos"
         acc = self.digit_accuracy(logits, batch)
         bs = batch["input_ids"].size(0)
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -413,6 +417,7 @@ class RigsaLitModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
+        assert logits is not None, "Textual MNIST batches carry answer_pos"
         acc = self.digit_accuracy(logits, batch)
         bs = batch["input_ids"].size(0)
         self.log("test/loss", loss, on_epoch=True, batch_size=bs, sync_dist=True)

@@ -356,10 +356,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- model + data
     prepared = prepare_model(cfg, cache_dir)
+    from rigsa_lightning.head import split_causal_lm
     from rigsa_lightning.models import compile_forward
 
     if compile_forward(prepared.model, cfg.get("compile")):
-        log.info("torch.compile: model forward wrapped (backend %s)", cfg.compile.backend)
+        where = "decoder body; LM head eager" if split_causal_lm(prepared.model) else "whole model"
+        log.info("torch.compile: model forward wrapped (backend %s) - %s", cfg.compile.backend, where)
     timings["time/load_s"] = time.time() - t0
     t = time.time()
     dm = TextualMNISTDataModule(
