@@ -5,6 +5,7 @@ Benchmarks (in run order; ``e2e`` is last and only runs in a full run or with ``
 
 ======================  =================================================================================
 dense_step              RIGSA dense step vs full fine-tuning vs frozen floor vs PEFT LoRA r16
+optimizer               AdamW loop / foreach / fused on the dense round's and the sparse storage's tensors
 sparse_phase            adapter state bytes and step time after pruning, dense vs sparse storage
 pruning                 one IMP round over the 210 matrices (per-matrix, global), time + peak memory; 1.7B
 textual_mnist           render + tokenise 60,000 28x28 images through the DataModule, cold and warm
@@ -27,6 +28,7 @@ from bench.common import print_table, results_path, say, setup_environment
 
 BENCHMARKS: dict[str, str] = {
     "dense_step": "bench.dense_step",
+    "optimizer": "bench.optimizer_step",
     "sparse_phase": "bench.sparse_phase",
     "pruning": "bench.pruning_event",
     "textual_mnist": "bench.textual_mnist",
@@ -34,7 +36,7 @@ BENCHMARKS: dict[str, str] = {
     "compile": "bench.compile_step",
     "e2e": "bench.e2e",
 }
-DEFAULT = ["dense_step", "sparse_phase", "pruning", "textual_mnist", "forgetting", "e2e"]
+DEFAULT = ["dense_step", "optimizer", "sparse_phase", "pruning", "textual_mnist", "forgetting", "e2e"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -108,6 +108,11 @@ def validate_cfg(cfg: DictConfig) -> None:
     from rigsa_lightning.models import check_compile_cfg
 
     check_compile_cfg(cfg.get("compile"))
+    from rigsa_lightning.module import adamw_impl_kwargs
+
+    adamw_impl_kwargs(
+        str((cfg.get("optim") or {}).get("impl", "fused"))
+    )  # one-line error for a bad optim.impl
     _check_storage_early(cfg)
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config

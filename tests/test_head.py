@@ -165,3 +165,43 @@ def test_other_heads_fall_back_to_the_full_forward(tiny_model, caplog: pytest.Lo
     model.config.final_logit_softcapping = 30.0
     model.set_output_embeddings(old)
     assert split_causal_lm(model) is None  # logit soft-capping after the head: fall back too
+
+
+# ------------------------------------------------------------------------------------------------ AdamW impl
+def _adamw_run(impl: str, steps: int = 5) -> list[torch.Tensor]:
+    """``steps`` AdamW steps of ``optim.impl`` on small dense and sparse-like adapter tensors with the train job's
+    groups (decay 1.0 on ΔW, none on the gates); returns the parameters."""
+    from rigsa_lightning.module import adamw_impl_kwargs
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in [(24, 40), (7, 9), (333,)]]
+    gates = [torch.nn.Parameter(torch.full((), 1e-6)) for _ in range(3)]
+    opt = torch.optim.AdamW(
+        [
+            {"params": params, "lr": 1e-3, "weight_decay": 1.0},
+            {"params": gates, "lr": 1e-2, "weight_decay": 0.0},
+        ],
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        **adamw_impl_kwargs(impl),
+    )
+    for _ in range(steps):
+        for p in params + gates:
+            p.grad = 1e-3 * torch.randn(p.shape, generator=gen)
+        opt.step()
+    return [p.detach() for p in params + gates]
+
+
+def test_adamw_impls_take_the_same_steps() -> None:
+    """fused (the default) equals torch's per-tensor loop up to fp32 rounding; foreach equals it bitwise."""
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.module import adamw_impl_kwargs
+
+    loop, fused, foreach = _adamw_run("loop"), _adamw_run("fused"), _adamw_run("foreach")
+    start = _adamw_run("loop", steps=0)
+    for a, b, c, s in zip(loop, fused, foreach, start):
+        assert not torch.equal(a, s)  # the steps moved every tensor
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+        assert torch.equal(c, a)
+    with pytest.raises(ConfigError, match="optim.impl"):
+        adamw_impl_kwargs("adam8bit")
