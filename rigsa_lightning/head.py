@@ -83,10 +83,12 @@ def selected_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     select: torch.Tensor,
+    full_head: bool = False,
 ) -> torch.Tensor:
     """Logits ``[N, vocab]`` at the positions where the bool ``select`` ``[batch, seq]`` is True (row-major order,
-    as ``select.nonzero()``), equal to ``model(...).logits[select]`` without the head at the other positions."""
-    split = split_causal_lm(model)
+    as ``select.nonzero()``), equal to ``model(...).logits[select]`` without the head at the other positions.
+    ``full_head``: compute it as ``model(...).logits[select]`` (the head over every position; for comparisons)."""
+    split = None if full_head else split_causal_lm(model)
     if split is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[select]
@@ -109,11 +111,12 @@ def answer_logits(
 
 
 def supervised_loss_and_answer_logits(
-    model: nn.Module, batch: dict[str, torch.Tensor]
+    model: nn.Module, batch: dict[str, torch.Tensor], full_head: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shifted next-token cross-entropy (fp32, mean over the labels that are not -100) and the logits at
     ``answer_pos`` (``[batch, vocab]``; None when the batch has no ``answer_pos``), with the head applied only at
     the supervised positions and the answer positions. Equals the loss over the full ``[batch, seq, vocab]`` logits.
+    ``full_head``: run the whole model's forward instead (``lm_head=full``: the step as it was, for comparisons).
     """
     labels = batch["labels"]
     n, t = labels.shape
@@ -126,9 +129,23 @@ def supervised_loss_and_answer_logits(
     rows = torch.arange(n, device=labels.device)
     if answer_pos is not None:
         select[rows, answer_pos] = True
-    logits = selected_logits(model, batch["input_ids"], batch.get("attention_mask"), select)
+    logits = selected_logits(
+        model, batch["input_ids"], batch.get("attention_mask"), select, full_head=full_head
+    )
     # Row of ``logits`` holding each selected position (row-major order of ``select``).
     slot = (torch.cumsum(select.reshape(-1), 0) - 1).view(n, t)
     loss = torch.nn.functional.cross_entropy(logits[slot[supervised]].float(), next_labels[supervised])
     at_answer = logits[slot[rows, answer_pos]] if answer_pos is not None else None
     return loss, at_answer
+
+
+LM_HEAD_MODES = ("scored", "full")
+
+
+def check_lm_head(value: Any) -> bool:
+    """``lm_head`` option -> whether to run the full head (``full``); one-line error for anything else."""
+    from rigsa_lightning.errors import ConfigError
+
+    if value not in LM_HEAD_MODES:
+        raise ConfigError("lm_head", f"unknown value {value!r}", f"use one of {list(LM_HEAD_MODES)}")
+    return value == "full"

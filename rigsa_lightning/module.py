@@ -328,10 +328,11 @@ class RigsaLitModule(L.LightningModule):
         """Shifted cross-entropy (fp32) over the supervised labels and the logits ``[batch, vocab]`` at
         ``answer_pos`` (None without it). The LM head runs at those positions only (``rigsa_lightning.head``):
         the loss equals the full-logits loss, and the model falls back to the full forward when its head is not a
-        plain linear layer."""
-        from rigsa_lightning.head import supervised_loss_and_answer_logits
+        plain linear layer (or with ``lm_head=full``)."""
+        from rigsa_lightning.head import check_lm_head, supervised_loss_and_answer_logits
 
-        return supervised_loss_and_answer_logits(self.model, batch)
+        full_head = check_lm_head(self.cfg.get("lm_head", "scored"))
+        return supervised_loss_and_answer_logits(self.model, batch, full_head=full_head)
 
     def digit_accuracy(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fraction of examples whose argmax over the ten digit tokens at the answer position is right.

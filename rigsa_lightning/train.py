@@ -110,9 +110,11 @@ def validate_cfg(cfg: DictConfig) -> None:
     check_compile_cfg(cfg.get("compile"))
     from rigsa_lightning.module import adamw_impl_kwargs
 
-    adamw_impl_kwargs(
-        str((cfg.get("optim") or {}).get("impl", "fused"))
-    )  # one-line error for a bad optim.impl
+    # One-line errors for a bad optim.impl / lm_head.
+    adamw_impl_kwargs(str((cfg.get("optim") or {}).get("impl", "fused")))
+    from rigsa_lightning.head import check_lm_head
+
+    check_lm_head(cfg.get("lm_head", "scored"))
     _check_storage_early(cfg)
     if method == "qlora":
         from rigsa_lightning.adapters.lora import bnb_config

@@ -36,14 +36,14 @@ def compose(overrides: list[str]) -> Any:
         return hydra_compose(config_name="train", overrides=["model=tiny", *SMALL_DATA, *overrides])
 
 
-def build(case: str, cache_dir: str) -> tuple[Any, dict[str, torch.Tensor]]:
+def build(case: str, cache_dir: str, extra: tuple[str, ...] = ()) -> tuple[Any, dict[str, torch.Tensor]]:
     """A RigsaLitModule of ``case`` with a non-trivial adapter state, and one real Textual MNIST batch."""
     from rigsa_lightning.adapters import prepare_model
     from rigsa_lightning.adapters.gated_sparse import random_mask_
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.module import RigsaLitModule
 
-    cfg = compose(CASES[case])
+    cfg = compose([*CASES[case], *extra])
     torch.manual_seed(0)
     prepared = prepare_model(cfg, cache_dir)
     dm = TextualMNISTDataModule(cfg.data, prepared.tokenizer, cache_dir=cache_dir, seed=0)
@@ -117,21 +117,39 @@ def test_restricted_head_equals_full_logits(case: str, cache_dir: str) -> None:
 
 
 def test_head_runs_on_the_scored_rows_only(cache_dir: str) -> None:
-    """The head sees (supervised positions + answer positions) rows, not batch x seq."""
+    """The head sees (supervised positions + answer positions) rows, not batch x seq; ``lm_head=full`` (the step
+    before, for comparisons) runs it everywhere and gives the same loss."""
     module, batch = build("rigsa_dense", cache_dir)
-    _, head = split_causal_lm(module.model)  # type: ignore[misc]
-    seen: list[tuple[int, ...]] = []
-    hook = head.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
-    try:
-        module._loss_and_logits(batch)
-    finally:
-        hook.remove()
+    full_module, _ = build("rigsa_dense", cache_dir, extra=("lm_head=full",))
+    losses = []
+    shapes = []
+    for mod in (module, full_module):
+        _, head = split_causal_lm(mod.model)  # type: ignore[misc]
+        seen: list[tuple[int, ...]] = []
+        hook = head.register_forward_hook(lambda m, inp, out, seen=seen: seen.append(tuple(out.shape)))
+        try:
+            losses.append(mod._loss_and_logits(batch)[0].item())
+        finally:
+            hook.remove()
+        shapes.append(seen)
     labels = batch["labels"]
     scored = (labels[:, 1:] != -100).clone()
     scored[torch.arange(labels.size(0)), batch["answer_pos"]] = True  # answer_pos < seq - 1 here
     n, t = labels.shape
-    assert seen == [(int(scored.sum()), module.model.config.vocab_size)]
+    vocab = module.model.config.vocab_size
+    assert shapes[0] == [(int(scored.sum()), vocab)]
     assert int(scored.sum()) <= 3 * n < n * t
+    assert shapes[1] == [(n, t, vocab)]
+    assert abs(losses[0] - losses[1]) <= 1e-6
+
+
+def test_bad_lm_head_value_is_a_config_error() -> None:
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.head import check_lm_head
+
+    assert check_lm_head("full") and not check_lm_head("scored")
+    with pytest.raises(ConfigError, match="lm_head"):
+        check_lm_head("partial")
 
 
 class _ScaledHead(torch.nn.Linear):
