@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
+
+log = logging.getLogger(__name__)
 
 # Test-only fault injection (read once per module instance; never set them in real runs):
 #   RIGSA_TEST_KILL_AT_STEP=<n>  SIGKILL this process when global step <n> starts (kill-and-resume test);
@@ -462,12 +465,18 @@ class RigsaLitModule(L.LightningModule):
         if not groups:
             raise RuntimeError("adapter.method=none has nothing to train (the train job skips fitting)")
         optim_cfg = self.cfg.optim
+        impl = str(optim_cfg.get("impl", "fused"))
+        if impl == "fused" and self._grad_scaler() is not None and self.trainer.gradient_clip_val:
+            # fp16 with a GradScaler: a fused AdamW unscales inside its step, after clipping would have run on the
+            # scaled gradients (Lightning refuses the combination); the per-tensor loop takes the same steps.
+            log.info("optim.impl=fused with a gradient scaler and clipping: using AdamW's per-tensor loop")
+            impl = "loop"
         optimizer = torch.optim.AdamW(
             groups,
             lr=float(self.cfg.adapter.lr),
             betas=tuple(float(b) for b in optim_cfg.betas),
             eps=float(optim_cfg.eps),
-            **adamw_impl_kwargs(optim_cfg.get("impl", "fused")),
+            **adamw_impl_kwargs(impl),
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
@@ -483,6 +492,32 @@ class RigsaLitModule(L.LightningModule):
             optimizer, lambda step: lr_factor(step, segments, warmup, min_ratio, kind)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _grad_scaler(self) -> Any:
+        """The precision plugin's GradScaler (fp16 mixed precision), or None."""
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also before a fused AdamW step under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale gradients inside its
+        step (fused AdamW), but bf16 has no GradScaler: the gradients are never scaled, so clipping them is exact.
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities.enums import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None and gradient_clip_val:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, float(gradient_clip_val), algorithm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
     def _kept_state_keys(self) -> set[str]:

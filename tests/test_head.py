@@ -223,3 +223,25 @@ def test_adamw_impls_take_the_same_steps() -> None:
         assert torch.equal(c, a)
     with pytest.raises(ConfigError, match="optim.impl"):
         adamw_impl_kwargs("adam8bit")
+
+
+def test_fused_adamw_is_clipped_under_bf16_mixed(cache_dir: str) -> None:
+    """Lightning's bf16-mixed plugin refuses to clip before a fused optimizer; the module clips itself (bf16 has no
+    gradient scaler, so the gradients are the true ones) and the total norm ends at the clip value."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module, batch = build("rigsa_dense", cache_dir)
+    plugin = MixedPrecision("bf16-mixed", "cpu")
+    module._trainer = SimpleNamespace(precision_plugin=plugin)  # what configure_gradient_clipping reads
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, fused=True)
+    module._loss_and_logits(batch)[0].backward()
+    before = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert before > 1e-3
+    with pytest.raises(RuntimeError, match="fused"):
+        plugin.clip_gradients(opt, 1e-3)  # Lightning's own path
+    module.configure_gradient_clipping(opt, 1e-3, "norm")
+    after = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert after.item() == pytest.approx(1e-3, rel=1e-4)
