@@ -13,6 +13,8 @@ end-of-turn token), the LM head at the supervised positions only (``rigsa_lightn
 * ``random_mask@0.5``: a fixed random mask (``random_mask_``) stored sparse from the start (random_mask_50);
 * ``lora_r16`` / ``qlora_r16``: PEFT LoRA r16 (alpha 32, dropout 0.05) on the same 210 matrices, QLoRA on a 4-bit
   NF4 base (bf16 compute), each on its own model copy;
+* ``shira_r16``: PEFT SHiRA (random sparse high-rank adapter, ``ShiraConfig(r=16)``: the same trainable-parameter
+  budget as LoRA r16, ``r * (in + out)`` entries per matrix, density 3.8-11.1%) on its own model copy;
 * ``full``: full fine-tuning of the 210 matrices;
 * before: ``floor_full_head`` and ``rigsa_dense_before`` (the head over every position, the whole logits cast to
   fp32, AdamW's per-tensor loop: the step as it was before the restricted head and the fused optimizer).
@@ -51,6 +53,7 @@ NAMES = [
     "random_mask@0.5",
     "lora_r16",
     "qlora_r16",
+    "shira_r16",
     "full",
     "floor_full_head",
     "rigsa_dense_before",
@@ -93,6 +96,20 @@ def qlora_model(r: int = 16) -> tuple[Any, list[Any], Any]:
     peft_model.train()
     groups = lora_param_groups(peft_model, cfg)
     return peft_model, [p for g in groups for p in g["params"]], adamw(groups)
+
+
+def shira_model(r: int = 16) -> tuple[Any, list[Any], Any]:
+    """A separate SmolLM2 with PEFT SHiRA (random mask, seed 0) on the same 210 matrices, and its AdamW."""
+    from peft import ShiraConfig, get_peft_model
+
+    from bench.common import TARGETS
+    from bench.steps import adamw
+
+    model, _ = load_smollm2()
+    peft_model = get_peft_model(model, ShiraConfig(r=r, target_modules=TARGETS, random_seed=0))
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    return peft_model, params, adamw([{"params": params, "lr": 1e-3, "weight_decay": 0.0}])
 
 
 def run(
@@ -142,12 +159,15 @@ def run(
     del rand
     lora, lora_params, lora_opt = lora_model(16)
     qlora, qlora_params, qlora_opt = qlora_model(16)
+    shira, shira_params, shira_opt = shira_model(16)
     fns: dict[str, Any] = {}
     for name in NAMES:
         if name == "lora_r16":
             fns[name] = lambda: train_step(lora, batch, lora_opt, lora_params, bf16=True)
         elif name == "qlora_r16":
             fns[name] = lambda: train_step(qlora, batch, qlora_opt, qlora_params, bf16=True)
+        elif name == "shira_r16":
+            fns[name] = lambda: train_step(shira, batch, shira_opt, shira_params, bf16=True)
         elif name == "floor_full_head":
             fns[name] = host.step_fn("floor", batch, full_head=True, bf16=True)
         else:
@@ -230,3 +250,32 @@ def headline(entry: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if k not in ("floor", "rigsa_sparse@0.0346"):
                 rows.append((f"{k} / floor ({n} thr)", f"{res['vs_floor'][k]:.3f}x", "(reference)", ""))
     return rows
+
+
+def markdown(entry: dict[str, Any]) -> str:
+    """The step table of a ``limit`` entry as markdown (for the READMEs)."""
+    lines = [
+        "| variant | s/step (median) | x floor (paired median) | x full FT (paired median) |",
+        "|---|---|---|---|",
+    ]
+    for n, res in entry["results"].items():
+        for k in NAMES:
+            if k not in res["stats"]:
+                continue
+            label = f"{k} (before)" if k in BEFORE else k
+            lines.append(
+                f"| {label}, {n} thr | {res['stats'][k]['median']:.2f} | {res['vs_floor'][k]:.3f} | "
+                f"{res['vs_full'][k]:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    from bench.common import results_path
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else results_path()
+    print(markdown(json.loads(path.read_text())["limit"]))
