@@ -120,8 +120,15 @@ def trajectory_config(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
 
 
+# Trajectory options added later, with the behaviour of checkpoints written before they existed: such a checkpoint
+# resumes exactly with that value (e.g. ``optim.impl=loop``, torch's per-tensor AdamW used before the option).
+_LEGACY_VALUES = {"optim.impl": "loop"}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key=<current> (checkpoint: <saved>)`` for every trajectory option that differs."""
+    """``key=<current> (checkpoint: <saved>)`` for every trajectory option that differs (an option missing from an
+    older checkpoint counts with its value of that time, :data:`_LEGACY_VALUES`)."""
+    saved = {**{k: v for k, v in _LEGACY_VALUES.items() if k in current}, **saved}
     out = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):

@@ -245,3 +245,17 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(cache_dir: str) -> None:
     module.configure_gradient_clipping(opt, 1e-3, "norm")
     after = torch.nn.utils.get_total_norm([p.grad for p in params])
     assert after.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_checkpoints_from_before_optim_impl_resume_with_the_loop() -> None:
+    """A checkpoint written before ``optim.impl`` existed trained with AdamW's per-tensor loop: resuming it asks for
+    ``optim.impl=loop`` (the default fused differs) instead of failing on a missing key."""
+    from rigsa_lightning.module import config_differences
+
+    old = {"seed": 42, "optim.eps": 1e-8}
+    assert config_differences(old, {"seed": 42, "optim.eps": 1e-8, "optim.impl": "loop"}) == []
+    assert config_differences(old, {"seed": 42, "optim.eps": 1e-8, "optim.impl": "fused"}) == [
+        "optim.impl='fused' (checkpoint: 'loop')"
+    ]
+    new = {**old, "optim.impl": "fused"}
+    assert config_differences(new, {**new}) == []
