@@ -4,7 +4,9 @@
 Benchmarks (in run order; ``e2e`` is last and only runs in a full run or with ``--only e2e``):
 
 ======================  =================================================================================
+limit                   every method's main-job step (bf16, restricted head) / the frozen floor; before rows
 dense_step              RIGSA dense step vs full fine-tuning vs frozen floor vs PEFT LoRA r16
+optimizer               AdamW loop / foreach / fused on the dense round's and the sparse storage's tensors
 sparse_phase            adapter state bytes and step time after pruning, dense vs sparse storage
 pruning                 one IMP round over the 210 matrices (per-matrix, global), time + peak memory; 1.7B
 textual_mnist           render + tokenise 60,000 28x28 images through the DataModule, cold and warm
@@ -27,7 +29,9 @@ from typing import Any
 from bench.common import print_table, results_path, say, setup_environment
 
 BENCHMARKS: dict[str, str] = {
+    "limit": "bench.head_limit",
     "dense_step": "bench.dense_step",
+    "optimizer": "bench.optimizer_step",
     "sparse_phase": "bench.sparse_phase",
     "pruning": "bench.pruning_event",
     "textual_mnist": "bench.textual_mnist",
@@ -36,7 +40,17 @@ BENCHMARKS: dict[str, str] = {
     "compile": "bench.compile_step",
     "e2e": "bench.e2e",
 }
-DEFAULT = ["dense_step", "sparse_phase", "pruning", "textual_mnist", "forgetting", "fast_scorer", "e2e"]
+DEFAULT = [
+    "limit",
+    "dense_step",
+    "optimizer",
+    "sparse_phase",
+    "pruning",
+    "textual_mnist",
+    "forgetting",
+    "fast_scorer",
+    "e2e",
+]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -5,13 +5,16 @@
 base layers) with its own optimizer. Swapping is a ``setattr`` per module, so alternating variants costs nothing
 and the frozen base weights exist once. PEFT LoRA, which rewrites the model, gets its own model copy.
 
-A step is what the Lightning module does per batch: forward (``use_cache=False``), shifted cross-entropy over the
-whole sequence, backward, gradient clipping at 1.0 over the trainable tensors, AdamW step, ``zero_grad`` (set to
-None), then the adapter's post-step hook (``enforce_mask`` for masked dense storage).
+A step is what the Lightning module does per batch: forward (``use_cache=False``) of the decoder body, the LM head
+and the shifted cross-entropy at the supervised positions only (``rigsa_lightning.head``; ``full_head=True``: over
+every position, as before), backward, gradient clipping at 1.0 over the trainable tensors, AdamW step (fused, as
+``optim.impl``), ``zero_grad`` (set to None), then the adapter's post-step hook (``enforce_mask`` for masked dense
+storage).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +38,14 @@ class Variant:
     post: Callable[[], None] | None = None
 
 
-def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Shifted next-token cross-entropy of ``model`` on ``batch`` (as ``RigsaLitModule`` computes it)."""
+def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], full_head: bool = False) -> torch.Tensor:
+    """Shifted next-token cross-entropy of ``model`` on ``batch`` as ``RigsaLitModule`` computes it: the LM head at
+    the supervised (and ``answer_pos``) positions only, fp32 loss. ``full_head``: the head over every position and
+    the whole ``[batch, seq, vocab]`` logits cast to fp32 (the step before the restricted head)."""
+    if not full_head:
+        from rigsa_lightning.head import supervised_loss_and_answer_logits
+
+        return supervised_loss_and_answer_logits(model, batch)[0]
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).logits
@@ -52,9 +61,14 @@ def train_step(
     params: list[torch.Tensor],
     post: Callable[[], None] | None = None,
     clip: float | None = 1.0,
+    full_head: bool = False,
+    bf16: bool = False,
 ) -> float:
-    """One training step; returns the loss."""
-    loss = lm_loss(model, batch)
+    """One training step; returns the loss. ``bf16``: forward and loss under CPU bf16 autocast (Lightning's
+    ``bf16-mixed``); ``full_head``: see :func:`lm_loss`."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        loss = lm_loss(model, batch, full_head=full_head)
     loss.backward()
     if optimizer is not None:
         if clip and params:
@@ -109,13 +123,17 @@ class Host:
         self._input_grad = variant.input_grad
         self.active = key
 
-    def step_fn(self, key: str, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    def step_fn(
+        self, key: str, batch: dict[str, torch.Tensor], full_head: bool = False, bf16: bool = False
+    ) -> Callable[[], float]:
         """A zero-argument training step of variant ``key`` (activates it first)."""
 
         def step() -> float:
             self.activate(key)
             v = self.variants[key]
-            return train_step(self.model, batch, v.optimizer, v.params, v.post)
+            return train_step(
+                self.model, batch, v.optimizer, v.params, v.post, full_head=full_head, bf16=bf16
+            )
 
         return step
 
@@ -125,7 +143,14 @@ def frozen_variant() -> Variant:
     return Variant(modules={}, optimizer=None, input_grad=True)
 
 
-def full_variant(host: Host, lr: float = 1e-5) -> Variant:
+def adamw(groups: Any, impl: str = "fused") -> torch.optim.Optimizer:
+    """AdamW as ``RigsaLitModule`` builds it (``optim.impl``: fused by default; ``loop`` is torch's CPU default)."""
+    from rigsa_lightning.module import adamw_impl_kwargs
+
+    return torch.optim.AdamW(groups, **adamw_impl_kwargs(impl))
+
+
+def full_variant(host: Host, lr: float = 1e-5, impl: str = "fused") -> Variant:
     """Full fine-tuning of the 210 target matrices (trainable copies of the frozen originals)."""
     modules: dict[str, nn.Module] = {}
     params: list[torch.Tensor] = []
@@ -139,7 +164,7 @@ def full_variant(host: Host, lr: float = 1e-5) -> Variant:
         copy.weight.requires_grad_(True)
         modules[name] = copy
         params.append(copy.weight)
-    opt = torch.optim.AdamW([{"params": params, "lr": lr, "weight_decay": 0.0}])
+    opt = adamw([{"params": params, "lr": lr, "weight_decay": 0.0}], impl)
     return Variant(modules=modules, optimizer=opt, params=params)
 
 
@@ -153,7 +178,9 @@ def rigsa_adapters(host: Host, seed: int = 1234) -> dict[str, nn.Module]:
     return out
 
 
-def rigsa_variant(adapters: dict[str, nn.Module], lr: float = 1e-3, enforce: bool = False) -> Variant:
+def rigsa_variant(
+    adapters: dict[str, nn.Module], lr: float = 1e-3, enforce: bool = False, impl: str = "fused"
+) -> Variant:
     """AdamW over ΔW (weight decay 1.0) and the gates, as ``adapter_param_groups`` builds it (works for both
     storages). ``enforce`` runs ``enforce_mask`` after each step (masked dense storage, as the IMP callback)."""
     from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, adapter_param_groups
@@ -167,7 +194,7 @@ def rigsa_variant(adapters: dict[str, nn.Module], lr: float = 1e-3, enforce: boo
         assert isinstance(first, GatedSparseLinear)
         groups = adapter_param_groups(adapters, cfg)  # type: ignore[arg-type]
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups)
+    opt = adamw(groups, impl)
     post = None
     if enforce:
 
@@ -179,7 +206,7 @@ def rigsa_variant(adapters: dict[str, nn.Module], lr: float = 1e-3, enforce: boo
 
 
 def lora_model(
-    r: int = 16, dropout: float = 0.05
+    r: int = 16, dropout: float = 0.05, impl: str = "fused"
 ) -> tuple[nn.Module, list[torch.Tensor], torch.optim.Optimizer]:
     """A separate SmolLM2 with PEFT LoRA (r, alpha 2r, ``dropout``: 0.05 as conf/adapter/lora.yaml) on the same
     targets, and its AdamW."""
@@ -192,4 +219,4 @@ def lora_model(
     peft_model.train()
     groups = lora_param_groups(peft_model, cfg)
     params = [p for g in groups for p in g["params"]]
-    return peft_model, params, torch.optim.AdamW(groups)
+    return peft_model, params, adamw(groups, impl)

@@ -40,6 +40,7 @@ def score_textual_mnist(
     untrained base) the result is cached on disk keyed by the model and every data option.
     """
     from rigsa_lightning.data.textual_mnist import parse_first_digit
+    from rigsa_lightning.head import answer_logits
 
     cache_file = None
     if cache_key is not None and cfg is not None:
@@ -74,11 +75,8 @@ def score_textual_mnist(
     with _autocast(precision):
         for batch in loader:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).logits
-            rows = torch.arange(logits.size(0), device=device)
-            at_answer = logits[rows, batch["answer_pos"]]
+            # The LM head at the answer position only (full forward for models without a plain linear head).
+            at_answer = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
             pred = at_answer[:, digit_ids].argmax(-1)
             correct += int((pred == batch["digit"]).sum())
             # Greedy generation's first token is the full-vocabulary argmax at the answer position: when it is a

@@ -244,13 +244,20 @@ def compile_forward(model: Any, compile_cfg: Any) -> bool:
     """``torch.compile`` the model's ``forward`` in place when ``compile.enabled`` (returns whether it did).
 
     Only the bound ``forward`` is replaced, so module names, ``state_dict`` keys and checkpoints are unchanged; a
-    module swapped later (sparse storage after a prune) just triggers a recompilation.
+    module swapped later (sparse storage after a prune) just triggers a recompilation. When the model splits into a
+    decoder body and a plain linear head (:func:`rigsa_lightning.head.split_causal_lm`), the body's ``forward`` is
+    the one compiled: the training and scoring steps call the body and apply the head at the scored positions
+    only, and the whole model's forward (generation) runs the compiled body too.
     """
     if compile_cfg is None or not bool(compile_cfg.get("enabled", False)):
         return False
+    from rigsa_lightning.head import split_causal_lm
+
     backend = str(compile_cfg.get("backend", "inductor"))
     dynamic = bool(compile_cfg.get("dynamic", True))
-    model.forward = torch.compile(model.forward, backend=backend, dynamic=dynamic)
+    split = split_causal_lm(model)
+    target = split[0] if split is not None else model
+    target.forward = torch.compile(target.forward, backend=backend, dynamic=dynamic)
     return True
 
 

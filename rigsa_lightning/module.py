@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -12,9 +13,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
+
+log = logging.getLogger(__name__)
 
 # Test-only fault injection (read once per module instance; never set them in real runs):
 #   RIGSA_TEST_KILL_AT_STEP=<n>  SIGKILL this process when global step <n> starts (kill-and-resume test);
@@ -118,8 +120,15 @@ def trajectory_config(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
 
 
+# Trajectory options added later, with the behaviour of checkpoints written before they existed: such a checkpoint
+# resumes exactly with that value (e.g. ``optim.impl=loop``, torch's per-tensor AdamW used before the option).
+_LEGACY_VALUES = {"optim.impl": "loop"}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key=<current> (checkpoint: <saved>)`` for every trajectory option that differs."""
+    """``key=<current> (checkpoint: <saved>)`` for every trajectory option that differs (an option missing from an
+    older checkpoint counts with its value of that time, :data:`_LEGACY_VALUES`)."""
+    saved = {**{k: v for k, v in _LEGACY_VALUES.items() if k in current}, **saved}
     out = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
@@ -154,6 +163,25 @@ def lr_factor(step: int, segments: list[int], warmup_ratio: float, min_ratio: fl
     else:
         decay = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * decay
+
+
+ADAMW_IMPLS = {"fused": {"fused": True}, "loop": {"foreach": False}, "foreach": {"foreach": True}}
+
+
+def adamw_impl_kwargs(impl: str) -> dict[str, bool]:
+    """``torch.optim.AdamW`` keyword arguments of ``optim.impl``.
+
+    ``fused`` is the default: on the dense RIGSA round's 106 M entries (SmolLM2-135M's 210 block matrices) its step
+    took 0.23x the time of the per-tensor loop (torch's CPU default) and 0.34x on the sparse storage's kept values
+    (``python -m bench.run --only optimizer``, 1 thread); it equals the loop up to fp32 rounding (not bitwise).
+    """
+    from rigsa_lightning.errors import ConfigError
+
+    if impl not in ADAMW_IMPLS:
+        raise ConfigError(
+            "optim.impl", f"unknown AdamW implementation {impl!r}", f"use one of {list(ADAMW_IMPLS)}"
+        )
+    return dict(ADAMW_IMPLS[impl])
 
 
 class RigsaLitModule(L.LightningModule):
@@ -306,20 +334,25 @@ class RigsaLitModule(L.LightningModule):
         """Logits of the adapted model."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def _loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        shift_logits = logits[:, :-1, :].float()
-        shift_labels = labels[:, 1:]
-        loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100
-        )
-        return loss, logits
+    def _loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shifted cross-entropy (fp32) over the supervised labels and the logits ``[batch, vocab]`` at
+        ``answer_pos`` (None without it). The LM head runs at those positions only (``rigsa_lightning.head``):
+        the loss equals the full-logits loss, and the model falls back to the full forward when its head is not a
+        plain linear layer (or with ``lm_head=full``)."""
+        from rigsa_lightning.head import check_lm_head, supervised_loss_and_answer_logits
+
+        full_head = check_lm_head(self.cfg.get("lm_head", "scored"))
+        return supervised_loss_and_answer_logits(self.model, batch, full_head=full_head)
 
     def digit_accuracy(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fraction of examples whose argmax over the ten digit tokens at the answer position is right."""
-        rows = torch.arange(logits.size(0), device=logits.device)
-        digit_logits = logits[rows, batch["answer_pos"]][:, self._digit_ids]
+        """Fraction of examples whose argmax over the ten digit tokens at the answer position is right.
+
+        ``logits`` are the answer position's ``[batch, vocab]`` (as :meth:`_loss_and_logits` returns them) or a
+        whole ``[batch, seq, vocab]`` tensor."""
+        if logits.dim() == 3:
+            rows = torch.arange(logits.size(0), device=logits.device)
+            logits = logits[rows, batch["answer_pos"]]
+        digit_logits = logits[:, self._digit_ids]
         return (digit_logits.argmax(-1) == batch["digit"]).float().mean()
 
     def nonfinite_tensors(self, limit: int = 3) -> list[str]:
@@ -406,6 +439,7 @@ class RigsaLitModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
+        assert logits is not None, "Textual MNIST batches carry answer_pos"
         acc = self.digit_accuracy(logits, batch)
         bs = batch["input_ids"].size(0)
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -413,6 +447,7 @@ class RigsaLitModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
+        assert logits is not None, "Textual MNIST batches carry answer_pos"
         acc = self.digit_accuracy(logits, batch)
         bs = batch["input_ids"].size(0)
         self.log("test/loss", loss, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -437,11 +472,18 @@ class RigsaLitModule(L.LightningModule):
         if not groups:
             raise RuntimeError("adapter.method=none has nothing to train (the train job skips fitting)")
         optim_cfg = self.cfg.optim
+        impl = str(optim_cfg.get("impl", "fused"))
+        if impl == "fused" and self._grad_scaler() is not None and self.trainer.gradient_clip_val:
+            # fp16 with a GradScaler: a fused AdamW unscales inside its step, after clipping would have run on the
+            # scaled gradients (Lightning refuses the combination); the per-tensor loop takes the same steps.
+            log.info("optim.impl=fused with a gradient scaler and clipping: using AdamW's per-tensor loop")
+            impl = "loop"
         optimizer = torch.optim.AdamW(
             groups,
             lr=float(self.cfg.adapter.lr),
             betas=tuple(float(b) for b in optim_cfg.betas),
             eps=float(optim_cfg.eps),
+            **adamw_impl_kwargs(impl),
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
@@ -457,6 +499,32 @@ class RigsaLitModule(L.LightningModule):
             optimizer, lambda step: lr_factor(step, segments, warmup, min_ratio, kind)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _grad_scaler(self) -> Any:
+        """The precision plugin's GradScaler (fp16 mixed precision), or None."""
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also before a fused AdamW step under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale gradients inside its
+        step (fused AdamW), but bf16 has no GradScaler: the gradients are never scaled, so clipping them is exact.
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities.enums import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None and gradient_clip_val:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, float(gradient_clip_val), algorithm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
     def _kept_state_keys(self) -> set[str]:

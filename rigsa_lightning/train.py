@@ -108,6 +108,13 @@ def validate_cfg(cfg: DictConfig) -> None:
     from rigsa_lightning.models import check_compile_cfg
 
     check_compile_cfg(cfg.get("compile"))
+    from rigsa_lightning.module import adamw_impl_kwargs
+
+    # One-line errors for a bad optim.impl / lm_head.
+    adamw_impl_kwargs(str((cfg.get("optim") or {}).get("impl", "fused")))
+    from rigsa_lightning.head import check_lm_head
+
+    check_lm_head(cfg.get("lm_head", "scored"))
     _check_storage_early(cfg)
     if cfg.get("eval") is not None:
         from rigsa_lightning.forgetting import check_eval_cfg
@@ -360,10 +367,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- model + data
     prepared = prepare_model(cfg, cache_dir)
+    from rigsa_lightning.head import split_causal_lm
     from rigsa_lightning.models import compile_forward
 
     if compile_forward(prepared.model, cfg.get("compile")):
-        log.info("torch.compile: model forward wrapped (backend %s)", cfg.compile.backend)
+        where = "decoder body; LM head eager" if split_causal_lm(prepared.model) else "whole model"
+        log.info("torch.compile: model forward wrapped (backend %s) - %s", cfg.compile.backend, where)
     timings["time/load_s"] = time.time() - t0
     t = time.time()
     dm = TextualMNISTDataModule(
