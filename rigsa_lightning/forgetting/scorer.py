@@ -28,29 +28,12 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 
+from rigsa_lightning.head import split_causal_lm
+
 log = logging.getLogger(__name__)
 
 #: Tokens per batched forward (contexts, and continuations) unless ``token_budget`` is given.
 DEFAULT_TOKEN_BUDGET = 4096
-
-
-def split_body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
-    """``(decoder body, LM head)`` of a Hugging Face causal LM (PEFT-wrapped or not), or None when the head is not a
-    plain ``nn.Linear`` or the model post-processes its logits (soft-capping, logit scale)."""
-    lm = model
-    if hasattr(lm, "get_base_model") and callable(lm.get_base_model):  # PEFT's PeftModel
-        lm = lm.get_base_model()
-    prefix = getattr(lm, "base_model_prefix", None)
-    body = getattr(lm, prefix, None) if isinstance(prefix, str) else None
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    config = getattr(lm, "config", None)
-    post_processed = any(
-        getattr(config, name, None) not in (None, 1.0)
-        for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
-    ) or hasattr(lm, "logit_scale")
-    if body is None or type(head) is not torch.nn.Linear or post_processed:
-        return None
-    return body, head
 
 
 def length_batches(lengths: Sequence[int], token_budget: int, slack: float = 0.1) -> list[list[int]]:
@@ -87,7 +70,7 @@ class FastHFLM(HFLM):
     def __init__(self, pretrained: Any, token_budget: int = DEFAULT_TOKEN_BUDGET, **kwargs: Any) -> None:
         super().__init__(pretrained=pretrained, **kwargs)
         self.token_budget = int(token_budget)
-        self._split = split_body_and_head(self.model) if self.backend == "causal" else None
+        self._split = split_causal_lm(self.model) if self.backend == "causal" else None
         self._checked = False
         self._cache_kw = "past_key_values"
         if self._split is not None:
