@@ -105,6 +105,9 @@ def validate_cfg(cfg: DictConfig) -> None:
     if method == "rigsa":
         schedule.check_max_epochs(cfg.trainer.get("max_epochs"))  # more rounds than the trainer's epochs
     _check_data_early(cfg.data)
+    from rigsa_lightning.stopping import check_stop_at
+
+    check_stop_at(cfg.get("stop_at"))
     from rigsa_lightning.models import check_compile_cfg
 
     check_compile_cfg(cfg.get("compile"))
@@ -218,6 +221,17 @@ def segment_epochs(cfg: DictConfig) -> tuple[int, list[int]]:
             segs.append(int(schedule.final_epochs))
         return total, segs
     return total, [total]
+
+
+def segments_before_final(cfg: DictConfig) -> int:
+    """Epochs before RIGSA's final retraining phase (every prune done after them); 0 for the other methods."""
+    _, segments = segment_epochs(cfg)
+    if cfg.adapter.method == "rigsa" and len(segments) > 1:
+        from rigsa_lightning.pruning import PruningSchedule
+
+        schedule = PruningSchedule.from_cfg(cfg.pruning)
+        return int(schedule.rounds * schedule.epochs_per_round)
+    return 0
 
 
 def _check_max_steps(cfg: DictConfig, dm: Any) -> None:
@@ -408,7 +422,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     timings["time/eval_before_s"] = time.time() - t
 
     # ---------------------------------------------------------------- training
+    from rigsa_lightning.stopping import StopAtAccuracy, check_stop_at
+
     pruning_cb = None
+    stop_cb: StopAtAccuracy | None = None
     t = time.time()
     if method != "none":
         callbacks: list[Any] = []
@@ -418,6 +435,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if forgetting.after_each_round:
                 callbacks.append(_round_forgetting_cls()(forgetting, pruning_cb))
         callbacks += checkpoint_callbacks(cfg, run_dir)
+        target = check_stop_at(cfg.get("stop_at"))
+        if target is not None:  # matched accuracy: stop at the target, RIGSA only after its last prune
+            first_final = segments_before_final(cfg)
+            stop_cb = StopAtAccuracy(target, min_epoch=first_final)
+            callbacks.append(stop_cb)
         loggers = build_loggers(cfg, run_dir)
         if loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -485,6 +507,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({f"alpha/{k.split('/')[-1]}": v for k, v in lit.gate_stats().items()})
     if pruning_cb is not None:
         metrics["prune/history"] = pruning_cb.history
+    if stop_cb is not None:
+        metrics.update(stop_cb.metrics())
     adapter_dir = export_adapter(prepared, cfg, run_dir / "adapter")
     if adapter_dir is not None:
         size = sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file())

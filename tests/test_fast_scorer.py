@@ -84,8 +84,14 @@ def test_fast_scorer_equals_hflm_on_real_items_tiny(tiny_model, forgetting_data,
         assert n_tok == ref_tok and nll == pytest.approx(ref_nll, abs=1e-4)
 
 
-def test_fast_scorer_equals_hflm_on_the_embedded_model(smollm2_dir, forgetting_data, tmp_path):
+def test_fast_scorer_equals_hflm_on_the_embedded_model(smollm2_dir, forgetting_data, tmp_path, monkeypatch):
     from rigsa_lightning.models import load_model
+
+    combined = []  # GSM8k: generation + the solution's NLL from one prefill (not HFLM's generate)
+    original = FastHFLM._generate_batch
+    monkeypatch.setattr(
+        FastHFLM, "_generate_batch", lambda self, plans: combined.append(len(plans)) or original(self, plans)
+    )
 
     model, tok = load_model({"name_or_path": smollm2_dir, "dtype": "float32"})
     tasks = ["piqa", "hellaswag", "gsm8k"]
@@ -94,6 +100,7 @@ def test_fast_scorer_equals_hflm_on_the_embedded_model(smollm2_dir, forgetting_d
     fast = _run(model, tok, tm, tasks, samples, "fast", max_gen=4)
     ref = _run(model, tok, tm, tasks, samples, "lm_eval", max_gen=4)
     assert _compare(fast, ref, tasks) == 12 + 16
+    assert combined == [1]
     # a real model is far from chance on these items: the comparison is not between two coin flips
     lls = [r[0][0] for s in fast["samples"]["piqa"] for r in s["resps"]]
     assert all(math.isfinite(v) and v < 0 for v in lls)

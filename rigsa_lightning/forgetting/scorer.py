@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_BUDGET = 4096
 
 
+def _cache_of(output: Any) -> Any:
+    """The KV cache of a model output (``cache`` in recent transformers, ``past_key_values`` before)."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
+
+
 def length_batches(lengths: Sequence[int], token_budget: int, slack: float = 0.1) -> list[list[int]]:
     """Split positions ``0..n-1`` of length-sorted ``lengths`` into consecutive batches whose padded size
     (rows x longest) stays within ``token_budget`` and within ``1 + slack`` of their real token count."""
@@ -185,7 +191,7 @@ class FastHFLM(HFLM):
         tails = [len(requests[i][2]) - batch[g].n_shared - 1 for g, i in rows]
         for part in length_batches(tails, self.token_budget):
             chunk = [rows[k] for k in part]
-            self._score_rows(chunk, batch, requests, results, out.past_key_values, prefix_mask, first, shared)
+            self._score_rows(chunk, batch, requests, results, _cache_of(out), prefix_mask, first, shared)
 
     def _score_rows(
         self,
@@ -306,7 +312,7 @@ class FastHFLM(HFLM):
             ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[r, : len(seq)] = 1
         out = body(input_ids=ids, attention_mask=mask, use_cache=True)
-        cache = out.past_key_values
+        cache = _cache_of(out)
         # the head where the solution's tokens are predicted: its NLL, and the first generated token (greedy)
         rows = [r for r, p in enumerate(plans) for _ in range(len(p[3]))]
         pos = [t for p in plans for t in range(len(p[2]) - 1, len(p[2]) + len(p[3]) - 1)]
