@@ -74,7 +74,7 @@ CONTINUOUS_MEASURES: dict[str, tuple[str, str]] = {
     "hellaswag": ("margin", "gold margin"),
     "gsm8k": ("gold_nll", "gold NLL/token"),
 }
-FIGURES = ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds")
+FIGURES = ("forgetting_vs_accuracy", "forgetting_curves", "density_sweep", "pruning_rounds")
 _SKIP_DIRS = {"wandb", "checkpoints", "adapter", "csv", "lightning_logs", "__pycache__"}
 _MAX_DEPTH = 4
 
@@ -668,6 +668,48 @@ def plot_forgetting_vs_accuracy(
     return _save_png(fig, path)
 
 
+def plot_forgetting_curves(
+    curves: list[tuple[Any, str, Any, list[dict[str, Any]]]], path: Path, title: str
+) -> Path:
+    """One line per run: the paired change of each continuous forgetting measure (y, with its 95% item CI) at every
+    validation against the validation accuracy there (x), a colour per method: methods compared at every accuracy
+    level two of them pass through."""
+    from matplotlib.lines import Line2D
+
+    keys = sorted(
+        {k for _, _, _, pts in curves for p in pts for k in p if k.endswith(("/margin", "/gold_nll"))},
+        key=lambda k: (list(BENCHMARKS).index(k.split("/")[0]) if k.split("/")[0] in BENCHMARKS else 99, k),
+    )
+    fig, axes = _new_figure(max(1, len(keys)))
+    for ax, key in zip(axes, keys):
+        task, measure = key.split("/")
+        for method, _name, _seed, pts in curves:
+            sel = [p for p in pts if _finite(_num(p.get(key))) and _finite(_num(p.get("val_acc")))]
+            if not sel:
+                continue
+            xs = [100 * p["val_acc"] for p in sel]
+            ys = [p[key] for p in sel]
+            lo = [p[key] - p.get(f"{key}_ci_lo", p[key]) for p in sel]
+            hi = [p.get(f"{key}_ci_hi", p[key]) - p[key] for p in sel]
+            color = _method_color(str(method))
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker="o", markersize=4, capsize=2, alpha=0.8)
+        ax.axhline(0, color="black", linewidth=0.8, alpha=0.5, zorder=0)
+        label = BENCHMARKS.get(task, task)
+        what = (
+            "gold margin (nats): below 0 = forgetting"
+            if measure == "margin"
+            else "gold NLL/token: above 0 = forgetting"
+        )
+        ax.set_title(f"{label} Δ {what}", fontsize=10)
+        ax.set_xlabel("validation accuracy at the point (%)")
+        ax.set_ylabel(f"{label} Δ vs base (nats)")
+    methods = sorted({str(m) for m, _, _, _ in curves}, key=lambda m: METHOD_ORDER.get(m, 99))
+    handles = [Line2D([], [], color=_method_color(m), marker="o") for m in methods]
+    _legend_below(fig, handles, [METHOD_LABELS.get(m, m) for m in methods])
+    fig.suptitle(f"Forgetting along training (one line per run, 95% item CIs) — {title}", fontsize=11)
+    return _save_png(fig, path)
+
+
 def _density_ticks(ax: Any, densities: Sequence[float]) -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
@@ -1019,6 +1061,23 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
         if measures and any(_finite(r["tm_acc"]) for r in runs)
         else "no run has both a Textual MNIST accuracy and a forgetting measure (benchmark Δ or drift KL)",
     )
+    curves = [
+        (
+            j.metrics.get("method"),
+            str(j.metrics.get("name")),
+            j.metrics.get("seed"),
+            j.metrics["forget_curve"],
+        )
+        for j in completed
+        if isinstance(j.metrics.get("forget_curve"), list) and j.metrics["forget_curve"]
+    ]
+    _try_figure(
+        "forgetting_curves",
+        notes,
+        figures,
+        lambda: plot_forgetting_curves(curves, folder / "forgetting_curves.png", title),
+        None if curves else "no run recorded a forgetting curve (eval.curve.enabled=true)",
+    )
     has_gated = any(r["method"] in GATED and _finite(r["density"]) for r in runs)
     _try_figure(
         "density_sweep",
@@ -1083,6 +1142,7 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
     md += ["## Figures", ""]
     captions = {
         "forgetting_vs_accuracy": "Forgetting vs Textual MNIST accuracy",
+        "forgetting_curves": "Forgetting along training vs validation accuracy",
         "density_sweep": "Accuracy and forgetting vs density",
         "pruning_rounds": "Gate α and density per pruning round",
     }

@@ -26,7 +26,9 @@ def check_stop_at(cfg: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
         raise ConfigError(
-            "stop_at.val_acc", f"must be null or a fraction in (0, 1], got {value!r}", "e.g. stop_at.val_acc=0.8"
+            "stop_at.val_acc",
+            f"must be null or a fraction in (0, 1], got {value!r}",
+            "e.g. stop_at.val_acc=0.8",
         )
     return float(value)
 

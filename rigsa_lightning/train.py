@@ -342,6 +342,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.evaluation import export_adapter, score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
+    from rigsa_lightning.forgetting.curve import ForgettingCurve, curve_eval_cfg
     from rigsa_lightning.module import RigsaLitModule
     from rigsa_lightning.pruning import IterativeMagnitudePruning
 
@@ -419,6 +420,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update({f"textual_mnist/zero_shot_{k}": v for k, v in base.items()})
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
         metrics.update(forgetting.evaluate(prepared.model, "before"))
+    curve_cb = None
+    curve_cfg = curve_eval_cfg(cfg.eval) if method != "none" else None
+    if curve_cfg is not None:  # forgetting along training: its own small subset, paired with the base model
+        curve_eval = ForgettingEvaluator(
+            curve_cfg, prepared.tokenizer, prepared.model_key, str(cache_dir), None
+        )
+        curve_eval.verbose = False
+        curve_eval.evaluate(prepared.model, "before")
+        curve_cb = ForgettingCurve(curve_eval)
     timings["time/eval_before_s"] = time.time() - t
 
     # ---------------------------------------------------------------- training
@@ -434,6 +444,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks.append(pruning_cb)
             if forgetting.after_each_round:
                 callbacks.append(_round_forgetting_cls()(forgetting, pruning_cb))
+        if curve_cb is not None:
+            callbacks.append(curve_cb)
         callbacks += checkpoint_callbacks(cfg, run_dir)
         target = check_stop_at(cfg.get("stop_at"))
         if target is not None:  # matched accuracy: stop at the target, RIGSA only after its last prune
@@ -509,6 +521,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["prune/history"] = pruning_cb.history
     if stop_cb is not None:
         metrics.update(stop_cb.metrics())
+    if curve_cb is not None:
+        metrics["forget_curve"] = curve_cb.points
     adapter_dir = export_adapter(prepared, cfg, run_dir / "adapter")
     if adapter_dir is not None:
         size = sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file())

@@ -211,3 +211,69 @@ def test_zero_shot_scores_the_model_once(tmp_path, forgetting_data):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["forget/piqa/acc/delta"] == 0.0 and metrics["forget/piqa/acc/delta_p"] == 1.0
     assert metrics["forget/gsm8k/gold_nll/delta_ci_lo"] == metrics["forget/gsm8k/gold_nll/delta_ci_hi"] == 0.0
+
+
+def test_gold_nll_without_generation_uses_the_same_prompts(tiny_model, forgetting_data, tmp_path):
+    """eval.generate=false (the curve): the reference NLL from lm-eval's own prompts, equal to the generating path."""
+    model, tok = tiny_model
+    tm = _task_manager(tmp_path, forgetting_data, ["gsm8k", "piqa"])
+    samples = {"gsm8k": GSM8K_ITEMS, "piqa": PIQA_ITEMS[:3]}
+    full = _run(model, tok, tm, ["gsm8k", "piqa"], samples, "fast")
+    nll_only = benchmarks.run_lm_eval(
+        model,
+        tok,
+        ["gsm8k", "piqa"],
+        tm,
+        num_fewshot=None,
+        limit=None,
+        batch_size=4,
+        seed=1234,
+        max_gen_toks=24,
+        choose_items=lambda task, n: samples[task],
+        scorer="fast",
+        gold_nll=True,
+        generate=False,
+        log_samples=True,
+    )
+    assert "gsm8k" not in nll_only["results"] and "gsm8k" not in nll_only["samples"]
+    assert set(nll_only["gold_nll"]["gsm8k"]) == set(GSM8K_ITEMS)
+    for doc_id, (nll, n_tok) in full["gold_nll"]["gsm8k"].items():
+        assert nll_only["gold_nll"]["gsm8k"][doc_id][1] == n_tok
+        assert nll_only["gold_nll"]["gsm8k"][doc_id][0] == pytest.approx(nll, abs=1e-4)
+    assert nll_only["results"]["piqa"] == full["results"]["piqa"]
+
+
+def test_forgetting_curve_along_training(tmp_path, forgetting_data):
+    import json
+
+    from tests.test_resume import SMALL, only_run_dir, run_cli, tail
+
+    args = [
+        "experiment=rigsa_50",
+        *[a for a in SMALL if not a.startswith("eval=")],
+        "eval=forgetting",
+        "eval.tasks=[piqa,gsm8k]",
+        "eval.limit={piqa: 6, gsm8k: 2}",
+        "eval.gsm8k_max_gen_toks=4",
+        "eval.drift.enabled=false",
+        "eval.bootstrap_iters=200",
+        "eval.curve.enabled=true",
+        "eval.curve.limit={piqa: 5, gsm8k: 2}",
+    ]
+    res = run_cli(args, tmp_path, env={"RIGSA_EVAL_DATA": str(forgetting_data)})
+    assert res.returncode == 0, tail(res)
+    metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    curve = metrics["forget_curve"]
+    assert [p["epoch"] for p in curve] == [
+        0.0,
+        1.0,
+    ]  # one point per validation (2 epochs), not the sanity check
+    for point in curve:
+        assert 0.0 <= point["val_acc"] <= 1.0
+        for name in ("piqa/margin", "gsm8k/gold_nll", "piqa/acc"):
+            assert point[f"{name}_ci_lo"] <= point[name] <= point[f"{name}_ci_hi"], (name, point)
+    assert "forgetting curve @ step" in res.stdout + res.stderr
+    # a bad curve option is named as such, before anything loads
+    (tmp_path / "bad").mkdir()
+    bad = run_cli([*args, "eval.curve.limit={piqa: 0}"], tmp_path / "bad")
+    assert bad.returncode == 2 and "error: eval.curve.limit.piqa" in bad.stderr

@@ -310,6 +310,37 @@ def test_paired_cis_reach_the_table_and_the_figure(tmp_path: Path) -> None:
     assert out["figures"]["forgetting_vs_accuracy"] is not None
 
 
+def test_forgetting_curves_figure(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for i, (method, name) in enumerate((("rigsa", "rigsa_50"), ("qlora", "qlora_r16"))):
+        curve = [
+            {
+                "step": 10.0 * k,
+                "epoch": float(k),
+                "val_acc": 0.2 * k,
+                "piqa/margin": -0.1 * k * (i + 1),
+                "piqa/margin_ci_lo": -0.1 * k * (i + 1) - 0.05,
+                "piqa/margin_ci_hi": -0.1 * k * (i + 1) + 0.05,
+                "gsm8k/gold_nll": 0.02 * k,
+            }
+            for k in range(1, 4)
+        ]
+        m = _metrics(method, name, 0, 0.7, forget_curve=curve)
+        _write_job(root, f"{i}_{name}", [f"experiment={name}"], "", {"metrics.json": m})
+    out = build_report(root)
+    assert out["figures"]["forgetting_curves"] is not None and out["figures"]["forgetting_curves"].is_file()
+    assert (
+        "![Forgetting along training vs validation accuracy](forgetting_curves.png)"
+        in out["results_md"].read_text()
+    )
+    plain = tmp_path / "plain"
+    _write_job(
+        plain, "0_x", ["experiment=rigsa_50"], "", {"metrics.json": _metrics("rigsa", "rigsa_50", 0, 0.5)}
+    )
+    md = build_report(plain)["results_md"].read_text()
+    assert "`forgetting_curves.png`: not drawn — no run recorded a forgetting curve" in md
+
+
 def test_all_failed_still_reports(tmp_path: Path) -> None:
     root = tmp_path / "sweep"
     _write_job(

@@ -17,7 +17,11 @@ from tests.test_train import only_run_dir, run_cli
 def _trainer(acc: float | None, epoch: int, step: int = 10, sanity: bool = False) -> SimpleNamespace:
     metrics = {} if acc is None else {"val/acc": torch.tensor(acc)}
     return SimpleNamespace(
-        sanity_checking=sanity, callback_metrics=metrics, current_epoch=epoch, global_step=step, should_stop=False
+        sanity_checking=sanity,
+        callback_metrics=metrics,
+        current_epoch=epoch,
+        global_step=step,
+        should_stop=False,
     )
 
 

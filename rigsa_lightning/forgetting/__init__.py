@@ -129,6 +129,15 @@ class ForgettingEvaluator:
         if self.token_budget < 64:
             raise ConfigError("eval.token_budget", f"must be >= 64, got {self.token_budget}", "e.g. 2048")
         self.gold_nll = bool(_get(eval_cfg, "gold_nll", True))
+        self.generate = bool(_get(eval_cfg, "generate", True))
+        if not self.generate and not self.gold_nll:
+            raise ConfigError(
+                "eval.generate",
+                "false needs eval.gold_nll=true (GSM8k would measure nothing)",
+                "set eval.gold_nll=true",
+            )
+        #: Log one line per task when a stage finishes (the forgetting curve's evaluator stays quiet).
+        self.verbose = True
         self.bootstrap_iters = int(_get(eval_cfg, "bootstrap_iters", paired.DEFAULT_ITERS))
         if self.bootstrap_iters < 100:
             raise ConfigError(
@@ -290,6 +299,7 @@ class ForgettingEvaluator:
             "max_gen_toks": self.max_gen_toks,
             "scorer": self.scorer,
             "gold_nll": self.gold_nll,
+            "generate": self.generate,
             "data": {t: self.sources[t].digest for t in sorted(tasks)},
             "lm_eval_version": benchmarks.lm_eval_version(),
         }
@@ -338,6 +348,7 @@ class ForgettingEvaluator:
                         scorer=self.scorer,
                         token_budget=self.token_budget,
                         gold_nll=self.gold_nll,
+                        generate=self.generate,
                     )
             except ConfigError:
                 raise
@@ -359,7 +370,9 @@ class ForgettingEvaluator:
                 self.lm_eval_calls += 1
             gold = raw.get("gold_nll") or {}
             per_item = {
-                task: items.records_from_samples(task, raw["samples"].get(task, []), gold.get(task))
+                task: items.records_from_samples(
+                    task, (raw.get("samples") or {}).get(task, []), gold.get(task)
+                )
                 for task in tasks
             }
             results = benchmarks.trim_results({k: v for k, v in raw.items() if k != "gold_nll"})
@@ -505,7 +518,7 @@ class ForgettingEvaluator:
         if self.write_each_stage:
             self.save_stage(stage)
         for line in self.stage_lines(stage):
-            log.info(line)
+            log.log(logging.INFO if self.verbose else logging.DEBUG, line)
 
     def save_stage(self, stage: str) -> None:
         """Write the per-item file of ``stage`` and ``forgetting.json`` now (nothing without a run folder)."""
@@ -627,6 +640,14 @@ def check_eval_cfg(eval_cfg: Any) -> None:
     evaluator = ForgettingEvaluator(cfg, None, "", None, None)
     if evaluator.enabled and evaluator.data_dir is not None:
         evaluator.local_sources()
+    from rigsa_lightning.forgetting.curve import curve_eval_cfg
+
+    curve = curve_eval_cfg(cfg)
+    if curve is not None:
+        try:
+            check_eval_cfg({**curve, "curve": None})
+        except ConfigError as exc:  # name the curve's own option
+            raise ConfigError(exc.option.replace("eval.", "eval.curve.", 1), exc.problem, exc.fix) from exc
 
 
 def evaluate_model(

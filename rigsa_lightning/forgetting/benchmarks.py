@@ -423,6 +423,7 @@ def run_lm_eval(
     scorer: str = "lm_eval",
     token_budget: int | None = None,
     gold_nll: bool = False,
+    generate: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the live ``model`` with lm-eval on ``task_names``; return ``simple_evaluate``'s result dict.
 
@@ -433,7 +434,8 @@ def run_lm_eval(
     picks the scored document indices per task (lm-eval's ``samples``; None = all; it replaces ``limit``), recorded
     under ``"item_indices"``. ``gold_nll=True`` adds, for generate-until tasks, the teacher-forced log-likelihood of
     each reference solution under the same prompt (``"gold_nll"``: ``{task: {doc_id: (nll_sum, n_tokens)}}``; needs
-    ``log_samples``). Gradients are off and the model's train/eval flags, tied output embedding, tokenizer settings
+    ``log_samples``). ``generate=False`` skips generate-until tasks' generation: only their reference solutions'
+    NLL is computed (with ``gold_nll``), from the same prompts lm-eval would generate from. Gradients are off and the model's train/eval flags, tied output embedding, tokenizer settings
     and global RNG states are restored afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
     ``"samples"``.
     """
@@ -466,9 +468,18 @@ def run_lm_eval(
                 chosen = choose_items(name, len(task.eval_docs))
                 if chosen is not None:
                     samples[name] = chosen
-        if (
-            gold_nll and scorer == "fast"
-        ):  # one prefill of prompt + solution serves the NLL and the generation
+        generation_tasks = [t for t in tasks if t.OUTPUT_TYPE == "generate_until"]
+        nll_only = {} if generate else {t.config.task: t for t in generation_tasks}
+        if nll_only:
+            tasks = [t for t in tasks if t.config.task not in nll_only]
+        gold_only = {
+            name: gold_nll_from_prompts(lm, task, (samples or {}).get(name), seed)
+            for name, task in nll_only.items()
+        }
+        if not tasks:
+            return {"results": {}, "samples": {}, "gold_nll": gold_only, "item_indices": samples or {}}
+        # one prefill of prompt + solution serves the NLL and the generation
+        if gold_nll and scorer == "fast":
             lm.gold_targets = {
                 task.config.task: (
                     lambda doc, t=task: str(t.config.target_delimiter) + str(t.doc_to_target(doc))
@@ -504,7 +515,27 @@ def run_lm_eval(
             }
             if not log_samples:
                 result.pop("samples", None)
+        if gold_only:
+            result.setdefault("gold_nll", {}).update(gold_only)
     return result
+
+
+def gold_nll_from_prompts(
+    lm: Any, task: Any, indices: Sequence[int] | None, seed: int
+) -> dict[int, tuple[float, int]]:
+    """``{doc_id: (NLL, tokens)}`` of each reference solution after the prompt lm-eval builds for it (the same
+    few-shot draw as ``simple_evaluate`` with ``fewshot_random_seed=seed``), without generating anything."""
+    task.set_fewshot_seed(seed=seed)
+    task.build_all_requests(samples=list(indices) if indices else None, rank=0, world_size=1)
+    requests, doc_ids = [], []
+    for inst in task.instances:
+        context = inst.args[0]
+        continuation = str(task.config.target_delimiter) + str(task.doc_to_target(inst.doc))
+        ctx_enc, cont_enc = lm._encode_pair(context, continuation)
+        requests.append(((context, continuation), ctx_enc, cont_enc))
+        doc_ids.append(int(indices[inst.doc_id]) if indices else int(inst.doc_id))
+    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
+    return {d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)}
 
 
 def gold_solution_nll(

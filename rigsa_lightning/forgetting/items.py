@@ -172,6 +172,13 @@ def records_from_samples(
 ) -> dict[str, list[Any]]:
     """Column-wise per-item records of one task from lm-eval's logged samples (see the module docstring)."""
     if not samples:
+        if gold_nll:  # generation skipped (eval.generate=false): the reference solutions' NLL only
+            ids = sorted(gold_nll)
+            return {
+                "doc_id": ids,
+                "gold_nll": [gold_nll[d][0] / max(gold_nll[d][1], 1) for d in ids],
+                "gold_tokens": [gold_nll[d][1] for d in ids],
+            }
         return {"doc_id": []}
     if "acc" in samples[0]:
         return _multiple_choice_records(samples)
