@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data/forgetting),)
 export RIGSA_EVAL_DATA ?= $(abspath ../shared/data/forgetting)
 endif
 
-.PHONY: install train test test-fast lint format bench sweep report clean-outputs help
+.PHONY: install train test test-fast lint format bench sweep study report clean-outputs help
 
 help:
 	@echo "make install | train | test | test-fast | lint | bench | sweep | report DIR=<multirun folder>"
@@ -53,6 +53,11 @@ bench: install
 # The smoke comparison (RIGSA vs random mask vs QLoRA vs zero-shot on the embedded default), then the report.
 sweep: install
 	$(PY) -m rigsa_lightning.train -m +sweep=smoke $(ARGS)
+
+# The claims study (issue 16): resumable (rerun the same command to continue), report in outputs/study/cpu.
+study: install
+	$(PY) -m rigsa_lightning.train -m +sweep=study $(ARGS)
+	$(PY) -m rigsa_lightning.train -m +sweep=study_extra $(ARGS)
 
 report: install
 	$(PY) -m rigsa_lightning.report $(DIR)

@@ -66,3 +66,60 @@ class ReportCallback(Callback):
             len(self.last_report.get("failed", [])),
             len(self.last_report.get("incomplete", [])),
         )
+
+
+def sweep_jobs(params: Any) -> int:
+    """Jobs in a basic-sweeper grid (the product of the comma-separated values of ``hydra.sweeper.params``)."""
+    total = 1
+    for value in (params or {}).values():
+        total *= max(1, len([v for v in str(value).split(",") if v.strip()]))
+    return total
+
+
+class StudyEstimateCallback(Callback):
+    """Print at the start of a study how many jobs are left and their estimated time.
+
+    A job folder holding a completed run counts as done (``skip_completed`` skips it). The time per job left is the
+    median ``time/total_s`` of the finished jobs of the same folder, else ``job_minutes``.
+
+    Args:
+        job_minutes: the estimate per job before any job of the study has finished (from the pilots).
+    """
+
+    def __init__(self, job_minutes: float = 20.0) -> None:
+        self.job_minutes = float(job_minutes)
+        self.estimate: dict[str, float] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Count the grid and the finished jobs; log the estimate."""
+        import json
+        import statistics
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        total = sweep_jobs(config.hydra.sweeper.get("params"))
+        times = []
+        for metrics in sweep_dir.glob("*/metrics.json"):
+            try:
+                data = json.loads(metrics.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("status") == "completed" and isinstance(data.get("time/total_s"), (int, float)):
+                times.append(float(data["time/total_s"]))
+        done = min(len(times), total)
+        per_job = statistics.median(times) / 60 if times else self.job_minutes
+        left = (total - done) * per_job
+        self.estimate = {
+            "jobs": float(total),
+            "done": float(done),
+            "minutes_per_job": per_job,
+            "minutes_left": left,
+        }
+        log.info(
+            "study: %d jobs in this grid, %d already completed in %s; estimated %.1f h left (%.0f min per job, %s)",
+            total,
+            done,
+            sweep_dir,
+            left / 60,
+            per_job,
+            "median of the finished jobs" if times else "the pilots' estimate",
+        )

@@ -357,7 +357,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume = resume_folder(cfg)
     ckpt_path: Path | None = Path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     if resume is not None:
-        if _is_multirun():
+        if _is_multirun() and not cfg.get("skip_completed", False):
             raise ConfigError(
                 "resume", "can't be combined with a multirun (-m)", "resume one job folder at a time"
             )
@@ -616,6 +616,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 
     run_dir = Path(cfg.paths.run_dir)
     multirun = _is_multirun()
+    if cfg.get("skip_completed", False):  # a study rerun: finished jobs are kept, interrupted ones continue
+        done = completed_metrics(run_dir)
+        if done is not None:
+            log.info("skip_completed: %s already holds a completed run: skipped", run_dir)
+            return done
+        prepare_job_folder(cfg, run_dir)
     if cfg.get("print_config", True):
         from rigsa_lightning.config import print_config_tree
 
@@ -667,6 +673,40 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         raise
     finally:
         finish_wandb()
+
+
+def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a completed run in ``run_dir`` (None when there is none)."""
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("status") == "completed" else None
+
+
+def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """``skip_completed``: continue an interrupted job from its last checkpoint (``resume``), or move a failed
+    job's folder aside (``<folder>.failed-<time>``, nothing deleted) so the job starts again."""
+    from omegaconf import open_dict
+
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
+        with open_dict(cfg):
+            cfg.resume = str(run_dir)
+        return
+    taken = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if taken:
+        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside.mkdir(parents=True)
+        for entry in run_dir.iterdir():  # the new attempt keeps its Hydra bookkeeping and log file
+            if entry.name != ".hydra" and not entry.name.endswith(".log"):
+                entry.rename(aside / entry.name)
+        log.warning("skip_completed: %s held a failed run without a checkpoint: moved to %s", run_dir, aside)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -739,7 +779,8 @@ def prepare_args(args: list[str]) -> list[str]:
             return kept + list(args)
         return list(args)
     run_dir = _arg_value(args, "hydra.run.dir")
-    if run_dir and not multirun:
+    skip_completed = str(_arg_value(args, "skip_completed") or "").lower() in ("true", "1", "yes")
+    if run_dir and not multirun and not skip_completed:  # skip_completed reuses its job folder on purpose
         check_run_folder_free(Path(os.path.expanduser(run_dir)))
     return list(args)
 

@@ -1,0 +1,87 @@
+"""The study's resumability (issue 16): skip_completed skips finished jobs, continues interrupted ones from their
+checkpoint and moves failed attempts aside; the study configs compose; the time estimate counts finished jobs."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rigsa_lightning.sweep_callback import StudyEstimateCallback, sweep_jobs
+from tests.test_resume import SMALL, run_cli, tail
+
+
+def test_skip_completed_continues_then_skips(tmp_path: Path) -> None:
+    run_dir = tmp_path / "study" / "rigsa_75_s0"
+    args = ["experiment=rigsa_75", *SMALL, "skip_completed=true", f"hydra.run.dir={run_dir}"]
+    killed = run_cli(args, tmp_path, env={"RIGSA_TEST_KILL_AT_STEP": "12"})
+    assert killed.returncode == -signal.SIGKILL, tail(killed)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
+
+    again = run_cli(args, tmp_path)  # the same command: continues the interrupted job
+    assert again.returncode == 0, tail(again)
+    assert "continuing the interrupted run" in again.stdout + again.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_from"].endswith("last.ckpt")
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+
+    third = run_cli(args, tmp_path)  # and once more: nothing to do
+    assert third.returncode == 0, tail(third)
+    assert "already holds a completed run: skipped" in third.stdout + third.stderr
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_skip_completed_moves_a_failed_attempt_aside(tmp_path: Path) -> None:
+    run_dir = tmp_path / "study" / "rigsa_50_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "failed.json").write_text('{"status": "failed", "error": "boom"}')
+    args = ["experiment=rigsa_50", *SMALL, "skip_completed=true", f"hydra.run.dir={run_dir}"]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 0, tail(res)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert not (run_dir / "failed.json").exists()
+    (aside,) = list(run_dir.parent.glob("rigsa_50_s0.failed-*"))
+    assert json.loads((aside / "failed.json").read_text())["error"] == "boom"
+
+
+def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog) -> None:
+    assert sweep_jobs({"experiment": "a,b,c", "seed": "0,1,2"}) == 9
+    assert sweep_jobs({"experiment": "a", "seed": 0}) == 1
+    for name, total_s in (("a_s0", 600.0), ("b_s0", 1200.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(
+            json.dumps({"status": "completed", "time/total_s": total_s})
+        )
+    (tmp_path / "c_s0").mkdir()
+    (tmp_path / "c_s0" / "failed.json").write_text("{}")
+    cfg = OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(tmp_path)},
+                "sweeper": {"params": {"experiment": "a,b,c", "seed": "0,1"}},
+            }
+        }
+    )
+    cb = StudyEstimateCallback(job_minutes=30)
+    with caplog.at_level("INFO"):
+        cb.on_multirun_start(cfg)
+    assert cb.estimate == {"jobs": 6.0, "done": 2.0, "minutes_per_job": 15.0, "minutes_left": 60.0}
+    assert "estimated 1.0 h left" in caplog.text
+
+
+def test_study_configs_compose() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from rigsa_lightning.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        main = compose(config_name="train", overrides=["+sweep=study"], return_hydra_config=True)
+        extra = compose(config_name="train", overrides=["+sweep=study_extra"], return_hydra_config=True)
+    for cfg in (main, extra):
+        assert cfg.skip_completed is True and cfg.stop_at.val_acc == 0.8 and cfg.eval.curve.enabled is True
+        assert cfg.hydra.sweep.dir == "outputs/study/cpu"
+    assert main.hydra.sweeper.params.experiment == "rigsa_paper,random_mask_paper,qlora_r16"
+    assert str(main.hydra.sweeper.params.seed) == "0,1,2"
+    assert extra.hydra.sweeper.params.experiment == "lora_r16,full_ft,rigsa_50,zero_shot"
