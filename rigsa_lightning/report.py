@@ -1139,6 +1139,16 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
             md += [f"Forgetting benchmarks skipped in at least one run: {', '.join(skipped_any)}.", ""]
     else:
         md += ["No job completed: no results to tabulate.", ""]
+    if any(j.metrics.get("method") == "rigsa" for j in completed) and any(
+        j.metrics.get("method") in ("qlora", "random_mask") for j in completed
+    ):
+        from rigsa_lightning.claims import claims_markdown, evaluate_claims
+
+        claims_md = claims_markdown(evaluate_claims(completed))
+        atomic_write_text(
+            folder / "claims.md", f"# The paper's claims, re-measured: `{title}`\n\n" + claims_md
+        )
+        md += ["## The paper's claims", "", claims_md]
     md += ["## Figures", ""]
     captions = {
         "forgetting_vs_accuracy": "Forgetting vs Textual MNIST accuracy",

@@ -1,0 +1,297 @@
+"""The paper's claims, re-measured: a verdict with a 95% CI over seeds *and* items for each (issue 16).
+
+Claims (arXiv 2511.01794, abstract):
+
+1. the base model is around chance on Textual MNIST;
+2. it learns the task through RIGSA, 4-bit QLoRA and random masking;
+3. RIGSA forgets less than QLoRA (particularly on GSM8k);
+4. RIGSA performs comparably to random masking.
+
+Forgetting comparisons use every run's per-item records (``forgetting_items/{before,after}.json.gz``): the same
+items for every run, so a **hierarchical bootstrap** resamples the items (once per draw, shared by all runs: the
+pairing is kept) and, within each method, its seeds; the statistic is the difference of the methods' mean paired
+change. A difference whose CI lies on one side of 0 decides; one that straddles 0 is *inconclusive at this scale*.
+"Comparable" (claim 4) needs the CI inside ±``margin`` of 0 (``EQUIVALENCE_MARGINS``).
+
+Accuracy CIs: Wilson's interval for one run (test items), a t-interval over seeds for a method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigsa_lightning.forgetting import items as item_records
+
+CHANCE = 0.1
+#: Forgetting measures compared: (task, per-item measure, sign such that a positive value = more forgetting, label).
+MEASURES: tuple[tuple[str, str, float, str], ...] = (
+    ("gsm8k", "gold_nll", 1.0, "GSM8k Δ reference NLL/token (nats)"),
+    ("piqa", "acc", -1.0, "PIQA Δ acc (pp)"),
+    ("hellaswag", "acc", -1.0, "HellaSwag Δ acc (pp)"),
+    ("piqa", "margin", -1.0, "PIQA Δ gold margin (nats)"),
+    ("hellaswag", "margin", -1.0, "HellaSwag Δ gold margin (nats)"),
+)
+#: Claim 4: the largest difference still called "comparable" (same units as the per-item measure).
+EQUIVALENCE_MARGINS: dict[str, float] = {"acc": 0.02, "margin": 0.05, "gold_nll": 0.02}
+#: Which run name stands for each method in the claims (the study's; the first group of that method otherwise).
+DEFAULT_NAMES: dict[str, str] = {
+    "rigsa": "rigsa_paper",
+    "random_mask": "random_mask_paper",
+    "qlora": "qlora_r16",
+    "none": "zero_shot",
+}
+
+
+@dataclass
+class Interval:
+    """A value with its 95% CI."""
+
+    value: float
+    lo: float
+    hi: float
+    n: str = ""
+
+    def text(self, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
+        """``value [lo, hi]`` in display units."""
+        fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+        return (
+            f"{fmt.format(self.value * scale)} [{fmt.format(self.lo * scale)}, {fmt.format(self.hi * scale)}]"
+        )
+
+
+@dataclass
+class Claim:
+    """One row of the claims table."""
+
+    number: int
+    claim: str
+    measured: list[str] = field(default_factory=list)
+    verdict: str = "inconclusive at this scale"
+    runs: list[str] = field(default_factory=list)
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> Interval:
+    """Wilson's 95% interval of a proportion."""
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, centre - half, centre + half, f"{n} items")
+
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_interval(values: Sequence[float]) -> Interval:
+    """Mean with a 95% t-interval over seeds (a zero-width interval for one seed: see the item CI then)."""
+    vals = [float(v) for v in values if v == v]
+    if not vals:
+        return Interval(math.nan, math.nan, math.nan)
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return Interval(mean, mean, mean, "1 seed")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    half = _T975.get(len(vals) - 1, 1.96) * sd / math.sqrt(len(vals))
+    return Interval(mean, mean - half, mean + half, f"{len(vals)} seeds")
+
+
+def paired_changes(
+    before: Mapping[str, Any], after: Mapping[str, Any], task: str, name: str
+) -> dict[int, float]:
+    """``{doc_id: after - before}`` of one measure of one run."""
+    if task not in before or task not in after or not before[task].get(name) or not after[task].get(name):
+        return {}
+    b = dict(zip(before[task]["doc_id"], before[task][name], strict=True))
+    a = dict(zip(after[task]["doc_id"], after[task][name], strict=True))
+    return {int(d): float(a[d]) - float(b[d]) for d in b if d in a}
+
+
+def hierarchical_difference(
+    first: Sequence[Mapping[int, float]],
+    second: Sequence[Mapping[int, float]],
+    iters: int = 4000,
+    seed: int = 0,
+) -> Interval:
+    """Difference of the mean paired change of two methods (``first`` - ``second``; each a list of runs, each run
+    ``{doc_id: change}``) with a 95% bootstrap CI resampling the shared items and, within each method, its runs."""
+    docs = sorted(set.intersection(*(set(r) for r in [*first, *second])))
+    if not docs or not first or not second:
+        return Interval(math.nan, math.nan, math.nan)
+    a = np.array([[r[d] for d in docs] for r in first])  # runs x items
+    b = np.array([[r[d] for d in docs] for r in second])
+    value = float(a.mean() - b.mean())
+    rng = np.random.default_rng(seed)
+    draws = np.empty(iters)
+    for k in range(iters):
+        idx = rng.integers(0, len(docs), len(docs))
+        ra = rng.integers(0, len(a), len(a))
+        rb = rng.integers(0, len(b), len(b))
+        draws[k] = a[np.ix_(ra, idx)].mean() - b[np.ix_(rb, idx)].mean()
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return Interval(value, float(lo), float(hi), f"{len(first)} vs {len(second)} runs x {len(docs)} items")
+
+
+def _runs_of(jobs: Sequence[Any], method: str, names: Mapping[str, str]) -> list[Any]:
+    wanted = names.get(method)
+    chosen = [j for j in jobs if j.metrics.get("method") == method and j.metrics.get("name") == wanted]
+    if chosen:
+        return chosen
+    of_method = [j for j in jobs if j.metrics.get("method") == method]
+    first = sorted({str(j.metrics.get("name")) for j in of_method})
+    return [j for j in of_method if first and j.metrics.get("name") == first[0]]
+
+
+def _items(job: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    folder = Path(job.path) / "forgetting_items"
+    if not (folder / "before.json.gz").is_file() or not (folder / "after.json.gz").is_file():
+        return None
+    return item_records.load_records(folder / "before.json.gz"), item_records.load_records(
+        folder / "after.json.gz"
+    )
+
+
+def _accuracy(job: Any) -> float:
+    value = job.metrics.get("textual_mnist/acc")
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def evaluate_claims(
+    jobs: Sequence[Any], names: Mapping[str, str] | None = None, iters: int = 4000
+) -> list[Claim]:
+    """The four claims with what was measured and a verdict, from completed job folders (report's ``Job``)."""
+    names = {**DEFAULT_NAMES, **(names or {})}
+    runs = {m: _runs_of(jobs, m, names) for m in ("none", "rigsa", "random_mask", "qlora")}
+    label = {"rigsa": "RIGSA", "random_mask": "random mask", "qlora": "QLoRA", "none": "base"}
+    claims: list[Claim] = []
+
+    # 1. the base model is around chance
+    c1 = Claim(1, "The base model is around chance (10 %) on Textual MNIST.")
+    zs = runs["none"] or [
+        j for j in jobs if isinstance(j.metrics.get("textual_mnist/zero_shot_acc"), (int, float))
+    ]
+    if zs:
+        job = zs[0]
+        acc = job.metrics.get("textual_mnist/acc" if runs["none"] else "textual_mnist/zero_shot_acc")
+        n = int(
+            job.metrics.get("textual_mnist/n", 0) or job.metrics.get("textual_mnist/zero_shot_n", 0) or 300
+        )
+        ci = wilson(float(acc) * n, n)
+        c1.measured.append(f"base test accuracy {ci.text(100)} % (Wilson 95 %, {n} test images)")
+        c1.runs.append(job.rel)
+        c1.verdict = "supported" if ci.hi < 2 * CHANCE or ci.lo <= CHANCE <= ci.hi else "contradicted"
+    claims.append(c1)
+
+    # 2. it learns the task through RIGSA, QLoRA and random masking
+    c2 = Claim(2, "The base model learns the task through RIGSA, 4-bit QLoRA and random masking.")
+    learned = []
+    for method in ("rigsa", "qlora", "random_mask"):
+        accs = [_accuracy(j) for j in runs[method]]
+        if not accs:
+            c2.measured.append(f"{label[method]}: no completed run")
+            learned.append(None)
+            continue
+        ci = t_interval(accs)
+        c2.measured.append(f"{label[method]}: test acc {ci.text(100)} % ({ci.n})")
+        c2.runs += [j.rel for j in runs[method]]
+        learned.append(ci.lo > 3 * CHANCE if ci.lo == ci.lo else None)
+    highs = [_t_hi(runs[m]) for m in ("rigsa", "qlora", "random_mask") if runs[m]]
+    if learned and all(v is True for v in learned):
+        c2.verdict = "supported"
+    elif any(h < 2 * CHANCE for h in highs):  # a method whose whole CI stays below 20 %: it did not learn
+        c2.verdict = "contradicted"
+    claims.append(c2)
+
+    # 3 and 4: forgetting differences from the per-item records
+    changes: dict[str, dict[tuple[str, str], list[dict[int, float]]]] = {}
+    for method in ("rigsa", "random_mask", "qlora"):
+        per = {}
+        for job in runs[method]:
+            loaded = _items(job)
+            if loaded is None:
+                continue
+            for task, name, _, _ in MEASURES:
+                change = paired_changes(loaded[0], loaded[1], task, name)
+                if change:
+                    per.setdefault((task, name), []).append(change)
+        changes[method] = per
+    c3 = Claim(3, "RIGSA forgets less than QLoRA, particularly on GSM8k (more forgetting = positive below).")
+    c4 = Claim(
+        4,
+        "RIGSA performs comparably to random masking (every forgetting difference's CI within "
+        f"±{100 * EQUIVALENCE_MARGINS['acc']:.0f} pp accuracy, ±{EQUIVALENCE_MARGINS['margin']} nats margin, "
+        f"±{EQUIVALENCE_MARGINS['gold_nll']} nats NLL).",
+    )
+    votes3, votes4 = [], []
+    for k, (task, name, sign, text) in enumerate(MEASURES):
+        scale = 100.0 if name == "acc" else 1.0
+        r = changes["rigsa"].get((task, name), [])
+        for other, claim, votes in (("qlora", c3, votes3), ("random_mask", c4, votes4)):
+            o = changes[other].get((task, name), [])
+            if not r or not o:
+                continue
+            diff = hierarchical_difference(
+                [{d: sign * v for d, v in x.items()} for x in r],
+                [{d: sign * v for d, v in x.items()} for x in o],
+                iters=iters,
+                seed=k,
+            )
+            claim.measured.append(
+                f"{text}: forgetting RIGSA − {label[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
+            )
+            if other == "qlora":
+                votes.append("less" if diff.hi < 0 else "more" if diff.lo > 0 else "?")
+            else:
+                m = EQUIVALENCE_MARGINS[name]
+                votes.append(
+                    "equal"
+                    if -m <= diff.lo and diff.hi <= m
+                    else "differ"
+                    if diff.lo > 0 or diff.hi < 0
+                    else "?"
+                )
+    c3.runs = [j.rel for m in ("rigsa", "qlora") for j in runs[m]]
+    c4.runs = [j.rel for m in ("rigsa", "random_mask") for j in runs[m]]
+    c3.verdict = _verdict(votes3, good="less", bad="more", primary=0)
+    c4.verdict = _verdict(votes4, good="equal", bad="differ", primary=None)
+    claims += [c3, c4]
+    return claims
+
+
+def _t_hi(jobs: Sequence[Any]) -> float:
+    return t_interval([_accuracy(j) for j in jobs]).hi if jobs else math.nan
+
+
+def _verdict(votes: Sequence[str], good: str, bad: str, primary: int | None) -> str:
+    """Supported when every decided measure agrees with the claim and at least one (the primary one, if given)
+    is decided; contradicted when the decided ones go against it; inconclusive otherwise."""
+    if not votes:
+        return "inconclusive at this scale (no per-item forgetting records)"
+    decided = [v for v in votes if v != "?"]
+    if primary is not None and primary < len(votes) and votes[primary] == "?":
+        return "inconclusive at this scale" + (" (primary measure undecided)" if decided else "")
+    if decided and all(v == good for v in decided):
+        return "supported"
+    if decided and all(v == bad for v in decided):
+        return "contradicted"
+    return "inconclusive at this scale" + (" (measures disagree)" if decided else "")
+
+
+def claims_markdown(claims: Sequence[Claim]) -> str:
+    """The claims table (claim -> measured with 95 % CIs -> verdict) and the job folders each row uses."""
+    lines = ["| # | claim | measured (95 % CI over seeds and items) | verdict |", "|---|---|---|---|"]
+    for c in claims:
+        measured = "<br>".join(m.replace("|", "\\|") for m in c.measured) or "no completed run"
+        lines.append(f"| {c.number} | {c.claim} | {measured} | **{c.verdict}** |")
+    lines.append("")
+    for c in claims:
+        if c.runs:
+            lines.append(f"- claim {c.number} uses: " + ", ".join(f"`{r}`" for r in sorted(set(c.runs))))
+    return "\n".join(lines) + "\n"

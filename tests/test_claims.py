@@ -1,0 +1,118 @@
+"""The claims table (issue 16): exact interval maths, the hierarchical bootstrap, verdicts from per-item records."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rigsa_lightning.claims import evaluate_claims, hierarchical_difference, t_interval, wilson
+from rigsa_lightning.forgetting import items
+from rigsa_lightning.report import build_report
+
+
+def test_wilson_and_t_intervals():
+    ci = wilson(21, 300)  # 7 %
+    assert ci.value == pytest.approx(0.07)
+    # Wilson's closed form
+    z, n, p = 1.96, 300, 0.07
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (ci.lo, ci.hi) == pytest.approx((centre - half, centre + half))
+    t = t_interval([0.5, 0.6, 0.7])
+    assert t.value == pytest.approx(0.6) and t.hi - t.value == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert t_interval([0.4]).lo == t_interval([0.4]).hi == 0.4
+
+
+def test_hierarchical_difference_detects_a_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    docs = range(200)
+    base = rng.normal(size=200)
+    noisy = [{d: base[d] + rng.normal(0, 0.3) for d in docs} for _ in range(3)]
+    shifted = [{d: base[d] + 0.5 + rng.normal(0, 0.3) for d in docs} for _ in range(3)]
+    diff = hierarchical_difference(shifted, noisy, iters=500)
+    assert diff.value == pytest.approx(0.5, abs=0.1) and diff.lo > 0
+    same = hierarchical_difference(noisy[:2], noisy[2:], iters=500)
+    assert same.lo < 0 < same.hi
+
+
+def _job(root: Path, name: str, method: str, seed: int, acc: float, shift: float, nll_shift: float) -> None:
+    job = root / f"{name}_s{seed}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("")
+    (job / ".hydra" / "overrides.yaml").write_text(f"- experiment={name}\n")
+    metrics = {
+        "method": method,
+        "name": name,
+        "seed": seed,
+        "status": "completed",
+        "textual_mnist/acc": acc,
+        "textual_mnist/n": 300.0,
+        "textual_mnist/zero_shot_acc": 0.07,
+    }
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    rng = np.random.default_rng(seed + 100 * len(name))
+    docs = list(range(0, 400, 2))
+    before = {
+        "piqa": {
+            "doc_id": docs,
+            "acc": [float(d % 3 != 0) for d in docs],
+            "margin": [1.0 + (d % 5) for d in docs],
+        },
+        "gsm8k": {"doc_id": docs[:40], "gold_nll": [1.0 + 0.01 * d for d in docs[:40]]},
+    }
+    after = {
+        "piqa": {
+            "doc_id": docs,
+            "acc": list(before["piqa"]["acc"]),
+            "margin": [m + shift + rng.normal(0, 0.05) for m in before["piqa"]["margin"]],
+        },
+        "gsm8k": {
+            "doc_id": docs[:40],
+            "gold_nll": [v + nll_shift + rng.normal(0, 0.01) for v in before["gsm8k"]["gold_nll"]],
+        },
+    }
+    items.save_records(job / "forgetting_items" / "before.json.gz", before)
+    items.save_records(job / "forgetting_items" / "after.json.gz", after)
+
+
+def test_claims_from_job_folders(tmp_path: Path):
+    root = tmp_path / "study"
+    _job(root, "zero_shot", "none", 0, 0.07, 0.0, 0.0)
+    for seed in range(3):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.82 + 0.01 * seed, -0.02, 0.01)
+        _job(root, "random_mask_paper", "random_mask", seed, 0.80 + 0.01 * seed, -0.02, 0.01)
+        _job(root, "qlora_r16", "qlora", seed, 0.81 + 0.01 * seed, -0.30, 0.20)
+    out = build_report(root)
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}
+    assert claims[1].verdict == "supported" and "7.0" in claims[1].measured[0]
+    assert claims[2].verdict == "supported"
+    assert claims[3].verdict == "supported"  # QLoRA's margins drop and its GSM8k NLL rises far more
+    assert any("GSM8k" in m for m in claims[3].measured)
+    assert claims[4].verdict == "supported"  # RIGSA and the random mask move the same way here
+    assert sorted(claims[3].runs) == sorted(
+        [f"rigsa_paper_s{s}" for s in range(3)] + [f"qlora_r16_s{s}" for s in range(3)]
+    )
+    text = (root / "claims.md").read_text()
+    assert "| 3 | RIGSA forgets less than QLoRA" in text and "**supported**" in text
+    assert "## The paper's claims" in out["results_md"].read_text()
+
+
+def test_claims_can_go_against_the_paper(tmp_path: Path):
+    root = tmp_path / "study"
+    for seed in range(2):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.40, 0.30)
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.01, 0.00)
+        _job(root, "random_mask_paper", "random_mask", seed, 0.8, -0.01, 0.00)
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}
+    assert claims[3].verdict == "contradicted"
+    assert claims[4].verdict.startswith("contradicted") or claims[4].verdict.startswith("inconclusive")
+
+
+def _jobs(root: Path):
+    from rigsa_lightning.report import find_job_dirs, load_job
+
+    return [j for j in (load_job(p, root) for p in find_job_dirs(root)) if j.status == "completed"]
