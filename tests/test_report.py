@@ -437,7 +437,7 @@ def test_sweep_configs_compose(conf_dir: Path, sweep: str) -> None:
     assert str(params.experiment).split(",") == experiments
     assert str(params.seed) == seeds
     assert cfg.hydra.callbacks.report._target_ == "rigsa_lightning.sweep_callback.ReportCallback"
-    assert cfg.task_name == f"sweep_{sweep}"
+    assert cfg.task_name == {"paper": "study_paper"}.get(sweep, f"sweep_{sweep}")  # paper: the study at scale
     for exp in experiments:  # every grid point names an experiment file that exists
         assert (CONFIG_DIR / "experiment" / f"{exp}.yaml").is_file(), exp
     # every grid point composes (one job's config)

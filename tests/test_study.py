@@ -85,3 +85,28 @@ def test_study_configs_compose() -> None:
     assert main.hydra.sweeper.params.experiment == "rigsa_paper,random_mask_paper,qlora_r16"
     assert str(main.hydra.sweeper.params.seed) == "0,1,2"
     assert extra.hydra.sweeper.params.experiment == "lora_r16,full_ft,rigsa_50,zero_shot"
+
+
+def test_lr_search_and_paper_scale_compose() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from rigsa_lightning.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        lr = compose(
+            config_name="train",
+            overrides=["+sweep=lr_search", "experiment=qlora_r16"],
+            return_hydra_config=True,
+        )
+        paper = compose(config_name="train", overrides=["+sweep=paper"], return_hydra_config=True)
+    # the same number of pilots per method, one row per method x learning rate in the report
+    assert str(lr.hydra.sweeper.params["adapter.lr"]) == "1.0e-4,3.0e-4,1.0e-3,3.0e-3"
+    assert lr.name == "qlora_lr0.0002" and lr.eval.enabled is False and lr.stop_at.val_acc is None
+    assert lr.skip_completed is True and lr.hydra.sweep.dir == "outputs/study/lr_search"
+    # the paper's scale: the same study settings on the paper's model, data and full benchmarks
+    assert paper.model.name_or_path == "HuggingFaceTB/SmolLM2-1.7B-Instruct" and paper.data.source == "mnist"
+    assert paper.eval.limit is None and paper.eval.require_benchmarks is True
+    assert paper.skip_completed is True and paper.stop_at.val_acc == 0.8 and paper.eval.curve.enabled is True
+    assert (
+        paper.hydra.sweep.dir == "outputs/study/paper" and paper.hydra.sweep.subdir == "rigsa_s42"
+    )  # <name>_s<seed>
