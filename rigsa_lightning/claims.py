@@ -99,7 +99,14 @@ def t_interval(values: Sequence[float]) -> Interval:
     if len(vals) == 1:
         return Interval(mean, mean, mean, "1 seed")
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    half = _T975.get(len(vals) - 1, 1.96) * sd / math.sqrt(len(vals))
+    df = len(vals) - 1
+    if df in _T975:
+        quantile = _T975[df]
+    else:
+        from scipy.stats import t as student_t
+
+        quantile = float(student_t.ppf(0.975, df))
+    half = quantile * sd / math.sqrt(len(vals))
     return Interval(mean, mean - half, mean + half, f"{len(vals)} seeds")
 
 
@@ -199,6 +206,10 @@ def evaluate_claims(
             learned.append(None)
             continue
         ci = t_interval(accs)
+        if len(accs) == 1:  # one seed: the test items' binomial uncertainty (Wilson)
+            n = int(runs[method][0].metrics.get("textual_mnist/n", 0) or 0)
+            ci = wilson(accs[0] * n, n) if n else ci
+            ci.n = f"1 seed, {n} test images" if n else "1 seed"
         c2.measured.append(f"{label[method]}: test acc {ci.text(100)} % ({ci.n})")
         c2.runs += [j.rel for j in runs[method]]
         learned.append(ci.lo > 3 * CHANCE if ci.lo == ci.lo else None)
@@ -229,7 +240,8 @@ def evaluate_claims(
         f"±{100 * EQUIVALENCE_MARGINS['acc']:.0f} pp accuracy, ±{EQUIVALENCE_MARGINS['margin']} nats margin, "
         f"±{EQUIVALENCE_MARGINS['gold_nll']} nats NLL).",
     )
-    votes3, votes4 = [], []
+    votes3: dict[tuple[str, str], str] = {}
+    votes4: dict[tuple[str, str], str] = {}
     for k, (task, name, sign, text) in enumerate(MEASURES):
         scale = 100.0 if name == "acc" else 1.0
         r = changes["rigsa"].get((task, name), [])
@@ -247,10 +259,10 @@ def evaluate_claims(
                 f"{text}: forgetting RIGSA − {label[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
             )
             if other == "qlora":
-                votes.append("less" if diff.hi < 0 else "more" if diff.lo > 0 else "?")
+                votes[(task, name)] = "less" if diff.hi < 0 else "more" if diff.lo > 0 else "?"
             else:
                 m = EQUIVALENCE_MARGINS[name]
-                votes.append(
+                votes[(task, name)] = (
                     "equal"
                     if -m <= diff.lo and diff.hi <= m
                     else "differ"
@@ -259,8 +271,8 @@ def evaluate_claims(
                 )
     c3.runs = [j.rel for m in ("rigsa", "qlora") for j in runs[m]]
     c4.runs = [j.rel for m in ("rigsa", "random_mask") for j in runs[m]]
-    c3.verdict = _verdict(votes3, good="less", bad="more", primary=0)
-    c4.verdict = _verdict(votes4, good="equal", bad="differ", primary=None)
+    c3.verdict = _less_forgetting_verdict(votes3, primary=("gsm8k", "gold_nll"))
+    c4.verdict = _comparable_verdict(votes4, expected=list(changes["rigsa"]))  # every measure RIGSA has
     claims += [c3, c4]
     return claims
 
@@ -269,19 +281,34 @@ def _t_hi(jobs: Sequence[Any]) -> float:
     return t_interval([_accuracy(j) for j in jobs]).hi if jobs else math.nan
 
 
-def _verdict(votes: Sequence[str], good: str, bad: str, primary: int | None) -> str:
-    """Supported when every decided measure agrees with the claim and at least one (the primary one, if given)
-    is decided; contradicted when the decided ones go against it; inconclusive otherwise."""
+def _less_forgetting_verdict(votes: Mapping[tuple[str, str], str], primary: tuple[str, str]) -> str:
+    """Claim 3: decided by the primary measure (GSM8k's reference NLL); contradicted when it goes the other way;
+    supported only when no other decided measure goes against it."""
     if not votes:
         return "inconclusive at this scale (no per-item forgetting records)"
-    decided = [v for v in votes if v != "?"]
-    if primary is not None and primary < len(votes) and votes[primary] == "?":
-        return "inconclusive at this scale" + (" (primary measure undecided)" if decided else "")
-    if decided and all(v == good for v in decided):
-        return "supported"
-    if decided and all(v == bad for v in decided):
+    if primary not in votes:
+        return "inconclusive at this scale (no GSM8k reference-NLL records)"
+    if votes[primary] == "more":
         return "contradicted"
-    return "inconclusive at this scale" + (" (measures disagree)" if decided else "")
+    if votes[primary] == "?":
+        return "inconclusive at this scale"
+    if any(v == "more" for v in votes.values()):
+        return "inconclusive at this scale (measures disagree)"
+    return "supported"
+
+
+def _comparable_verdict(votes: Mapping[tuple[str, str], str], expected: Sequence[tuple[str, str]]) -> str:
+    """Claim 4: supported only when every expected measure is present and within its margin; contradicted when one
+    differs (its CI excludes 0); inconclusive otherwise."""
+    if not votes:
+        return "inconclusive at this scale (no per-item forgetting records)"
+    if any(v == "differ" for v in votes.values()):
+        return "contradicted"
+    if all(votes.get(m) == "equal" for m in expected):
+        return "supported"
+    return "inconclusive at this scale" + (
+        " (a measure is missing)" if any(m not in votes for m in expected) else ""
+    )
 
 
 def claims_markdown(claims: Sequence[Claim]) -> str:

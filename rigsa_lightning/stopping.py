@@ -48,6 +48,11 @@ class StopAtAccuracy(L.Callback):
         self.metric = metric
         self.reached: dict[str, float] | None = None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A run resumed after the target was reached stops again at once (Lightning does not save should_stop)."""
+        if self.reached is not None:
+            trainer.should_stop = True
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Check the target after each validation (not the sanity check)."""
         if trainer.sanity_checking or self.reached is not None:

@@ -96,12 +96,16 @@ class StudyEstimateCallback(Callback):
         import statistics
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        total = sweep_jobs(config.hydra.sweeper.get("params"))
+        params = config.hydra.sweeper.get("params") or {}
+        total = sweep_jobs(params)
+        grid = {k: {v.strip() for v in str(val).split(",")} for k, val in params.items()}
         times = []
         for metrics in sweep_dir.glob("*/metrics.json"):
             try:
                 data = json.loads(metrics.read_text())
             except (OSError, ValueError):
+                continue
+            if not _in_grid(metrics.parent, grid):  # another grid sharing the folder (study / study_extra)
                 continue
             if data.get("status") == "completed" and isinstance(data.get("time/total_s"), (int, float)):
                 times.append(float(data["time/total_s"]))
@@ -123,3 +127,21 @@ class StudyEstimateCallback(Callback):
             per_job,
             "median of the finished jobs" if times else "the pilots' estimate",
         )
+
+
+def _in_grid(job_dir: Path, grid: dict[str, set[str]]) -> bool:
+    """Whether a job folder's overrides (``.hydra/overrides.yaml``) are a point of ``grid`` (True when unknown)."""
+    overrides = job_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return True
+    import yaml
+
+    try:
+        given = dict(
+            str(o).lstrip("+").split("=", 1)
+            for o in yaml.safe_load(overrides.read_text()) or []
+            if "=" in str(o)
+        )
+    except (OSError, ValueError, yaml.YAMLError):
+        return True
+    return all(given.get(k) in values for k, values in grid.items() if k in given)

@@ -225,13 +225,16 @@ def segment_epochs(cfg: DictConfig) -> tuple[int, list[int]]:
 
 def segments_before_final(cfg: DictConfig) -> int:
     """Epochs before RIGSA's final retraining phase (every prune done after them); 0 for the other methods."""
-    _, segments = segment_epochs(cfg)
-    if cfg.adapter.method == "rigsa" and len(segments) > 1:
-        from rigsa_lightning.pruning import PruningSchedule
+    from rigsa_lightning.pruning import PruningSchedule
 
-        schedule = PruningSchedule.from_cfg(cfg.pruning)
-        return int(schedule.rounds * schedule.epochs_per_round)
-    return 0
+    schedule = PruningSchedule.from_cfg(cfg.pruning)
+    if cfg.adapter.method != "rigsa" or not bool(cfg.pruning.get("enabled", True)) or schedule.rounds == 0:
+        return 0
+    if schedule.final_epochs == 0:
+        log.warning(
+            "stop_at: pruning.final_epochs=0, so no validation follows the last prune: the run trains to the end"
+        )
+    return int(schedule.rounds * schedule.epochs_per_round)
 
 
 def _check_max_steps(cfg: DictConfig, dm: Any) -> None:
@@ -621,7 +624,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         if done is not None:
             log.info("skip_completed: %s already holds a completed run: skipped", run_dir)
             return done
-        prepare_job_folder(cfg, run_dir)
+        try:
+            prepare_job_folder(cfg, run_dir)
+        except SkipJob as exc:
+            log.warning("skip_completed: %s", exc)
+            return None
     if cfg.get("print_config", True):
         from rigsa_lightning.config import print_config_tree
 
@@ -675,6 +682,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         finish_wandb()
 
 
+class SkipJob(Exception):
+    """A job folder that ``skip_completed`` leaves as it is (a deterministic failure)."""
+
+
 def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a completed run in ``run_dir`` (None when there is none)."""
     import json
@@ -692,8 +703,18 @@ def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
 def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
     """``skip_completed``: continue an interrupted job from its last checkpoint (``resume``), or move a failed
     job's folder aside (``<folder>.failed-<time>``, nothing deleted) so the job starts again."""
+    import json
+
     from omegaconf import open_dict
 
+    failed = run_dir / "failed.json"
+    if failed.is_file():
+        try:
+            kind = json.loads(failed.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind == "non_finite":  # the same trajectory would diverge again: not retried, listed by the report
+            raise SkipJob(f"{run_dir} diverged (non-finite training state, failed.json): not retried")
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
         with open_dict(cfg):

@@ -83,3 +83,16 @@ def test_rigsa_schedule_completes_before_a_stop(tmp_path: Path):
         assert "stop_at: val/acc" in res.stdout + res.stderr
     else:  # the tiny random model may score 0 on its 2 validation batches: then it trains to the end
         assert "stop_at/epoch" not in metrics
+
+
+def test_a_resumed_run_that_had_reached_the_target_stops_again():
+    cb = StopAtAccuracy(0.5)
+    cb.on_validation_end(_trainer(0.7, epoch=0), None)
+    resumed = StopAtAccuracy(0.5)
+    resumed.load_state_dict(cb.state_dict())  # the checkpoint written at the end of the stopping epoch
+    trainer = _trainer(None, epoch=1)
+    resumed.on_train_start(trainer, None)
+    assert trainer.should_stop
+    fresh = _trainer(None, epoch=0)
+    StopAtAccuracy(0.5).on_train_start(fresh, None)
+    assert not fresh.should_stop

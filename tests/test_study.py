@@ -54,6 +54,10 @@ def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog
         (tmp_path / name / "metrics.json").write_text(
             json.dumps({"status": "completed", "time/total_s": total_s})
         )
+    other = tmp_path / "zzz_s0"  # a job of another grid sharing the folder: not counted
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "overrides.yaml").write_text("- experiment=zzz\n- seed=0\n")
+    (other / "metrics.json").write_text(json.dumps({"status": "completed", "time/total_s": 9999.0}))
     (tmp_path / "c_s0").mkdir()
     (tmp_path / "c_s0" / "failed.json").write_text("{}")
     cfg = OmegaConf.create(
@@ -110,3 +114,17 @@ def test_lr_search_and_paper_scale_compose() -> None:
     assert (
         paper.hydra.sweep.dir == "outputs/study/paper" and paper.hydra.sweep.subdir == "rigsa_s42"
     )  # <name>_s<seed>
+
+
+def test_skip_completed_leaves_a_diverged_job_alone(tmp_path: Path) -> None:
+    run_dir = tmp_path / "study" / "rigsa_50_s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not read")
+    failed = '{"status": "failed", "kind": "non_finite", "error": "loss is nan"}'
+    (run_dir / "failed.json").write_text(failed)
+    res = run_cli(
+        ["experiment=rigsa_50", *SMALL, "skip_completed=true", f"hydra.run.dir={run_dir}"], tmp_path
+    )
+    assert res.returncode == 0, tail(res)
+    assert "diverged (non-finite training state" in res.stdout + res.stderr
+    assert (run_dir / "failed.json").read_text() == failed and not (run_dir / "metrics.json").exists()

@@ -37,13 +37,16 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 def model_key(model_cfg: Any, path: str) -> str:
-    """A stable identifier of the base model for caches (name plus the resolved folder's config)."""
+    """A stable identifier of the base model for caches (name, the resolved folder's config, the dtype; QLoRA adds
+    its 4-bit settings in :func:`prepare_model`)."""
     name = str(_get(model_cfg, "name_or_path"))
+    dtype = _get(model_cfg, "dtype", None)
+    suffix = f"|dtype={dtype}" if dtype else ""  # the precision is part of what a cached "before" measured
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         stat = (p / "config.json").stat()
-        return f"{name}|{p.resolve()}|{stat.st_size}"
-    return name
+        return f"{name}|{p.resolve()}|{stat.st_size}{suffix}"
+    return name + suffix
 
 
 def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
@@ -77,6 +80,9 @@ def prepare_model(cfg: Any, cache_dir: str | os.PathLike | None = None) -> Prepa
         raise ConfigError("adapter.method", f"unknown method {method!r}", f"use one of {list(METHODS)}")
     path = resolve_model_path(cfg.model, cache_dir)
     key = model_key(cfg.model, path)
+    if method == "qlora":  # QLoRA's base is the 4-bit model: its own "before" (and drift reference)
+        quant = _get(adapter_cfg, "quant", None) or {}
+        key += "|4bit:" + ",".join(f"{k}={_get(quant, k)}" for k in ("type", "double_quant", "compute_dtype"))
 
     if method == "qlora":
         from rigsa_lightning.adapters.lora import apply_lora, load_qlora_base

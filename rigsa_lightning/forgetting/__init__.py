@@ -298,6 +298,8 @@ class ForgettingEvaluator:
             "seed": self.seed,
             "max_gen_toks": self.max_gen_toks,
             "scorer": self.scorer,
+            "batch_size": self.batch_size,
+            "token_budget": self.token_budget,
             "gold_nll": self.gold_nll,
             "generate": self.generate,
             "data": {t: self.sources[t].digest for t in sorted(tasks)},

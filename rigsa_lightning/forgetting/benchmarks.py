@@ -407,6 +407,19 @@ def preserve_model_state(model: torch.nn.Module, tokenizer: Any = None) -> Itera
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's own warnings about a model object passed in (expected here) and its CLI-style notices, silenced
+    for the call; errors still show."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_lm_eval(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -446,7 +459,7 @@ def run_lm_eval(
 
     if scorer not in ("fast", "lm_eval"):
         raise ConfigError("eval.scorer", f"must be fast or lm_eval, got {scorer!r}")
-    with preserve_model_state(model, tokenizer), torch.no_grad():
+    with preserve_model_state(model, tokenizer), torch.no_grad(), _quiet_lm_eval():
         if scorer == "fast":
             lm: Any = FastHFLM(
                 pretrained=model,

@@ -262,7 +262,7 @@ class FastHFLM(HFLM):
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
         gold = getattr(self, "gold_targets", None) or {}
-        if self._split is None or not gold or not requests:
+        if self._split is None or not gold or not requests or not self._plain_greedy():
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         plans: list[tuple[int, str, list[int], list[int], list[str], int]] = []
@@ -358,9 +358,33 @@ class FastHFLM(HFLM):
             results.append((k, text))
         return results
 
+    def _plain_greedy(self) -> bool:
+        """Whether HF ``generate`` would be plain greedy decoding here (no logits processor from the model's
+        generation config); records the end-of-sequence ids it stops at."""
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self._eos_ids = {int(i) for i in ids} | {int(self.eot_token_id)}
+        if config is None:
+            return True
+        neutral = {
+            "repetition_penalty": (None, 1.0),
+            "no_repeat_ngram_size": (None, 0),
+            "bad_words_ids": (None,),
+            "suppress_tokens": (None,),
+            "begin_suppress_tokens": (None,),
+            "forced_bos_token_id": (None,),
+            "forced_eos_token_id": (None,),
+            "min_new_tokens": (None, 0),
+            "min_length": (None, 0),
+            "encoder_repetition_penalty": (None, 1.0),
+            "sequence_bias": (None,),
+        }
+        return all(getattr(config, k, None) in v for k, v in neutral.items())
+
     def _finished(self, tokens: list[int], until: list[str], max_gen: int) -> bool:
-        """A row stops at the end-of-text token, at a stop sequence, or after ``max_gen`` tokens."""
-        if len(tokens) >= max_gen or tokens[-1] == self.eot_token_id:
+        """A row stops at an end-of-sequence token, at a stop sequence, or after ``max_gen`` tokens."""
+        if len(tokens) >= max_gen or tokens[-1] in getattr(self, "_eos_ids", {self.eot_token_id}):
             return True
         text = self.tok_decode(tokens[-12:])  # a stop sequence ends within the last tokens
         return any(u and u in text for u in until)
