@@ -33,7 +33,7 @@ from rigsa_lightning.head import split_causal_lm
 log = logging.getLogger(__name__)
 
 #: Tokens per batched forward (contexts, and continuations) unless ``token_budget`` is given.
-DEFAULT_TOKEN_BUDGET = 4096
+DEFAULT_TOKEN_BUDGET = 2048
 
 
 def _cache_of(output: Any) -> Any:
