@@ -443,7 +443,11 @@ class ForgettingEvaluator:
         if record is None:
             return []
         lines = []
-        intervals = self.stage_intervals(stage)
+        intervals = (
+            {k: paired.Estimate(**v) for k, v in record["intervals"].items()}
+            if "intervals" in record  # computed once when the stage finished
+            else self.stage_intervals(stage)
+        )
         stats = record.get("paired") or {}
         suffix = "delta" if stage == "after" else f"delta_{stage}"
         for task, cols in (record.get("items") or {}).items():

@@ -494,9 +494,7 @@ def run_lm_eval(
         # one prefill of prompt + solution serves the NLL and the generation
         if gold_nll and scorer == "fast":
             lm.gold_targets = {
-                task.config.task: (
-                    lambda doc, t=task: str(t.config.target_delimiter) + str(t.doc_to_target(doc))
-                )
+                task.config.task: (lambda doc, t=task: reference_continuation(t, doc))
                 for task in tasks
                 if task.OUTPUT_TYPE == "generate_until"
             }
@@ -533,6 +531,25 @@ def run_lm_eval(
     return result
 
 
+def reference_continuation(task: Any, doc: Mapping[str, Any]) -> str:
+    """A document's reference answer as the few-shot examples show it: ``target_delimiter`` + ``doc_to_target``."""
+    return str(task.config.target_delimiter) + str(task.doc_to_target(doc))
+
+
+def reference_nll(
+    lm: Any, task: Any, prompts: Sequence[tuple[int, str, Mapping[str, Any]]]
+) -> dict[int, tuple[float, int]]:
+    """``{doc_id: (NLL, tokens)}`` of each ``(doc_id, prompt, doc)``'s reference continuation teacher-forced after
+    the prompt, tokenised by lm-eval's own ``_encode_pair``, scored by the model's ``_loglikelihood_tokens``."""
+    requests = []
+    for _, context, doc in prompts:
+        continuation = reference_continuation(task, doc)
+        ctx_enc, cont_enc = lm._encode_pair(context, continuation)
+        requests.append(((context, continuation), ctx_enc, cont_enc))
+    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
+    return {p[0]: (-float(ll), len(r[2])) for p, (ll, _), r in zip(prompts, scores, requests, strict=True)}
+
+
 def gold_nll_from_prompts(
     lm: Any, task: Any, indices: Sequence[int] | None, seed: int
 ) -> dict[int, tuple[float, int]]:
@@ -540,43 +557,28 @@ def gold_nll_from_prompts(
     few-shot draw as ``simple_evaluate`` with ``fewshot_random_seed=seed``), without generating anything."""
     task.set_fewshot_seed(seed=seed)
     task.build_all_requests(samples=list(indices) if indices else None, rank=0, world_size=1)
-    requests, doc_ids = [], []
-    for inst in task.instances:
-        context = inst.args[0]
-        continuation = str(task.config.target_delimiter) + str(task.doc_to_target(inst.doc))
-        ctx_enc, cont_enc = lm._encode_pair(context, continuation)
-        requests.append(((context, continuation), ctx_enc, cont_enc))
-        doc_ids.append(int(indices[inst.doc_id]) if indices else int(inst.doc_id))
-    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
-    return {d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)}
+    prompts = [
+        (int(indices[inst.doc_id]) if indices else int(inst.doc_id), inst.args[0], inst.doc)
+        for inst in task.instances
+    ]
+    return reference_nll(lm, task, prompts)
 
 
 def gold_solution_nll(
     lm: Any, task: Any, samples: Sequence[Mapping[str, Any]]
 ) -> dict[int, tuple[float, int]]:
-    """``{doc_id: (NLL of the reference solution, its tokens)}``: the task's target (``target_delimiter`` +
-    ``doc_to_target``, as the few-shot examples show it) teacher-forced after the exact prompt lm-eval generated
-    from, tokenised by lm-eval's own ``_encode_pair``."""
-    requests, doc_ids = [], []
-    seen: set[int] = set()
+    """``{doc_id: (NLL of the reference solution, its tokens)}`` after the exact prompt lm-eval generated from
+    (its logged samples): taken from the generation's prefill where :class:`FastHFLM` scored it, else scored here."""
     done: dict[str, tuple[float, int]] = getattr(lm, "gold_scores", None) or {}
     out: dict[int, tuple[float, int]] = {}
-    for s in samples:
-        doc_id = int(s["doc_id"])
-        if doc_id in seen:  # one logged sample per filter
-            continue
-        seen.add(doc_id)
-        context = s["arguments"][0][0]
-        if context in done:  # scored with the generation's prefill (FastHFLM.generate_until)
+    prompts: dict[int, tuple[int, str, Mapping[str, Any]]] = {}
+    for s in samples:  # one logged sample per filter: one prompt per document
+        doc_id, context = int(s["doc_id"]), s["arguments"][0][0]
+        if context in done:
             out[doc_id] = done[context]
-            continue
-        target = task.doc_to_target(s["doc"])
-        continuation = str(task.config.target_delimiter) + str(target)
-        ctx_enc, cont_enc = lm._encode_pair(context, continuation)
-        requests.append(((context, continuation), ctx_enc, cont_enc))
-        doc_ids.append(doc_id)
-    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
-    out.update({d: (-float(ll), len(r[2])) for d, (ll, _), r in zip(doc_ids, scores, requests, strict=True)})
+        else:
+            prompts.setdefault(doc_id, (doc_id, context, s["doc"]))
+    out.update(reference_nll(lm, task, list(prompts.values())))
     return out
 
 

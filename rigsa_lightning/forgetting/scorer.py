@@ -1,20 +1,26 @@
-"""A faster lm-eval model for multiple-choice scoring: each context is encoded once, its continuations share the
-context's KV cache, and the LM head runs only where a continuation token is predicted.
+"""A faster lm-eval model: each context is encoded once, its continuations share the context's KV cache, and the
+LM head runs only where a continuation token is predicted.
 
-:class:`FastHFLM` is lm-eval's own ``HFLM`` with one method replaced (``_loglikelihood_tokens``): the requests,
-their tokenisation (``_encode_pair``: trailing spaces moved to the continuation, the same left truncation), the
-task YAMLs, filters and metrics all stay lm-eval's. ``generate_until`` (GSM8k) is HFLM's batched ``generate``
-with a KV cache, unchanged.
+:class:`FastHFLM` is lm-eval's own ``HFLM`` with ``_loglikelihood_tokens`` and ``generate_until`` replaced: the
+requests, their tokenisation (``_encode_pair``: trailing spaces moved to the continuation, the same left
+truncation), the task YAMLs, filters and metrics all stay lm-eval's.
 
-For a batch of distinct contexts (right padded, sorted by length) the decoder body runs once; the continuation
-tokens of every request of those contexts then run as one batch over the contexts' KV cache rows (repeated per
-request with ``Cache.reorder_cache``), with explicit position ids and an attention mask that hides the padding.
-The head (a plain ``nn.Linear``) is applied to the last context position and the continuation positions only, in
-the model's dtype, followed by ``log_softmax`` like HFLM. Models whose head is not a plain linear layer, or whose
-logits the restricted path does not reproduce on a probe, use HFLM's path (one log line).
+Log-likelihoods: requests with the same context form a group whose prefix is the context plus the token prefix its
+continuations share. A batch of prefixes (right padded, sorted by length) runs through the decoder body once; the
+remaining continuation tokens then run in length-sorted chunks over a copy of their group's KV cache rows
+(``index_select``), with explicit position ids and an attention mask that hides the padding. The head (a plain
+``nn.Linear``) is applied only where a continuation token is predicted, in the model's dtype, followed by
+``log_softmax`` like HFLM.
 
-Equivalence with ``HFLM`` (acc/acc_norm identical, log-likelihoods within 1e-4 on real PIQA/HellaSwag items) is
-tested in ``tests/test_fast_scorer.py``; ``make bench`` (``bench/forgetting_eval.py``) measures the speed ratio.
+Generation (GSM8k), when :attr:`FastHFLM.gold_targets` names the task: one prefill of *prompt + reference solution*
+gives the solution's teacher-forced NLL (:attr:`FastHFLM.gold_scores`) and, with the solution masked out, greedy
+generation over the same cache. Sampling, logits processors from the generation config, a truncated prompt, or no
+gold target: HFLM's own batched ``generate``.
+
+Models whose head is not a plain linear layer, or whose logits the restricted path does not reproduce on a probe,
+use HFLM's path (one log line). Equivalence with ``HFLM`` (identical per-item acc / acc_norm / exact match and
+generated text, log-likelihoods within 1e-4) is tested in ``tests/test_fast_scorer.py``; ``make bench``
+(``bench/fast_scorer.py``) measures the speed ratio.
 """
 
 from __future__ import annotations
@@ -64,6 +70,17 @@ def length_batches(lengths: Sequence[int], token_budget: int, slack: float = 0.1
     return batches
 
 
+def right_padded(seqs: Sequence[Sequence[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token lists right-padded to the longest (padding id 0, mask 0)."""
+    ids = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(seqs):
+        if len(seq):
+            ids[r, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+            mask[r, : len(seq)] = 1
+    return ids, mask
+
+
 class FastHFLM(HFLM):
     """lm-eval's ``HFLM`` whose log-likelihood requests share each context's KV cache.
 
@@ -78,6 +95,10 @@ class FastHFLM(HFLM):
         self.token_budget = int(token_budget)
         self._split = split_causal_lm(self.model) if self.backend == "causal" else None
         self._checked = False
+        #: ``{task name: doc -> reference continuation}``: generate-until tasks whose solution NLL is wanted.
+        self.gold_targets: dict[str, Any] = {}
+        #: ``{prompt: (NLL of the reference solution, its tokens)}`` filled by :meth:`generate_until`.
+        self.gold_scores: dict[str, tuple[float, int]] = {}
         self._cache_kw = "past_key_values"
         if self._split is not None:
             import inspect
@@ -155,12 +176,7 @@ class FastHFLM(HFLM):
         assert self._split is not None
         body, _ = self._split
         device = self.device
-        lens = [len(grp.prefix) for grp in batch]
-        ids = torch.zeros(len(batch), max(lens), dtype=torch.long, device=device)
-        prefix_mask = torch.zeros_like(ids)
-        for g, grp in enumerate(batch):
-            ids[g, : lens[g]] = torch.tensor(grp.prefix, dtype=torch.long)
-            prefix_mask[g, : lens[g]] = 1
+        ids, prefix_mask = right_padded([grp.prefix for grp in batch], device)
         out = body(input_ids=ids, attention_mask=prefix_mask, use_cache=True)
         # the head at the last context position and every shared-continuation position, for all groups at once
         rows_idx = [g for g, grp in enumerate(batch) for _ in range(grp.n_shared + 1)]
@@ -222,12 +238,7 @@ class FastHFLM(HFLM):
                 ],
                 config=getattr(body, "config", None),
             )
-            tail_ids = torch.zeros(len(rows), tail, dtype=torch.long, device=device)
-            tail_mask = torch.zeros_like(tail_ids)
-            for r, rest in enumerate(rests):
-                if len(rest) > 1:
-                    tail_ids[r, : len(rest) - 1] = torch.tensor(rest[:-1], dtype=torch.long)
-                    tail_mask[r, : len(rest) - 1] = 1
+            tail_ids, tail_mask = right_padded([rest[:-1] for rest in rests], device)
             starts = torch.tensor([len(batch[g].prefix) for g, _ in rows], dtype=torch.long, device=device)
             positions = starts[:, None] + torch.arange(tail, device=device)[None, :]
             hidden = body(
@@ -261,7 +272,7 @@ class FastHFLM(HFLM):
         non-plain head, or when no gold target is asked for."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
-        gold = getattr(self, "gold_targets", None) or {}
+        gold = self.gold_targets
         if self._split is None or not gold or not requests or not self._plain_greedy():
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
@@ -304,22 +315,15 @@ class FastHFLM(HFLM):
         assert self._split is not None
         body, _ = self._split
         device = self.device
-        seqs = [ctx + cont[:-1] for _, _, ctx, cont, _, _ in plans]
-        width = max(len(x) for x in seqs)
-        ids = torch.zeros(len(plans), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for r, seq in enumerate(seqs):
-            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[r, : len(seq)] = 1
+        ids, mask = right_padded([ctx + cont[:-1] for _, _, ctx, cont, _, _ in plans], device)
+        width = ids.shape[1]
         out = body(input_ids=ids, attention_mask=mask, use_cache=True)
         cache = _cache_of(out)
         # the head where the solution's tokens are predicted: its NLL, and the first generated token (greedy)
         rows = [r for r, p in enumerate(plans) for _ in range(len(p[3]))]
         pos = [t for p in plans for t in range(len(p[2]) - 1, len(p[2]) + len(p[3]) - 1)]
         logprobs = self._head_logprobs(out.last_hidden_state[torch.tensor(rows), torch.tensor(pos)])
-        scores = getattr(self, "gold_scores", None)
-        if scores is None:
-            scores = self.gold_scores = {}
+        scores = self.gold_scores
         first_tokens, offset = [], 0
         for _, context, _, cont, _, _ in plans:
             lp = logprobs[offset : offset + len(cont)]
