@@ -499,9 +499,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     after = score_textual_mnist(prepared.model, dm, "test", precision, cfg)
     metrics.update({f"textual_mnist/{k}": v for k, v in after.items()})
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
-        if (
-            method == "none" and "before" in forgetting.stages
-        ):  # zero-shot: the model is unchanged, score it once
+        # zero-shot: the model is unchanged, score it once
+        if method == "none" and "before" in forgetting.stages:
             metrics.update(
                 forgetting.copy_stage("before", "after", "no training: the model is the base model")
             )
