@@ -13,11 +13,18 @@ from rigsa_lightning.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
+# Values of an optional path option (``resume``) that mean "not set", however they were typed on a command line.
+NULL_VALUES = (None, False, "", "null", "Null", "NULL", "None", "none", "false", "False")
+
+
+def is_null(value: Any) -> bool:
+    """Whether an optional option's value means "not set" (null, none, false or empty, as typed by a user)."""
+    return value in NULL_VALUES
+
+
 def _run_dir_resolver(resume: Any, default: str) -> str:
     """``hydra.run.dir``: the folder being resumed (``resume=<run folder>``) or a fresh, unique one."""
-    if resume in (None, False, "", "false", "False", "null"):
-        return default
-    return str(resume)
+    return default if is_null(resume) else str(resume)
 
 
 def register_resolvers() -> None:

@@ -82,6 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.models import load_model, resolve_model_path
 
+    from rigsa_lightning.options import check_options
+
+    check_options(cfg)  # every option's type and range before anything loads
     t0 = time.time()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

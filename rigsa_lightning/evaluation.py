@@ -24,6 +24,12 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def digits_are_single_tokens(tokenizer: Any) -> bool:
+    """Whether each digit 0-9 is one token: then greedy generation's first token, when it is a digit token, is the
+    parsed answer, and only the other examples need an actual ``generate()``."""
+    return all(len(tokenizer.encode(str(d), add_special_tokens=False)) == 1 for d in range(10))
+
+
 @torch.no_grad()
 def score_textual_mnist(
     model: torch.nn.Module,
@@ -39,7 +45,7 @@ def score_textual_mnist(
     ``gen_acc``: greedy generation parsed for the first digit (what a user sees). With ``cache_key`` (used for the
     untrained base) the result is cached on disk keyed by the model and every data option.
     """
-    from rigsa_lightning.data.textual_mnist import parse_first_digit
+    from rigsa_lightning.data.textual_mnist import answer_digit_logits, parse_first_digit
     from rigsa_lightning.head import answer_logits
 
     cache_file = None
@@ -67,9 +73,7 @@ def score_textual_mnist(
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
     max_new = int(cfg.data.get("gen_max_new_tokens", 4)) if cfg is not None else 4
     bs = int(cfg.data.get("eval_batch_size", 32)) if cfg is not None else 32
-    single_token_digits = bool(getattr(dm, "answer_token_count", 1) == 1) or all(
-        len(dm.tokenizer.encode(str(d), add_special_tokens=False)) == 1 for d in range(10)
-    )
+    single_token_digits = digits_are_single_tokens(dm.tokenizer)
     correct = total = gen_correct = 0
     need_generation: list[int] = []
     with _autocast(precision):
@@ -77,7 +81,8 @@ def score_textual_mnist(
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             # The LM head at the answer position only (full forward for models without a plain linear head).
             at_answer = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
-            pred = at_answer[:, digit_ids].argmax(-1)
+            # the same digit selection as the metric training logs (val/acc: textual_mnist_accuracy)
+            pred = answer_digit_logits(at_answer, batch["answer_pos"], dm.digit_token_ids).argmax(-1)
             correct += int((pred == batch["digit"]).sum())
             # Greedy generation's first token is the full-vocabulary argmax at the answer position: when it is a
             # digit token, the parsed answer is that digit, so only the other examples need an actual generate().

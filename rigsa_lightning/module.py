@@ -349,11 +349,9 @@ class RigsaLitModule(L.LightningModule):
 
         ``logits`` are the answer position's ``[batch, vocab]`` (as :meth:`_loss_and_logits` returns them) or a
         whole ``[batch, seq, vocab]`` tensor."""
-        if logits.dim() == 3:
-            rows = torch.arange(logits.size(0), device=logits.device)
-            logits = logits[rows, batch["answer_pos"]]
-        digit_logits = logits[:, self._digit_ids]
-        return (digit_logits.argmax(-1) == batch["digit"]).float().mean()
+        from rigsa_lightning.data.textual_mnist import textual_mnist_accuracy
+
+        return textual_mnist_accuracy(logits, batch, self.digit_token_ids)
 
     def nonfinite_tensors(self, limit: int = 3) -> list[str]:
         """``name (nan|inf)`` of up to ``limit`` trainable tensors holding NaN/Inf (only called on failure)."""

@@ -22,7 +22,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
-from rigsa_lightning.config import CONFIG_DIR, check_experiment_args  # noqa: E402
+from rigsa_lightning.config import CONFIG_DIR, check_experiment_args, is_null  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -36,7 +36,6 @@ def _peak_rss_gb() -> float:
     return peak_rss_bytes() / 1024**3
 
 
-_NULLS = (None, False, "", "null", "None", "none", "false", "False")
 # Entries of a run folder that mean "a run already lives here" (a new run never writes into such a folder).
 RUN_MARKERS = ("metrics.json", "checkpoints", "failed.json", "adapter")
 # Native image sizes of the sources whose size is known without loading them.
@@ -46,7 +45,7 @@ _NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
 def resume_folder(cfg: DictConfig | dict) -> Path | None:
     """The run folder ``resume=`` points at (None when not resuming)."""
     value = cfg.get("resume")
-    return None if value in _NULLS else Path(os.path.expanduser(str(value)))
+    return None if is_null(value) else Path(os.path.expanduser(str(value)))
 
 
 def check_resume_folder(value: Any) -> Path:
@@ -95,6 +94,9 @@ def validate_cfg(cfg: DictConfig) -> None:
     from rigsa_lightning.adapters import METHODS
     from rigsa_lightning.pruning import PruningSchedule
 
+    from rigsa_lightning.options import check_options
+
+    check_options(cfg)  # every option's type and range, unknown keys, relations between options
     method = cfg.adapter.get("method")
     if method not in METHODS:
         raise ConfigError("adapter.method", f"unknown method {method!r}", f"use one of {list(METHODS)}")
@@ -335,8 +337,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment end to end and return its metrics (also written to ``metrics.json``)."""
+def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
+    """Run one experiment end to end and return its metrics (also written to ``metrics.json``).
+
+    ``validate=False`` when the caller (:func:`run_job`) already ran :func:`validate_cfg` on this config.
+    """
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -352,7 +357,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     timings: dict[str, float] = {}
     reset_peak_rss()  # this job's own peak, also in a sequential multirun
-    validate_cfg(cfg)
+    if validate:
+        validate_cfg(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.run_dir)
@@ -628,12 +634,13 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         except SkipJob as exc:
             log.warning("skip_completed: %s", exc)
             return None
-    if cfg.get("print_config", True):
-        from rigsa_lightning.config import print_config_tree
-
-        print_config_tree(cfg)
     try:
-        metrics = train(cfg)
+        validate_cfg(cfg)  # bad input: one line, before the config tree is printed and anything loads
+        if cfg.get("print_config", True):
+            from rigsa_lightning.config import print_config_tree
+
+            print_config_tree(cfg)
+        metrics = train(cfg, validate=False)
         if metrics:
             _print_summary(metrics, run_dir)
         return metrics
@@ -775,7 +782,7 @@ def prepare_args(args: list[str]) -> list[str]:
             )
     multirun = any(a in ("-m", "--multirun") for a in args)
     resume = _arg_value(args, "resume")
-    if resume is not None and resume not in _NULLS:
+    if resume is not None and not is_null(resume):
         if multirun:
             raise ConfigError(
                 "resume", "can't be combined with a multirun (-m)", "resume one job folder at a time"

@@ -138,6 +138,40 @@ def test_answer_pos_matches_the_models_shifted_loss(tiny_model, dm) -> None:
     )
 
 
+def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
+    """What production runs: RigsaLitModule.digit_accuracy (val/acc) and score_textual_mnist (test acc) give the
+    number textual_mnist_accuracy gives on the same logits."""
+    from types import SimpleNamespace
+
+    from rigsa_lightning.evaluation import score_textual_mnist
+    from rigsa_lightning.module import RigsaLitModule
+
+    model, _ = tiny_model
+    model.eval()
+    expected = []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            expected.append((textual_mnist_accuracy(logits, batch, dm.digit_token_ids).item(), len(batch["digit"])))
+            fake = SimpleNamespace(digit_token_ids=list(dm.digit_token_ids))
+            module_acc = RigsaLitModule.digit_accuracy(fake, logits, batch)
+            assert module_acc.item() == pytest.approx(expected[-1][0])
+    overall = sum(a * n for a, n in expected) / sum(n for _, n in expected)
+    assert score_textual_mnist(model, dm, "test")["acc"] == pytest.approx(overall, abs=1e-9)
+
+
+def test_single_token_digit_check_reads_the_tokenizer(tok) -> None:
+    from rigsa_lightning.evaluation import digits_are_single_tokens
+
+    assert digits_are_single_tokens(tok)  # SmolLM2: one token per digit
+
+    class SplitDigits:
+        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+            return [1, 2] if text == "7" else [int(text)]
+
+    assert not digits_are_single_tokens(SplitDigits())
+
+
 def _char_tokenizer(digit_rewrite: str):
     """A real character-level fast tokenizer whose normaliser rewrites each digit (multi-token digits)."""
     import string
