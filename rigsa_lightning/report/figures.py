@@ -1,0 +1,422 @@
+"""Every figure of the report: forgetting vs accuracy, forgetting along training, the density sweep and the
+pruning rounds (matplotlib, imported inside the functions; PNGs written atomically)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rigsa_lightning.io import atomic_write
+from rigsa_lightning.report.jobs import NAN, _finite, _num
+from rigsa_lightning.report.table import (
+    BENCHMARKS,
+    CONTINUOUS_MEASURES,
+    GATED,
+    METHOD_LABELS,
+    METHOD_ORDER,
+    _group_sort_key,
+    _mean_std,
+    _natural_key,
+    short_metric,
+)
+
+# One colour per method in every figure (others get one of the extra colours), markers for runs and seeds.
+METHOD_COLORS: dict[str, str] = {
+    "none": "#555555",
+    "rigsa": "#1f77b4",
+    "random_mask": "#ff7f0e",
+    "lora": "#2ca02c",
+    "qlora": "#d62728",
+    "full": "#9467bd",
+}
+_EXTRA_COLORS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h"]
+# The report's figures (``<name>.png``) in the order of results.md, and their captions there.
+FIGURES = ("forgetting_vs_accuracy", "forgetting_curves", "density_sweep", "pruning_rounds")
+FIGURE_CAPTIONS: dict[str, str] = {
+    "forgetting_vs_accuracy": "Forgetting vs Textual MNIST accuracy",
+    "forgetting_curves": "Forgetting along training vs validation accuracy",
+    "density_sweep": "Accuracy and forgetting vs density",
+    "pruning_rounds": "Gate α and density per pruning round",
+}
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure atomically (temp file in the same folder, then ``os.replace``)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def _new_figure(panels: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, list[Any]]:
+    """A figure with ``panels`` axes: one row up to three panels, else two per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = panels if panels <= 3 else 2
+    nrows = math.ceil(panels / ncols)
+    width = max(width, 7.0) if panels == 1 else width
+    fig = Figure(figsize=(width * ncols + 0.4, height * nrows + 0.7), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[panels:]:
+        ax.remove()
+    for ax in axes[:panels]:
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+    return fig, axes[:panels]
+
+
+def _method_color(method: str) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
+
+
+@dataclass
+class Measure:
+    """A forgetting measure plotted on a y axis: run-row key, axis label, and how to scale it."""
+
+    key: str
+    label: str  # y-axis label (names the benchmark)
+    title: str  # panel title (metric and how to read it)
+    scale: float  # 100 for fractions shown in percentage points, 1 otherwise
+    reference: float | None  # value meaning "no forgetting" (a thin line), if any
+
+
+def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> list[Measure]:
+    """Benchmark deltas that have data; drift KL when no benchmark has any (benchmarks skipped)."""
+    out = []
+    for task, metric in tasks.items():
+        if any(_finite(r.get(f"{task}_delta", NAN)) for r in runs):
+            name = BENCHMARKS.get(task, task)
+            out.append(
+                Measure(
+                    f"{task}_delta",
+                    f"{name} Δ vs base (pp)",
+                    f"{name} {short_metric(metric)}: below 0 = forgetting",
+                    100,
+                    0,
+                )
+            )
+    for task in tasks:
+        if task not in CONTINUOUS_MEASURES:
+            continue
+        name, text = CONTINUOUS_MEASURES[task]
+        key = f"{task}_{name}_delta"
+        if any(_finite(r.get(key, NAN)) for r in runs):
+            label = BENCHMARKS.get(task, task)
+            hint = "above 0 = forgetting" if name == "gold_nll" else "below 0 = forgetting"
+            out.append(Measure(key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}", 1, 0))
+    if not out and any(_finite(r.get("drift_kl", NAN)) for r in runs):
+        out.append(
+            Measure(
+                "drift_kl",
+                "drift KL(base ‖ tuned) on fixed prompts",
+                "Drift (forgetting benchmarks skipped): higher = more drift",
+                1,
+                0,
+            )
+        )
+    return out
+
+
+def _legend_below(fig: Any, handles: list[Any], labels: list[str]) -> None:
+    """A figure-level legend under the panels, as many columns as fit the figure's width."""
+    if not handles:
+        return
+    width_px = fig.get_figwidth() * fig.dpi
+    # ~7.5 px per character at fontsize 9 and dpi 120, plus the handle and the column gap
+    entry_px = max(len(lab) for lab in labels) * 7.5 + 60
+    ncol = max(1, min(len(labels), int(width_px // entry_px)))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
+
+
+def plot_forgetting_vs_accuracy(
+    runs: list[dict[str, Any]], measures: list[Measure], path: Path, title: str
+) -> Path:
+    """One point per run: forgetting measure (y) against Textual MNIST accuracy (x), a colour per method."""
+    from matplotlib.lines import Line2D
+
+    pts = [r for r in runs if _finite(r["tm_acc"])]
+    fig, axes = _new_figure(len(measures))
+    names = sorted({(r["method"], r["name"]) for r in pts}, key=lambda mn: _group_sort_key(mn[0], mn[1], NAN))
+    marker_of: dict[tuple[str, str], str] = {}
+    per_method: dict[str, int] = {}
+    for mn in names:
+        i = per_method.get(mn[0], 0)
+        marker_of[mn] = _MARKERS[i % len(_MARKERS)]
+        per_method[mn[0]] = i + 1
+    for ax, meas in zip(axes, measures):
+        for mn in names:
+            sel = [r for r in pts if (r["method"], r["name"]) == mn and _finite(r.get(meas.key, NAN))]
+            if not sel:
+                continue
+            xs = [100 * r["tm_acc"] for r in sel]
+            ys = [meas.scale * r[meas.key] for r in sel]
+            errs = [meas.scale * r.get(f"{meas.key}_ci", NAN) for r in sel]
+            if any(_finite(e) for e in errs):  # the run's paired 95% CI over items
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[e if _finite(e) else 0.0 for e in errs],
+                    fmt="none",
+                    ecolor=_method_color(mn[0]),
+                    elinewidth=1.0,
+                    capsize=3,
+                    alpha=0.7,
+                    zorder=1,
+                )
+            ax.scatter(
+                xs,
+                ys,
+                color=_method_color(mn[0]),
+                marker=marker_of[mn],
+                s=60,
+                alpha=0.85,
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=2,
+            )
+        if meas.reference is not None:
+            ax.axhline(meas.reference, color="black", linewidth=0.8, alpha=0.5, zorder=0)
+        ax.set_xlabel("Textual MNIST test accuracy (%)")
+        ax.set_ylabel(meas.label)
+        ax.set_title(meas.title, fontsize=10)
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker=marker_of[mn],
+            color=_method_color(mn[0]),
+            markeredgecolor="black",
+            markersize=8,
+        )
+        for mn in names
+    ]
+    labels = [f"{mn[1]} ({METHOD_LABELS.get(mn[0], mn[0])})" for mn in names]
+    _legend_below(fig, handles, labels)
+    fig.suptitle(f"Forgetting vs Textual MNIST accuracy (one point per run) — {title}", fontsize=11)
+    return _save_png(fig, path)
+
+
+def plot_forgetting_curves(
+    curves: list[tuple[Any, str, Any, list[dict[str, Any]]]], path: Path, title: str
+) -> Path:
+    """One line per run: the paired change of each continuous forgetting measure (y, with its 95% item CI) at every
+    validation against the validation accuracy there (x), a colour per method: methods compared at every accuracy
+    level two of them pass through."""
+    from matplotlib.lines import Line2D
+
+    keys = sorted(
+        {k for _, _, _, pts in curves for p in pts for k in p if k.endswith(("/margin", "/gold_nll"))},
+        key=lambda k: (list(BENCHMARKS).index(k.split("/")[0]) if k.split("/")[0] in BENCHMARKS else 99, k),
+    )
+    fig, axes = _new_figure(max(1, len(keys)))
+    for ax, key in zip(axes, keys):
+        task, measure = key.split("/")
+        for method, _name, _seed, pts in curves:
+            sel = [p for p in pts if _finite(_num(p.get(key))) and _finite(_num(p.get("val_acc")))]
+            if not sel:
+                continue
+            xs = [100 * p["val_acc"] for p in sel]
+            ys = [p[key] for p in sel]
+            lo = [p[key] - p.get(f"{key}_ci_lo", p[key]) for p in sel]
+            hi = [p.get(f"{key}_ci_hi", p[key]) - p[key] for p in sel]
+            color = _method_color(str(method))
+            ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker="o", markersize=4, capsize=2, alpha=0.8)
+        ax.axhline(0, color="black", linewidth=0.8, alpha=0.5, zorder=0)
+        label = BENCHMARKS.get(task, task)
+        what = (
+            "gold margin (nats): below 0 = forgetting"
+            if measure == "margin"
+            else "gold NLL/token: above 0 = forgetting"
+        )
+        ax.set_title(f"{label} Δ {what}", fontsize=10)
+        ax.set_xlabel("validation accuracy at the point (%)")
+        ax.set_ylabel(f"{label} Δ vs base (nats)")
+    methods = sorted({str(m) for m, _, _, _ in curves}, key=lambda m: METHOD_ORDER.get(m, 99))
+    handles = [Line2D([], [], color=_method_color(m), marker="o") for m in methods]
+    _legend_below(fig, handles, [METHOD_LABELS.get(m, m) for m in methods])
+    fig.suptitle(f"Forgetting along training (one line per run, 95% item CIs) — {title}", fontsize=11)
+    return _save_png(fig, path)
+
+
+def _density_ticks(ax: Any, densities: Sequence[float]) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = sorted({round(d, 6) for d in densities if _finite(d) and d > 0})
+    if not ticks:
+        return
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
+    lo, hi = min(ticks), max(ticks)
+    ax.set_xlim(lo / 1.6, hi * 1.6)
+
+
+def plot_density_sweep(
+    runs: list[dict[str, Any]], groups: list[dict[str, Any]], measures: list[Measure], path: Path, title: str
+) -> Path:
+    """Accuracy and forgetting against adapter density (log x) for RIGSA and the random mask, mean ± std."""
+    from matplotlib.lines import Line2D
+
+    panels = [
+        Measure("tm_acc", "Textual MNIST test accuracy (%)", "Textual MNIST: higher = better", 100, None)
+    ]
+    panels += measures
+    fig, axes = _new_figure(len(panels), width=4.8)
+    gated = [r for r in runs if r["method"] in GATED and _finite(r["density"])]
+    others = [g for g in groups if g["method"] not in GATED]
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax, meas in zip(axes, panels):
+        if meas.reference is not None:
+            ax.axhline(meas.reference, color="black", linewidth=0.8, alpha=0.5, zorder=0)
+        for m_idx, method in enumerate(GATED):
+            sel = [r for r in gated if r["method"] == method and _finite(r.get(meas.key, NAN))]
+            if not sel:
+                continue
+            color = _method_color(method)
+            shift = 1.04**m_idx  # side by side at equal densities (log x)
+            ax.scatter(
+                [r["density"] * shift for r in sel],
+                [meas.scale * r[meas.key] for r in sel],
+                color=color,
+                alpha=0.35,
+                s=22,
+                linewidths=0,
+            )
+            by_density: dict[float, list[float]] = {}
+            for r in sel:
+                by_density.setdefault(round(r["density"], 6), []).append(meas.scale * r[meas.key])
+            xs = sorted(by_density)
+            stats = [_mean_std(by_density[x]) for x in xs]
+            ax.errorbar(
+                [x * shift for x in xs],
+                [s[0] for s in stats],
+                yerr=[s[1] if _finite(s[1]) else 0.0 for s in stats],
+                color=color,
+                marker="o",
+                markersize=6,
+                linewidth=1.8,
+                capsize=3,
+            )
+            label = f"{METHOD_LABELS.get(method, method)} (mean ± std over seeds)"
+            if label not in labels:
+                handles.append(Line2D([], [], color=color, marker="o", linewidth=1.8))
+                labels.append(label)
+        for i, g in enumerate(others):
+            value = g.get(f"{meas.key}_mean", NAN)
+            if not _finite(value):
+                continue
+            style = ["--", ":", "-."][i % 3]
+            ax.axhline(meas.scale * value, color=_method_color(g["method"]), linestyle=style, linewidth=1.2)
+            label = f"{g['name']} (mean over seeds)"
+            if label not in labels:
+                handles.append(
+                    Line2D([], [], color=_method_color(g["method"]), linestyle=style, linewidth=1.2)
+                )
+                labels.append(label)
+        _density_ticks(ax, [r["density"] for r in gated])
+        ax.set_xlabel("adapter density (kept ΔW entries, log scale)")
+        ax.set_ylabel(meas.label)
+        ax.set_title(meas.title, fontsize=10)
+    _legend_below(fig, handles, labels)
+    fig.suptitle(f"Accuracy and forgetting vs adapter density — {title}", fontsize=11)
+    return _save_png(fig, path)
+
+
+_ROUND_PANELS: dict[str, tuple[str, str]] = {
+    "alpha_mean": ("mean gate α", "Gate α (mean over adapted matrices)"),
+    "density": ("adapter density after the round", "Density of the mask"),
+    "sign_stable_fraction": ("fraction of alive entries", "Entries whose sign is stable"),
+    "overlap_prev": ("overlap with previous mask", "Mask overlap with the previous round"),
+}
+
+
+def _series(hist: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, h in enumerate(hist):
+        y = _num(h.get(key))
+        if not _finite(y):
+            continue
+        x = _num(h.get("round"))
+        xs.append(x if _finite(x) else float(i + 1))
+        ys.append(y)
+    return xs, ys
+
+
+def plot_pruning_rounds(
+    histories: list[tuple[str, int, list[dict[str, Any]]]], path: Path, title: str
+) -> Path:
+    """Gate α and density (and sign stability/overlap when logged) per IMP round; one line per run.
+
+    ``histories`` holds ``(experiment name, seed index, prune/history)``: a colour per experiment, a marker and
+    line style per seed.
+    """
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    keys = ["alpha_mean", "density"]
+    keys += [
+        k for k in ("sign_stable_fraction", "overlap_prev") if any(_series(h, k)[0] for _, _, h in histories)
+    ]
+    fig, axes = _new_figure(len(keys), width=4.6)
+    names = sorted({n for n, _, _ in histories}, key=_natural_key)
+    cmap = colormaps["tab10"]
+    color_of = {n: cmap(i % 10) for i, n in enumerate(names)}
+    styles = ["-", "--", ":", "-."]
+    rounds = sorted({x for _, _, h in histories for k in keys for x in _series(h, k)[0]})
+    n_seeds = max((s for _, s, _ in histories), default=0) + 1
+    for ax, key in zip(axes, keys):
+        values: list[float] = []
+        for name, seed_idx, hist in histories:
+            xs, ys = _series(hist, key)
+            if not xs:
+                continue
+            values += ys
+            jitter = 0.06 * (seed_idx - (n_seeds - 1) / 2)  # seeds with equal values stay visible
+            ax.plot(
+                [x + jitter for x in xs],
+                ys,
+                color=color_of[name],
+                linestyle=styles[seed_idx % len(styles)],
+                marker=_MARKERS[seed_idx % len(_MARKERS)],
+                linewidth=1.6,
+                markersize=6,
+                alpha=0.9,
+            )
+        ylabel, panel_title = _ROUND_PANELS[key]
+        if key in ("density", "alpha_mean") and values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+            ylabel += " (log scale)"
+        if key in ("density", "sign_stable_fraction", "overlap_prev"):
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        if rounds:
+            ax.xaxis.set_major_locator(FixedLocator(rounds))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+        ax.set_xlabel("pruning round")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=10)
+        if not values:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    handles = [Line2D([], [], color=color_of[n], linewidth=2.5) for n in names]
+    labels = list(names)
+    for s in range(n_seeds):
+        handles.append(
+            Line2D(
+                [], [], color="black", linestyle=styles[s % len(styles)], marker=_MARKERS[s % len(_MARKERS)]
+            )
+        )
+        labels.append(f"seed #{s + 1}")
+    _legend_below(fig, handles, labels)
+    fig.suptitle(f"Iterative magnitude pruning, per round (one line per run) — {title}", fontsize=11)
+    return _save_png(fig, path)

@@ -1,0 +1,201 @@
+"""Finding and reading a sweep's job folders (``metrics.json``, ``failed.json``, ``.hydra/``, the last log line)
+and the sweep's own ``multirun.yaml`` (its command line and grid)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NAN = float("nan")
+_SKIP_DIRS = {"wandb", "checkpoints", "adapter", "csv", "lightning_logs", "__pycache__"}
+_MAX_DEPTH = 4
+
+
+# --------------------------------------------------------------------------------------------------- job discovery
+@dataclass
+class Job:
+    """One job folder of the sweep and what it left behind."""
+
+    path: Path
+    rel: str
+    status: str  # completed | failed | incomplete
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def _is_job_dir(path: Path) -> bool:
+    return (path / "metrics.json").is_file() or (path / "failed.json").is_file() or (path / ".hydra").is_dir()
+
+
+def find_job_dirs(folder: Path) -> list[Path]:
+    """Job folders under ``folder`` (or ``folder`` itself when it is a single run), sorted by job number."""
+    if _is_job_dir(folder):
+        return [folder]
+    found: list[Path] = []
+
+    def walk(path: Path, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        try:
+            children = sorted(p for p in path.iterdir() if p.is_dir())
+        except OSError:
+            return
+        for child in children:
+            if child.name.startswith(".") or child.name in _SKIP_DIRS:
+                continue
+            if _is_job_dir(child):
+                found.append(child)
+            else:
+                walk(child, depth + 1)
+
+    walk(folder, 1)
+
+    def job_key(p: Path) -> tuple[Any, ...]:
+        rel = p.relative_to(folder)
+        m = re.match(r"(\d+)_", p.name)
+        return (str(rel.parent), int(m.group(1)) if m else 10**9, p.name)
+
+    return sorted(found, key=job_key)
+
+
+def _load_json(path: Path) -> Any:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _load_yaml(path: Path) -> Any:
+    """A YAML file as plain containers, interpolations resolved where possible (None when unreadable)."""
+    from omegaconf import OmegaConf
+
+    try:
+        conf = OmegaConf.load(path)
+    except Exception:  # noqa: BLE001 - a broken file only loses optional information
+        return None
+    try:
+        return OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} interpolations outside a Hydra app
+        return OmegaConf.to_container(conf, resolve=False)
+
+
+def _last_log_line(path: Path) -> str:
+    logs = sorted(path.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return ""
+    try:
+        lines = [ln.strip() for ln in logs[-1].read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def load_job(path: Path, root: Path) -> Job:
+    """Read one job folder: completed (``metrics.json``), failed (``failed.json``) or incomplete (neither)."""
+    rel = "." if path == root else str(path.relative_to(root))
+    config = (
+        _load_yaml(path / ".hydra" / "config.yaml") if (path / ".hydra" / "config.yaml").is_file() else None
+    )
+    overrides = (
+        _load_yaml(path / ".hydra" / "overrides.yaml")
+        if (path / ".hydra" / "overrides.yaml").is_file()
+        else None
+    )
+    job = Job(
+        path=path,
+        rel=rel,
+        status="incomplete",
+        config=config if isinstance(config, dict) else {},
+        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+    )
+    metrics_file, failed_file = path / "metrics.json", path / "failed.json"
+    metrics: Any = None
+    metrics_error = ""
+    if metrics_file.is_file():
+        try:
+            metrics = _load_json(metrics_file)
+            if not isinstance(metrics, dict):
+                metrics_error = "metrics.json is not a JSON object"
+                metrics = None
+        except (OSError, ValueError) as exc:
+            metrics_error = f"unreadable metrics.json ({type(exc).__name__}: {exc})"
+    completed = metrics is not None and metrics.get("status", "completed") == "completed"
+    # A failed.json newer than metrics.json (e.g. a resumed run that then crashed) wins.
+    if completed and failed_file.is_file() and failed_file.stat().st_mtime > metrics_file.stat().st_mtime:
+        completed = False
+    if completed:
+        job.status, job.metrics = "completed", metrics
+        return job
+    if failed_file.is_file():
+        job.status = "failed"
+        try:
+            info = _load_json(failed_file)
+            job.error = str(info.get("error", "")) if isinstance(info, dict) else str(info)
+        except (OSError, ValueError) as exc:
+            job.error = f"unreadable failed.json ({type(exc).__name__})"
+        return job
+    if (path / "FAILED").is_file():
+        job.status = "failed"
+        job.error = (path / "FAILED").read_text(errors="replace").strip()
+        return job
+    if metrics_error:
+        job.status, job.error = "failed", metrics_error
+        return job
+    if metrics is not None:
+        job.error = f"metrics.json has status {metrics.get('status')!r} (not completed)"
+        return job
+    last = _last_log_line(path)
+    job.error = "no metrics.json or failed.json (still running, killed or crashed hard)"
+    if last:
+        job.error += f"; last log line: {last}"
+    return job
+
+
+# ------------------------------------------------------------------------------------------ values in job files
+def _num(value: Any) -> float:
+    """A finite float or NaN (strings such as "nan" or "N/A", None, lists → NaN)."""
+    if isinstance(value, bool) or value is None:
+        return NAN
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return NAN
+    return out if math.isfinite(out) else NAN
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite int or float."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _cfg_get(cfg: dict[str, Any], dotted: str) -> Any:
+    """``cfg[a][b][c]`` for ``dotted="a.b.c"``, None where a key is missing."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# ------------------------------------------------------------------------------------- the sweep's multirun.yaml
+def _sweep_command(folder: Path) -> str | None:
+    """The command line of the sweep, from Hydra's ``multirun.yaml`` (None when absent)."""
+    data = _load_yaml(folder / "multirun.yaml") if (folder / "multirun.yaml").is_file() else None
+    overrides = _cfg_get(data, "hydra.overrides.task") if isinstance(data, dict) else None
+    if not isinstance(overrides, list):
+        return None
+    return "python -m rigsa_lightning.train -m " + " ".join(str(o) for o in overrides)
+
+
+def _sweep_grid(folder: Path) -> str | None:
+    """The sweep's grid (``hydra.sweeper.params`` of ``multirun.yaml``) as Markdown (None when absent)."""
+    data = _load_yaml(folder / "multirun.yaml") if (folder / "multirun.yaml").is_file() else None
+    params = _cfg_get(data, "hydra.sweeper.params") if isinstance(data, dict) else None
+    if not isinstance(params, dict) or not params:
+        return None
+    return ", ".join(f"`{k}`: {v}" for k, v in params.items())
