@@ -81,7 +81,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from rigsa_lightning.evaluation import score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.models import load_model, resolve_model_path
-
     from rigsa_lightning.options import check_options
 
     check_options(cfg)  # every option's type and range before anything loads

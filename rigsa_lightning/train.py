@@ -92,9 +92,8 @@ def validate_cfg(cfg: DictConfig) -> None:
     import torch
 
     from rigsa_lightning.adapters import METHODS
-    from rigsa_lightning.pruning import PruningSchedule
-
     from rigsa_lightning.options import check_options
+    from rigsa_lightning.pruning import PruningSchedule
 
     check_options(cfg)  # every option's type and range, unknown keys, relations between options
     method = cfg.adapter.get("method")

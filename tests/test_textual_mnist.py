@@ -151,8 +151,12 @@ def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
     expected = []
     with torch.no_grad():
         for batch in dm.test_dataloader():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            expected.append((textual_mnist_accuracy(logits, batch, dm.digit_token_ids).item(), len(batch["digit"])))
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+            expected.append(
+                (textual_mnist_accuracy(logits, batch, dm.digit_token_ids).item(), len(batch["digit"]))
+            )
             fake = SimpleNamespace(digit_token_ids=list(dm.digit_token_ids))
             module_acc = RigsaLitModule.digit_accuracy(fake, logits, batch)
             assert module_acc.item() == pytest.approx(expected[-1][0])
