@@ -89,9 +89,15 @@ class Option:
             return self.low == 1 and not self.open_low
         return self.low == 0 and self.open_low
 
+    def _interval(self) -> str:
+        """``[low, high)`` style interval of a two-sided range."""
+        return f"{'(' if self.open_low else '['}{_fmt(self.low)}, {_fmt(self.high)}{')' if self.open_high else ']'}"
+
     def _range_text(self) -> str:
         if self._positive():
             return " positive"
+        if self.low is not None and self.high is not None:
+            return f" in {self._interval()}"
         parts = []
         if self.low is not None:
             parts.append(f"{'>' if self.open_low else '>='} {_fmt(self.low)}")
@@ -100,7 +106,7 @@ class Option:
         return (" " + " and ".join(parts)) if parts else ""
 
     def problem(self, value: Any) -> str | None:
-        """Why ``value`` is not allowed (None when it is)."""
+        """Why ``value`` is not allowed, as the problem part of the one-line error (None when it is allowed)."""
         if value is None:
             return None if self.null or self.kind == "any" else "must not be null"
         check = getattr(self, f"_check_{self.kind}")
@@ -110,24 +116,26 @@ class Option:
         return None
 
     def _check_bool(self, value: Any) -> str | None:
-        return None if isinstance(value, bool) else "must be true or false"
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
 
     def _check_str(self, value: Any) -> str | None:
-        return None if isinstance(value, str) else "must be a string"
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
 
     def _check_choice(self, value: Any) -> str | None:
-        return None if value in self.choices and type(value) is not bool else "unknown value"
+        return None if value in self.choices and type(value) is not bool else f"unknown value {value!r}"
 
     def _check_int(self, value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int):
-            return "must be an integer"
+            return f"must be an integer, got {value!r}"
         return self._check_range(value)
 
     def _check_float(self, value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "must be a number"
+            return f"must be a number, got {value!r}"
         if math.isnan(value):
-            return "must be a number, not nan"
+            return (
+                "nan is outside " + self._interval() if self.high is not None else "must be a number, not nan"
+            )
         return self._check_range(value)
 
     _check_number = _check_float
@@ -135,21 +143,25 @@ class Option:
     def _check_range(self, value: float) -> str | None:
         too_low = self.low is not None and (value <= self.low if self.open_low else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.open_high else value > self.high)
-        return f"must be{self._range_text()}" if too_low or too_high else None
+        if not (too_low or too_high):
+            return None
+        if self.low is not None and self.high is not None:
+            return f"{_fmt(value)} is outside {self._interval()}"
+        return f"must be{self._range_text()}, got {_fmt(value)}"
 
     def _check_str_list(self, value: Any) -> str | None:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            return "must be a list of strings"
+            return f"must be a list of strings, got {value!r}"
         return None
 
     def _check_float_list(self, value: Any) -> str | None:
         if not isinstance(value, (list, tuple)):
-            return "must be a list"
+            return f"must be a list, got {value!r}"
         if self.length is not None and len(value) != self.length:
-            return f"must have {self.length} entries"
+            return f"must have {self.length} entries, got {list(value)!r}"
         for v in value:
             if self._check_float(v):
-                return f"entries must be numbers{self._range_text()}"
+                return f"entries must be numbers{self._range_text()}, got {list(value)!r}"
         return None
 
     def _check_per_task(self, value: Any) -> str | None:
@@ -157,14 +169,18 @@ class Option:
             for task, v in value.items():
                 if task not in TASKS:
                     return f"names no benchmark ({task!r})"
-                if v is not None and self._check_int(v):
-                    return f"{task}: {self._check_int(v)}"
+                problem = None if v is None else self._check_int(v)
+                if problem:
+                    return f"{task}: {problem}"
             return None
         return self._check_int(value)
 
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+def _fmt(x: Any) -> str:
+    """A bound or value as a user typed it (2, 0.5, 1e-06)."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x)) if not isinstance(x, bool) else repr(x)
+    return repr(x)
 
 
 def _int(
@@ -426,10 +442,6 @@ def check_value(key: str, value: Any) -> None:
     problem = option.problem(value)
     if problem is None:
         return
-    if problem == "unknown value":
-        problem = f"unknown value {value!r}"
-    elif problem != "must not be null":
-        problem = f"{problem}, got {value!r}"
     fix = f"{option.meaning}: use {option.expectation()}"
     if option.example is not None:
         fix += f", e.g. {key}={option.example}"
