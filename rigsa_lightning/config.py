@@ -22,6 +22,18 @@ def is_null(value: Any) -> bool:
     return value in NULL_VALUES
 
 
+# Names of credentials: an option whose last dotted component is one of them or ends with ``_<name>``
+# (``logger.api_key``, ``wandb_api_key``, ``hf_token``; not ``token_budget`` or ``max_new_tokens``) is refused on the
+# command line (it would be written to .hydra/config.yaml) and never sent to W&B.
+SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+
+
+def is_secret(key: str) -> bool:
+    """Whether the option ``key`` (dotted) names a credential."""
+    last = key.rsplit(".", 1)[-1].lower()
+    return any(last == word or last.endswith("_" + word) for word in SECRET_WORDS)
+
+
 def _run_dir_resolver(resume: Any, default: str) -> str:
     """``hydra.run.dir``: the folder being resumed (``resume=<run folder>``) or a fresh, unique one."""
     return default if is_null(resume) else str(resume)

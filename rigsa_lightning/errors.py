@@ -22,9 +22,3 @@ class ConfigError(ValueError):
     def one_line(self) -> str:
         """The message as printed to the user: `error: <option>: <problem> -> <fix>`."""
         return "error: " + str(self).replace("\n", " ")
-
-
-def require(condition: bool, option: str, problem: str, fix: str | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(option, problem, fix)

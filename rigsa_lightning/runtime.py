@@ -75,3 +75,59 @@ def rss_bytes() -> int:
         return _status_kb("VmRSS") * 1024
     except OSError:
         return 0
+
+
+# --------------------------------------------------------------------------------------------------- console
+# Messages that advertise other products (Lightning's "💡 Tip: ... try installing litlogger/litmodels").
+_ADVERT_MARKERS = ("💡 Tip", "litlogger", "litmodels")
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
+
+
+class _DropAdverts:
+    """Logging filter: drop third-party adverts everywhere (console and log file)."""
+
+    def filter(self, record: object) -> bool:  # noqa: D102 - logging.Filter protocol
+        message = str(getattr(record, "msg", ""))
+        return not any(marker in message for marker in _ADVERT_MARKERS)
+
+
+class _ConsoleOnlyOwn:
+    """Console filter: third-party warnings (``py.warnings``) go to the run's log file only."""
+
+    def filter(self, record: object) -> bool:  # noqa: D102 - logging.Filter protocol
+        return getattr(record, "name", "") != "py.warnings"
+
+
+def quiet_console() -> None:
+    """What a user sees, once: every Lightning line through the one (Hydra) log format instead of twice (Lightning
+    attaches its own console handler), no adverts, third-party warnings and loading bars only in the log file.
+
+    Call after logging is configured (Hydra does it before the task function) and before training starts;
+    idempotent. Without any root handler (a library call, a test) Lightning's own handlers are left alone.
+    """
+    import logging
+
+    import lightning  # noqa: F401 - its import attaches the console handlers this removes
+
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in _LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    logging.captureWarnings(True)
+    for handler in root.handlers:
+        if not any(isinstance(f, _DropAdverts) for f in handler.filters):
+            handler.addFilter(_DropAdverts())
+        if not isinstance(handler, logging.FileHandler) and not any(
+            isinstance(f, _ConsoleOnlyOwn) for f in handler.filters
+        ):
+            handler.addFilter(_ConsoleOnlyOwn())
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights: 100%|...|" at every model load
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass

@@ -61,8 +61,9 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
             out[prefix] = value
 
     walk("", {k: v for k, v in container.items() if k != "hydra"})
-    secret = ("api_key", "apikey", "token", "secret", "password")
-    return {k: v for k, v in out.items() if not any(w in k.lower().rsplit(".", 1)[-1] for w in secret)}
+    from rigsa_lightning.config import is_secret
+
+    return {k: v for k, v in out.items() if not is_secret(k)}
 
 
 def run_tags(cfg: DictConfig) -> list[str]:

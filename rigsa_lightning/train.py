@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.runtime import configure_offline_environment, reset_peak_rss
+from rigsa_lightning.runtime import configure_offline_environment, quiet_console, reset_peak_rss
 
 configure_offline_environment()  # before datasets/transformers/lm_eval are imported anywhere
 
@@ -22,7 +22,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
-from rigsa_lightning.config import CONFIG_DIR, check_experiment_args, is_null  # noqa: E402
+from rigsa_lightning.config import CONFIG_DIR, check_experiment_args, is_null, is_secret  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -635,6 +635,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
             return None
     try:
         validate_cfg(cfg)  # bad input: one line, before the config tree is printed and anything loads
+        quiet_console()  # every line once, no adverts; third-party warnings in the run's log file only
         if cfg.get("print_config", True):
             from rigsa_lightning.config import print_config_tree
 
@@ -644,7 +645,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
             _print_summary(metrics, run_dir)
         return metrics
     except NonFiniteError as exc:
-        finish_wandb()
         last = run_dir / "checkpoints" / "last.ckpt"
         kept = str(last) if last.is_file() else None
         msg = str(exc)
@@ -665,7 +665,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
             print("no checkpoint had been written yet (the first epoch did not end)", file=sys.stderr)
         sys.exit(1)
     except ConfigError as exc:
-        finish_wandb()
         if multirun:
             atomic_write_json(run_dir / "failed.json", {"status": "failed", "error": exc.one_line()})
             log.error("%s (job folder %s)", exc.one_line(), run_dir)
@@ -674,7 +673,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
         print(exc.one_line(), file=sys.stderr)
         sys.exit(2)
     except BaseException as exc:  # noqa: BLE001 - logged with the run folder, then re-raised or recorded
-        finish_wandb()
         msg = f"{type(exc).__name__}: {exc}"
         log.exception("run failed (run folder %s): %s", run_dir, msg)
         if run_dir.is_dir():
@@ -684,7 +682,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
             return None
         raise
     finally:
-        finish_wandb()
+        finish_wandb()  # the one place: every path out of the job (also sys.exit) passes here
 
 
 class SkipJob(Exception):
@@ -755,10 +753,6 @@ def _arg_value(args: list[str], key: str) -> str | None:
     return value
 
 
-# Override names that carry credentials: they would be written to .hydra/config.yaml, the W&B config and logs.
-SECRET_KEYS = ("api_key", "apikey", "wandb_api_key", "token", "hf_token", "secret", "password")
-
-
 def prepare_args(args: list[str]) -> list[str]:
     """Check the command line before Hydra creates or touches any folder; return the arguments to run with.
 
@@ -773,7 +767,7 @@ def prepare_args(args: list[str]) -> list[str]:
     check_experiment_args(args)
     for arg in args:
         key = _override_key(arg)
-        if "=" in arg and key.rsplit(".", 1)[-1].lower() in SECRET_KEYS:
+        if "=" in arg and is_secret(key):
             raise ConfigError(
                 key,
                 "credentials must not be passed as config overrides (they would be written to .hydra/config.yaml)",

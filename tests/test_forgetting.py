@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.forgetting import ForgettingEvaluator, benchmarks, evaluate_model, items
+from rigsa_lightning.forgetting import ForgettingEvaluator, benchmarks, items
 from rigsa_lightning.forgetting.drift import DriftProbe
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS
 
@@ -275,11 +275,16 @@ def test_summary_delta_and_forgetting_json(tiny_model, tmp_path):
     assert doc["drift"]["answers"] and "proxy" in doc["drift"]["note"]
 
 
-def test_evaluate_model_helper(tiny_model, tmp_path):
+def test_evaluator_scores_one_model_without_training(tiny_model, tmp_path):
+    """What the evaluate command does with an untouched model: preflight, one stage, summary, forgetting.json."""
     model, tok = tiny_model
-    out = evaluate_model(
-        model, tok, make_cfg(tasks=["piqa"]), "tiny", tmp_path / "cache", tmp_path / "out", stage="before"
+    evaluator = ForgettingEvaluator(
+        make_cfg(tasks=["piqa"]), tok, "tiny", tmp_path / "cache", tmp_path / "out"
     )
+    evaluator.preflight()
+    evaluator.evaluate(model, "before")
+    out = evaluator.summary()
+    evaluator.write(str(tmp_path / "out"))
     assert set(out) == {
         "forget/piqa/acc/before",
         "forget/piqa/acc_norm/before",

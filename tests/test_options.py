@@ -170,3 +170,26 @@ def test_resume_none_composes_a_fresh_run_dir(tmp_path: Path) -> None:
         cfg = compose(config_name="train", overrides=["resume=none"], return_hydra_config=True)
     run_dir = str(cfg.hydra.run.dir)
     assert "/runs/" in run_dir and not run_dir.endswith("none"), run_dir
+
+
+def test_secret_names_one_list_for_cli_and_wandb() -> None:
+    """One list decides both what the command line refuses and what W&B never receives; options that merely
+    mention tokens (eval.token_budget, eval.drift.max_new_tokens) are not credentials."""
+    from rigsa_lightning.config import is_secret
+    from rigsa_lightning.tracking import flat_config
+
+    for key in ("logger.api_key", "wandb_api_key", "hf_token", "token", "db.password", "client_secret"):
+        assert is_secret(key), key
+    for key in (
+        "eval.token_budget",
+        "eval.drift.max_new_tokens",
+        "data.gen_max_new_tokens",
+        "model.tiny.seed",
+    ):
+        assert not is_secret(key), key
+    from omegaconf import OmegaConf
+
+    tree = {"eval": {"token_budget": 2048, "drift": {"max_new_tokens": 32}}, "logger": {"api_key": "x"}}
+    flat = flat_config(OmegaConf.create(tree))
+    assert flat.get("eval.token_budget") == 2048 and flat.get("eval.drift.max_new_tokens") == 32
+    assert "logger.api_key" not in flat

@@ -51,6 +51,13 @@ def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
     assert "forget/drift/kl/after" in metrics
     assert re.search(r"^adapter\s+: .*adapter$", res.stdout, re.M), res.stdout[-2000:]
     assert re.search(r"^metrics\s+: .*metrics\.json$", res.stdout, re.M)
+    # what a user sees: every line once (Lightning's own console handler removed), no adverts for other products,
+    # third-party warnings and model-loading bars kept out of the console (warnings go to the run's log file)
+    console = res.stdout + res.stderr
+    assert console.count("Seed set to 42") == 1, console[-3000:]
+    assert "💡" not in console and "litlogger" not in console and "litmodels" not in console, console[-3000:]
+    assert "Loading weights" not in console and "deprecated" not in console.lower(), console[-3000:]
+    assert "Seed set to 42" in (run_dir / "train.log").read_text()
 
 
 def test_bad_sparsity_is_one_line_and_writes_nothing(tmp_path: Path) -> None:

@@ -156,20 +156,6 @@ def fix_bnb_cpu(model: nn.Module) -> int:
     return count
 
 
-def param_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes held by the model's parameters and buffers, by dtype (``"total"`` included; shared tensors once)."""
-    seen: set[int] = set()
-    out: dict[str, int] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        key = str(tensor.dtype).replace("torch.", "")
-        out[key] = out.get(key, 0) + tensor.numel() * tensor.element_size()
-    out["total"] = sum(out.values())
-    return out
-
-
 def prepare_kbit_model(
     model: nn.Module, gradient_checkpointing: bool = False, upcast: bool = False
 ) -> nn.Module:

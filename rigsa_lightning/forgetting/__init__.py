@@ -36,7 +36,7 @@ from rigsa_lightning.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgettingEvaluator", "DriftProbe", "check_eval_cfg", "evaluate_model"]
+__all__ = ["ForgettingEvaluator", "DriftProbe", "check_eval_cfg"]
 
 _CACHE_FORMAT = 2
 
@@ -654,29 +654,3 @@ def check_eval_cfg(eval_cfg: Any) -> None:
             check_eval_cfg({**curve, "curve": None})
         except ConfigError as exc:  # name the curve's own option
             raise ConfigError(exc.option.replace("eval.", "eval.curve.", 1), exc.problem, exc.fix) from exc
-
-
-def evaluate_model(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    eval_cfg: Any,
-    model_key: str,
-    cache_dir: str | os.PathLike | None,
-    out_dir: str | os.PathLike | None,
-    stage: str = "eval",
-    base_model: torch.nn.Module | None = None,
-) -> dict[str, Any]:
-    """Score one model on the forgetting tasks without training (``python -m rigsa_lightning.evaluate``).
-
-    Use ``stage="before"`` when ``model`` is the untouched base model (fills the ``before`` and drift caches that
-    training runs reuse). For a tuned model (base + adapter, merged) pass ``base_model`` to get the drift numbers,
-    or they are reported only if the base answers are already cached for ``model_key``. Returns
-    :meth:`ForgettingEvaluator.summary` (flat ``forget/.../<stage>`` metrics + ``skipped``) and writes
-    ``<out_dir>/forgetting.json``.
-    """
-    evaluator = ForgettingEvaluator(eval_cfg, tokenizer, model_key, cache_dir, out_dir)
-    evaluator.preflight()
-    if base_model is not None and evaluator.drift is not None and stage != "before":
-        evaluator.drift.reference(base_model)
-    evaluator.evaluate(model, stage)
-    return evaluator.summary()
