@@ -100,7 +100,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     key = model_key(cfg.model, path)
     model, tok = load_model(cfg.model, cache_dir)
     model.eval()
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    from rigsa_lightning.train import resolve_auto_precision
+
+    precision = resolve_auto_precision(cfg)
     metrics: dict[str, Any] = {"model": str(cfg.model.name_or_path), "adapter_path": str(adapter_path or "")}
 
     dm = None

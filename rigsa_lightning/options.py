@@ -324,7 +324,9 @@ OPTIONS: dict[str, Option] = {
     "adapter.dropout": _float("LoRA dropout", 0, 1, open_high=True),
     "adapter.quant.type": _choice("4-bit data type of the frozen base", "nf4", "fp4"),
     "adapter.quant.double_quant": _bool("quantise the per-block scales too"),
-    "adapter.quant.compute_dtype": _choice("dtype of the dequantised matmuls", "bfloat16", "float32", "float16"),
+    "adapter.quant.compute_dtype": _choice(
+        "dtype of the dequantised matmuls", "auto", "bfloat16", "float32", "float16"
+    ),
     "adapter.quant.storage_dtype": _choice("container dtype of the packed 4-bit weights",
                                            "uint8", "float32", "bfloat16", "float16"),
     "adapter.cpu_avx512bf16_fix": _bool("keep bitsandbytes' CPU inference repacking off (keep true)"),
@@ -351,7 +353,7 @@ OPTIONS: dict[str, Option] = {
     "trainer.accelerator": _str("Lightning accelerator (cpu, gpu, auto)"),
     "trainer.devices": Option("any", "Lightning devices (a count, a list or auto)"),
     "trainer.strategy": Option("any", "Lightning strategy (auto, ddp, fsdp, ...)"),
-    "trainer.precision": Option("any", "Lightning precision (bf16-mixed, 32-true, ...)"),
+    "trainer.precision": Option("any", "Lightning precision (auto, bf16-mixed, 32-true, ...)"),
     "trainer.max_epochs": _int("epochs (null: from the pruning schedule)", 1, null=True),
     "trainer.max_steps": _int("step limit (-1: none)", -1),
     "trainer.limit_train_batches": Option("number", "batches per training epoch (int) or fraction", low=0,

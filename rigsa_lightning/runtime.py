@@ -131,3 +131,56 @@ def quiet_console() -> None:
         hf_logging.disable_progress_bar()  # "Loading weights: 100%|...|" at every model load
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
+
+
+# --------------------------------------------------------------------------------------------------- precision
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of this machine (``/proc/cpuinfo``; empty where it is missing)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(accelerator: str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively: a GPU that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16.
+
+    Without them torch emulates bf16 on the CPU: measured on a 2-core AVX2-only EPYC, one 8x105-token training step
+    of SmolLM2-135M took 185 s under bf16 autocast against 8 s in fp32 (1 thread).
+    """
+    if accelerator in ("gpu", "cuda", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            return bool(torch.cuda.is_bf16_supported())
+        if accelerator != "auto":
+            return False
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, accelerator: str = "cpu") -> str:
+    """``trainer.precision=auto``: ``bf16-mixed`` where bf16 is native (:func:`native_bf16`), else ``32-true``
+    (``16-mixed`` on a GPU without bf16). Any other value is returned as it is."""
+    if str(precision) != "auto":
+        return str(precision)
+    if native_bf16(accelerator):
+        return "bf16-mixed"
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available())
+    return "16-mixed" if gpu else "32-true"
+
+
+def resolve_compute_dtype(dtype: str, accelerator: str = "cpu") -> str:
+    """``adapter.quant.compute_dtype=auto``: ``bfloat16`` (QLoRA's) where bf16 is native, else ``float32``."""
+    if str(dtype) != "auto":
+        return str(dtype)
+    return "bfloat16" if native_bf16(accelerator) else "float32"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

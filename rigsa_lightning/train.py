@@ -136,6 +136,22 @@ def validate_cfg(cfg: DictConfig) -> None:
         )
 
 
+def resolve_auto_precision(cfg: DictConfig) -> str:
+    """Replace ``trainer.precision=auto`` by what this machine runs fast (bf16-mixed only where bf16 is native,
+    :func:`rigsa_lightning.runtime.resolve_precision`); return the precision in use."""
+    from omegaconf import open_dict
+
+    from rigsa_lightning.runtime import resolve_precision
+
+    given = str(cfg.trainer.get("precision", "32-true"))
+    resolved = resolve_precision(given, str(cfg.trainer.get("accelerator", "cpu")))
+    if resolved != given:
+        with open_dict(cfg):
+            cfg.trainer.precision = resolved
+        log.info("trainer.precision=auto -> %s on this machine", resolved)
+    return resolved
+
+
 def _check_storage_early(cfg: DictConfig) -> None:
     """``adapter.storage`` / ``adapter.sparse_grad`` values, and sparse storage only without a multi-process
     strategy (RigsaLitModule.resolve_storage checks the live strategy again)."""
@@ -358,6 +374,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     reset_peak_rss()  # this job's own peak, also in a sequential multirun
     if validate:
         validate_cfg(cfg)
+    resolve_auto_precision(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.paths.run_dir)
@@ -423,6 +440,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
         "name": cfg.name,
         "seed": int(cfg.seed),
         "run_dir": str(run_dir),
+        "trainer/precision": precision,
     }
     base = score_textual_mnist(prepared.model, dm, "test", precision, cfg, cache_key=prepared.model_key)
     metrics.update({f"textual_mnist/zero_shot_{k}": v for k, v in base.items()})

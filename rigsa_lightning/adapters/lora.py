@@ -92,7 +92,9 @@ def bnb_config(adapter_cfg: Any) -> Any:
         raise ConfigError(
             "adapter.quant.type", f"unknown 4-bit type {qtype!r}", f"use one of {list(QUANT_TYPES)}"
         )
-    compute = str(_get(quant, "compute_dtype", "bfloat16"))
+    from rigsa_lightning.runtime import resolve_compute_dtype
+
+    compute = resolve_compute_dtype(str(_get(quant, "compute_dtype", "auto")), "auto")
     if compute not in COMPUTE_DTYPES:
         raise ConfigError(
             "adapter.quant.compute_dtype",
