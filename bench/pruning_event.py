@@ -155,7 +155,7 @@ def _lean(adapters: dict[str, Any], scope: str, density: float, chunks: int = 8)
     """
     import torch
 
-    from rigsa_lightning.adapters.gated_sparse import float_mask
+    from rigsa_lightning.adapters.chunks import float_mask
     from rigsa_lightning.pruning import _masked_bits, _radix_threshold, _select, count_true, sign_stable
 
     names = list(adapters)

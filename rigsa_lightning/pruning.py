@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rigsa_lightning.adapters.gated_sparse import default_chunk_entries, float_mask, row_chunks
+from rigsa_lightning.adapters.chunks import default_chunk_entries, float_mask, row_chunks
 from rigsa_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
