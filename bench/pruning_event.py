@@ -151,12 +151,13 @@ def _lean(adapters: dict[str, Any], scope: str, density: float, chunks: int = 8)
     bool mask (1 B/entry) are whole-matrix; candidates, scores and bit patterns exist one row chunk at a time, and
     the rewind writes ΔW chunk by chunk. Global scope recomputes the candidates (and regenerates the initial ΔW) in
     every pass instead of keeping a bool mask of every matrix. Uses the library's radix select and tie rule
-    (private helpers of rigsa_lightning.pruning): the masks are identical.
+    (private helpers of rigsa_lightning.pruning.select): the masks are identical.
     """
     import torch
 
-    from rigsa_lightning.adapters.gated_sparse import float_mask
-    from rigsa_lightning.pruning import _masked_bits, _radix_threshold, _select, count_true, sign_stable
+    from rigsa_lightning.adapters.chunks import float_mask
+    from rigsa_lightning.pruning import count_true, sign_stable
+    from rigsa_lightning.pruning.select import _masked_bits, _radix_threshold, _select
 
     names = list(adapters)
 

@@ -466,7 +466,8 @@ def test_lightning_checkpoint_after_prune_resumes_identically(tiny_model, tmp_pa
 def test_initial_delta_chunks_equal_the_whole_draw(init, shape, chunk_entries):
     """The prune and the rewind draw the initial ΔW chunk by chunk; it must be the exact same matrix (this guards
     the assumption about torch's CPU uniform_/normal_ kernels on a torch upgrade)."""
-    from rigsa_lightning.adapters.gated_sparse import generate_initial_delta, initial_delta_chunks, row_chunks
+    from rigsa_lightning.adapters.chunks import row_chunks
+    from rigsa_lightning.adapters.gated_sparse import generate_initial_delta, initial_delta_chunks
 
     slices = row_chunks(shape, chunk_entries)
     chunks = list(initial_delta_chunks(shape, 77, slices, init, 0.02))

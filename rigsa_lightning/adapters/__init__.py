@@ -53,7 +53,8 @@ def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
     """Density of a random mask: ``adapter.density``, or (when null) the final density of the pruning schedule."""
     density = _get(adapter_cfg, "density")
     if density is None:
-        from rigsa_lightning.pruning import PruningSchedule
+        # lazy: pruning imports adapters at module level, so adapters may only import it when called
+        from rigsa_lightning.pruning.schedule import PruningSchedule
 
         schedule = PruningSchedule.from_cfg(pruning_cfg)
         density = schedule.final_density
