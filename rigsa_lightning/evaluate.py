@@ -27,6 +27,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
+from rigsa_lightning.adapters.registry import method_for_export, method_for_export_kind  # noqa: E402
 from rigsa_lightning.config import CONFIG_DIR  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json  # noqa: E402
@@ -35,41 +36,15 @@ log = logging.getLogger("rigsa_lightning.evaluate")
 
 
 def adapter_kind(folder: Path) -> str:
-    """``sparse`` (RIGSA / random mask), ``peft`` (LoRA / QLoRA) or ``full``, from the files in ``folder``."""
-    if (folder / "adapter.safetensors").is_file():
-        return "sparse"
-    if (folder / "adapter_model.safetensors").is_file():
-        return "peft"
-    if (folder / "full_weights.safetensors").is_file():
-        return "full"
-    raise ConfigError(
-        "adapter_path",
-        f"{folder} holds no adapter (adapter.safetensors, adapter_model.safetensors or full_weights.safetensors)",
-        "point it at the adapter/ folder of a run",
-    )
+    """The export format in ``folder`` (``sparse``: RIGSA / random mask, ``peft``: LoRA / QLoRA, ``full``), as the
+    registered method that detects it names it; a one-line ConfigError when no method's format is there."""
+    return str(method_for_export(folder).export_kind)
 
 
 def attach_adapter(model: Any, folder: Path) -> tuple[Any, str]:
     """Load an exported adapter onto ``model``; returns the (possibly wrapped) model and the adapter kind."""
-    kind = adapter_kind(folder)
-    if kind == "sparse":
-        from rigsa_lightning.export import load_sparse_adapter
-
-        load_sparse_adapter(model, folder)
-        return model, kind
-    if kind == "peft":
-        from peft import PeftModel
-
-        try:
-            return PeftModel.from_pretrained(model, str(folder)), kind
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise ConfigError(
-                "adapter_path", f"PEFT adapter does not fit this base model: {str(exc).splitlines()[0]}"
-            ) from exc
-    from rigsa_lightning.adapters.full import load_full_weights
-
-    load_full_weights(model, folder)
-    return model, kind
+    method = method_for_export(folder)
+    return method.load_export(model, folder), str(method.export_kind)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -139,14 +114,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def merge_and_save(model: Any, kind: str, folder: Path, tokenizer: Any) -> Path:
     """Bake the adapter into plain weights and ``save_pretrained`` an ordinary transformers model."""
-    if kind == "sparse":
-        from rigsa_lightning.export import merge_adapter
-
-        plain = merge_adapter(model)
-    elif kind == "peft":
-        plain = model.merge_and_unload()
-    else:
-        plain = model
+    plain = method_for_export_kind(kind).merge(model)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError("merge_to", f"{folder} exists and is not empty", "choose a new folder")
     plain.save_pretrained(str(folder), safe_serialization=True)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rigsa_lightning.adapters.registry import get_method
 from rigsa_lightning.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def score_textual_mnist(
             {
                 "model": cache_key,
                 "data": OmegaConf.to_container(cfg.data, resolve=True),
-                "method": str(cfg.adapter.method) if cfg.adapter.method == "qlora" else "base",
+                "method": str(cfg.adapter.method) if get_method(cfg.adapter.method).quantized else "base",
                 "precision": precision,
                 "split": split,
             },
@@ -115,25 +116,5 @@ def score_textual_mnist(
 
 def export_adapter(prepared: Any, cfg: DictConfig, folder: Path) -> Path | None:
     """Write what users take away: the sparse adapter (RIGSA / random mask), a PEFT folder (LoRA / QLoRA) or the
-    fine-tuned target weights (full). Returns the folder, or None for ``none``."""
-    method = prepared.method
-    base = str(cfg.model.name_or_path)
-    adapter_cfg = OmegaConf.to_container(cfg.adapter, resolve=True)
-    pruning_cfg = OmegaConf.to_container(cfg.pruning, resolve=True)
-    if method in ("rigsa", "random_mask"):
-        from rigsa_lightning.export import save_sparse_adapter
-
-        save_sparse_adapter(
-            prepared.gated, folder, base_model=base, adapter_cfg=adapter_cfg, pruning_cfg=pruning_cfg
-        )
-    elif method in ("lora", "qlora"):
-        from rigsa_lightning.adapters.lora import save_peft_adapter
-
-        save_peft_adapter(prepared.model, folder)
-    elif method == "full":
-        from rigsa_lightning.adapters.full import save_full_weights
-
-        save_full_weights(prepared.targets, folder, base)
-    else:
-        return None
-    return folder
+    fine-tuned target weights (full), per the method's ``export``. Returns the folder, or None for ``none``."""
+    return get_method(prepared.method).export(prepared, cfg, folder)

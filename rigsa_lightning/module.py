@@ -14,7 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from rigsa_lightning.adapters import GATED_METHODS, PreparedModel, param_groups
+from rigsa_lightning.adapters import PreparedModel, param_groups
+from rigsa_lightning.adapters.registry import get_method
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class RigsaLitModule(L.LightningModule):
         from rigsa_lightning.adapters.sparse_delta import multi_device_error, storage_options
 
         value, _ = storage_options(self.cfg.adapter)
-        if self.method not in GATED_METHODS:
+        if not get_method(self.method).gated:
             return "dense"
         from lightning.pytorch.strategies import SingleDeviceStrategy
 
@@ -313,21 +314,7 @@ class RigsaLitModule(L.LightningModule):
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters and non-zero adapter entries (the budget a comparison should match)."""
-        trainable = {id(p): p.numel() for p in self.model.parameters() if p.requires_grad}
-        counts = {"params/trainable": int(sum(trainable.values()))}
-        if self.method in GATED_METHODS:
-            counts["params/adapter_nnz"] = int(sum(int(m.nnz()) for m in self.prepared.gated.values()))
-            total = sum(m.numel() for m in self.prepared.gated.values())
-            counts["params/adapter_entries"] = int(total)
-            # Alive entries only: what a sparse adapter actually trains once the pruned entries are fixed.
-            counts["params/trainable_alive"] = counts["params/adapter_nnz"] + len(self.gates())
-        elif self.method in ("lora", "qlora"):
-            counts["params/adapter_nnz"] = counts["params/trainable"]
-        elif self.method == "full":
-            counts["params/adapter_nnz"] = counts["params/trainable"]
-        else:
-            counts["params/adapter_nnz"] = 0
-        return counts
+        return get_method(self.method).parameter_counts(self.prepared)
 
     # ------------------------------------------------------------------ steps
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

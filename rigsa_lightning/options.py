@@ -21,14 +21,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rigsa_lightning.adapters.registry import find_method, method_names
 from rigsa_lightning.errors import ConfigError
 
 # Groups whose extra keys are handed to a library as they are (any key the library accepts is allowed).
 PASSTHROUGH = ("trainer.",)
 # Benchmark names that per-task options (eval.limit, eval.num_fewshot, ...) may name.
 TASKS = ("piqa", "hellaswag", "gsm8k")
-# Every adapter method (the registry of adapters/ implements each).
-METHODS = ("rigsa", "random_mask", "lora", "qlora", "full", "none")
+# Every adapter method: the names registered in adapters/registry.py (no torch imported).
+METHODS = method_names()
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,9 @@ def check_relations(cfg: Any) -> None:
     """Checks that involve more than one option (after each option passed on its own)."""
     adapter = cfg.get("adapter") or {}
     method = adapter.get("method")
-    if method not in (None, "none") and adapter.get("lr") == 0:
+    spec = find_method(method)
+    trains = method is not None and (spec is None or spec.trains)  # unknown names count as training
+    if trains and adapter.get("lr") == 0:
         raise ConfigError(
             "adapter.lr", f"is 0: {method} would not train", "use a learning rate > 0, e.g. 1e-3"
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rigsa_lightning.adapters.registry import get_method
 from rigsa_lightning.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,10 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
-    """Tags: method, sparsity (for pruned methods), seed, model, plus the configured ones."""
+    """Tags: method, seed, model, the method's budget (RIGSA: sparsity, random mask: density), plus the
+    configured ones."""
     tags = [f"method:{cfg.adapter.method}", f"seed:{cfg.seed}", f"model:{cfg.model.name_or_path}"]
-    if cfg.adapter.method == "rigsa":
-        tags.append(f"sparsity:{cfg.pruning.get('sparsity')}")
-    if cfg.adapter.method == "random_mask":
-        tags.append(f"density:{cfg.adapter.get('density')}")
+    tags += get_method(cfg.adapter.method).run_tags(cfg)
     tags += [str(t) for t in (cfg.logger.get("tags") or [])]
     return tags
 

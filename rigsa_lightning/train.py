@@ -22,6 +22,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
+from rigsa_lightning.adapters.registry import get_method  # noqa: E402
 from rigsa_lightning.config import CONFIG_DIR, check_experiment_args, is_null, is_secret  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -91,19 +92,16 @@ def validate_cfg(cfg: DictConfig) -> None:
     """Reject bad input before anything is loaded or written (one-line errors naming the option)."""
     import torch
 
-    from rigsa_lightning.adapters import METHODS
     from rigsa_lightning.options import check_options
     from rigsa_lightning.pruning import PruningSchedule
 
     check_options(cfg)  # every option's type and range, unknown keys, relations between options
-    method = cfg.adapter.get("method")
-    if method not in METHODS:
-        raise ConfigError("adapter.method", f"unknown method {method!r}", f"use one of {list(METHODS)}")
+    spec = get_method(cfg.adapter.get("method"))  # one-line error for an unknown method
     accel = str(cfg.trainer.get("accelerator", "cpu"))
     if accel in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer", "trainer=gpu but no GPU is visible on this machine", "use trainer=cpu")
     schedule = PruningSchedule.from_cfg(cfg.pruning)  # validates sparsity / rounds / densities
-    if method == "rigsa":
+    if spec.prunes:
         schedule.check_max_epochs(cfg.trainer.get("max_epochs"))  # more rounds than the trainer's epochs
     _check_data_early(cfg.data)
     from rigsa_lightning.stopping import check_stop_at
@@ -124,10 +122,7 @@ def validate_cfg(cfg: DictConfig) -> None:
         from rigsa_lightning.forgetting import check_eval_cfg
 
         check_eval_cfg(cfg.eval)  # eval.limit / scorer / ... and the files under eval.data_dir
-    if method == "qlora":
-        from rigsa_lightning.adapters.lora import bnb_config
-
-        bnb_config(cfg.adapter)  # raises the one-line error when bitsandbytes is missing
+    spec.check(cfg)  # checks that need a library (QLoRA: bitsandbytes)
     if resume_folder(cfg) is not None:
         check_resume_folder(cfg.resume)
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
@@ -232,7 +227,8 @@ def segment_epochs(cfg: DictConfig) -> tuple[int, list[int]]:
 
     schedule = PruningSchedule.from_cfg(cfg.pruning)
     total = int(schedule.total_epochs)
-    if cfg.adapter.method == "rigsa" and schedule.rounds > 0 and bool(cfg.pruning.get("enabled", True)):
+    prunes = get_method(cfg.adapter.method).prunes  # IMP rounds: one LR segment each
+    if prunes and schedule.rounds > 0 and bool(cfg.pruning.get("enabled", True)):
         segs = [int(schedule.epochs_per_round)] * int(schedule.rounds)
         if schedule.final_epochs > 0:
             segs.append(int(schedule.final_epochs))
@@ -245,7 +241,8 @@ def segments_before_final(cfg: DictConfig) -> int:
     from rigsa_lightning.pruning import PruningSchedule
 
     schedule = PruningSchedule.from_cfg(cfg.pruning)
-    if cfg.adapter.method != "rigsa" or not bool(cfg.pruning.get("enabled", True)) or schedule.rounds == 0:
+    prunes = get_method(cfg.adapter.method).prunes
+    if not prunes or not bool(cfg.pruning.get("enabled", True)) or schedule.rounds == 0:
         return 0
     if schedule.final_epochs == 0:
         log.warning(
@@ -259,7 +256,7 @@ def _check_max_steps(cfg: DictConfig, dm: Any) -> None:
     from rigsa_lightning.pruning import PruningSchedule
 
     max_steps = cfg.trainer.get("max_steps")
-    if max_steps is None or int(max_steps) < 0 or cfg.adapter.method != "rigsa":
+    if max_steps is None or int(max_steps) < 0 or not get_method(cfg.adapter.method).prunes:
         return
     schedule = PruningSchedule.from_cfg(cfg.pruning)
     if not schedule.rounds:
@@ -361,7 +358,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    from rigsa_lightning.adapters import GATED_METHODS, prepare_model
+    from rigsa_lightning.adapters import prepare_model
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.evaluation import export_adapter, score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
@@ -404,6 +401,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
         check_checkpoint(cfg, ckpt_path, "resume" if resume is not None else "ckpt_path")
     L.seed_everything(int(cfg.seed), workers=True)
     method = str(cfg.adapter.method)
+    spec = get_method(method)
 
     # ---------------------------------------------------------------- model + data
     prepared = prepare_model(cfg, cache_dir)
@@ -447,7 +445,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
         metrics.update(forgetting.evaluate(prepared.model, "before"))
     curve_cb = None
-    curve_cfg = curve_eval_cfg(cfg.eval) if method != "none" else None
+    curve_cfg = curve_eval_cfg(cfg.eval) if spec.trains else None
     if curve_cfg is not None:  # forgetting along training: its own small subset, paired with the base model
         curve_eval = ForgettingEvaluator(
             curve_cfg, prepared.tokenizer, prepared.model_key, str(cache_dir), None
@@ -463,9 +461,9 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     pruning_cb = None
     stop_cb: StopAtAccuracy | None = None
     t = time.time()
-    if method != "none":
+    if spec.trains:
         callbacks: list[Any] = []
-        if method == "rigsa" and bool(cfg.pruning.get("enabled", True)):
+        if spec.prunes and bool(cfg.pruning.get("enabled", True)):
             pruning_cb = IterativeMagnitudePruning(cfg.pruning)
             callbacks.append(pruning_cb)
             if forgetting.after_each_round:
@@ -523,7 +521,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     metrics.update({f"textual_mnist/{k}": v for k, v in after.items()})
     if bool(cfg.eval.get("enabled", True)) or bool(cfg.eval.get("drift", {}).get("enabled", False)):
         # zero-shot: the model is unchanged, score it once
-        if method == "none" and "before" in forgetting.stages:
+        if not spec.trains and "before" in forgetting.stages:
             metrics.update(
                 forgetting.copy_stage("before", "after", "no training: the model is the base model")
             )
@@ -536,7 +534,7 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     timings["time/eval_after_s"] = time.time() - t
 
     metrics.update(lit.parameter_counts())
-    if method in GATED_METHODS:
+    if spec.gated:
         from rigsa_lightning.pruning import density_report
 
         report = density_report(prepared.gated)

@@ -23,7 +23,9 @@ from rigsa_lightning import runtime
 def test_auto_precision_follows_native_bf16_on_cpu(monkeypatch, flags: set[str], expected: str) -> None:
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     assert runtime.resolve_precision("auto", "cpu") == expected
-    assert runtime.resolve_compute_dtype("auto", "cpu") == ("bfloat16" if expected == "bf16-mixed" else "float32")
+    assert runtime.resolve_compute_dtype("auto", "cpu") == (
+        "bfloat16" if expected == "bf16-mixed" else "float32"
+    )
     # explicit values are the user's choice
     assert runtime.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     assert runtime.resolve_precision("32-true", "cpu") == "32-true"

@@ -2,7 +2,8 @@
 
 Methods: ``rigsa`` (gated sparse adapter, pruned by IMP), ``random_mask`` (same adapter, random fixed mask),
 ``lora``, ``qlora`` (LoRA on a 4-bit NF4 base), ``full`` (full fine-tuning of the target matrices), ``none``
-(zero-shot: evaluations only).
+(zero-shot: evaluations only). Each is an :class:`~rigsa_lightning.adapters.registry.AdapterMethod` in the
+registry (``registry.py``); this package imports no torch until a method's hook runs.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from rigsa_lightning.adapters.registry import get_method
 from rigsa_lightning.errors import ConfigError
 
-METHODS = ("rigsa", "random_mask", "lora", "qlora", "full", "none")
-GATED_METHODS = ("rigsa", "random_mask")
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 def model_key(model_cfg: Any, path: str) -> str:
     """A stable identifier of the base model for caches (name, the resolved folder's config, the dtype; QLoRA adds
-    its 4-bit settings in :func:`prepare_model`)."""
+    its 4-bit settings in its ``prepare``)."""
     name = str(_get(model_cfg, "name_or_path"))
     dtype = _get(model_cfg, "dtype", None)
     suffix = f"|dtype={dtype}" if dtype else ""  # the precision is part of what a cached "before" measured
@@ -47,6 +47,26 @@ def model_key(model_cfg: Any, path: str) -> str:
         stat = (p / "config.json").stat()
         return f"{name}|{p.resolve()}|{stat.st_size}{suffix}"
     return name + suffix
+
+
+def base_model_key(cfg: Any, cache_dir: str | os.PathLike | None) -> str:
+    """:func:`model_key` of ``cfg.model`` once its path is resolved (the embedded model converted once)."""
+    from rigsa_lightning.models import resolve_model_path
+
+    return model_key(cfg.model, resolve_model_path(cfg.model, cache_dir))
+
+
+def load_base(cfg: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any, str]:
+    """The full-precision base model, its tokenizer and :func:`base_model_key` (gradient checkpointing enabled
+    when ``model.gradient_checkpointing`` is set)."""
+    from rigsa_lightning.models import load_model
+
+    key = base_model_key(cfg, cache_dir)
+    model, tok = load_model(cfg.model, cache_dir)
+    if bool(_get(cfg.model, "gradient_checkpointing", False)):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model, tok, key
 
 
 def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
@@ -73,64 +93,9 @@ def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
 
 def prepare_model(cfg: Any, cache_dir: str | os.PathLike | None = None) -> PreparedModel:
     """Load ``cfg.model`` and inject ``cfg.adapter`` (the whole run config is passed for the pruning schedule)."""
-    from rigsa_lightning.models import load_model, resolve_model_path
-
-    adapter_cfg = cfg.adapter
-    method = str(_get(adapter_cfg, "method"))
-    if method not in METHODS:
-        raise ConfigError("adapter.method", f"unknown method {method!r}", f"use one of {list(METHODS)}")
-    path = resolve_model_path(cfg.model, cache_dir)
-    key = model_key(cfg.model, path)
-    if method == "qlora":  # QLoRA's base is the 4-bit model: its own "before" (and drift reference)
-        quant = _get(adapter_cfg, "quant", None) or {}
-        key += "|4bit:" + ",".join(f"{k}={_get(quant, k)}" for k in ("type", "double_quant", "compute_dtype"))
-
-    if method == "qlora":
-        from rigsa_lightning.adapters.lora import apply_lora, load_qlora_base
-
-        model, tok = load_qlora_base(cfg.model, adapter_cfg, cache_dir)
-        model = apply_lora(model, adapter_cfg)
-        return PreparedModel(model, tok, method, key)
-
-    model, tok = load_model(cfg.model, cache_dir)
-    if bool(_get(cfg.model, "gradient_checkpointing", False)):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-
-    if method in GATED_METHODS:
-        from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse, random_mask_
-
-        gated = inject_gated_sparse(model, adapter_cfg)
-        if method == "random_mask":
-            density = resolve_random_mask_density(adapter_cfg, cfg.pruning)
-            random_mask_(gated, density, int(_get(adapter_cfg, "mask_seed", 0)))
-        return PreparedModel(model, tok, method, key, gated=gated)
-    if method == "lora":
-        from rigsa_lightning.adapters.lora import apply_lora
-
-        return PreparedModel(apply_lora(model, adapter_cfg), tok, method, key)
-    if method == "full":
-        from rigsa_lightning.adapters.full import apply_full
-
-        return PreparedModel(model, tok, method, key, targets=apply_full(model, adapter_cfg))
-    from rigsa_lightning.adapters.full import apply_none
-
-    apply_none(model)
-    return PreparedModel(model, tok, method, key)
+    return get_method(str(_get(cfg.adapter, "method"))).prepare(cfg, cache_dir)
 
 
 def param_groups(prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
     """AdamW parameter groups for the prepared method (only adapter tensors are trainable)."""
-    if prepared.method in GATED_METHODS:
-        from rigsa_lightning.adapters.gated_sparse import adapter_param_groups
-
-        return adapter_param_groups(prepared.gated, adapter_cfg)
-    if prepared.method in ("lora", "qlora"):
-        from rigsa_lightning.adapters.lora import lora_param_groups
-
-        return lora_param_groups(prepared.model, adapter_cfg)
-    if prepared.method == "full":
-        from rigsa_lightning.adapters.full import full_param_groups
-
-        return full_param_groups(prepared.targets, adapter_cfg)
-    return []
+    return get_method(prepared.method).param_groups(prepared, adapter_cfg)

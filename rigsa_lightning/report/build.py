@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.adapters.registry import gated_methods
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.figures import (
@@ -21,7 +22,6 @@ from rigsa_lightning.report.figures import (
 )
 from rigsa_lightning.report.jobs import Job, _finite, _sweep_command, _sweep_grid, find_job_dirs, load_job
 from rigsa_lightning.report.table import (
-    GATED,
     Column,
     _group_sort_key,
     _group_table,
@@ -202,7 +202,7 @@ def draw_figures(
         lambda: plot_forgetting_curves(curves, folder / "forgetting_curves.png", title),
         None if curves else "no run recorded a forgetting curve (eval.curve.enabled=true)",
     )
-    has_gated = any(r["method"] in GATED and _finite(r["density"]) for r in runs)
+    has_gated = any(r["method"] in gated_methods() and _finite(r["density"]) for r in runs)
     _try_figure(
         "density_sweep",
         notes,

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.adapters.registry import gated_methods
 from rigsa_lightning.io import atomic_write
 from rigsa_lightning.report.jobs import NAN, _finite, _num
 from rigsa_lightning.report.table import (
     BENCHMARKS,
     CONTINUOUS_MEASURES,
-    GATED,
     METHOD_LABELS,
     METHOD_ORDER,
     _group_sort_key,
@@ -269,14 +269,15 @@ def plot_density_sweep(
     ]
     panels += measures
     fig, axes = _new_figure(len(panels), width=4.8)
-    gated = [r for r in runs if r["method"] in GATED and _finite(r["density"])]
-    others = [g for g in groups if g["method"] not in GATED]
+    gated_names = gated_methods()
+    gated = [r for r in runs if r["method"] in gated_names and _finite(r["density"])]
+    others = [g for g in groups if g["method"] not in gated_names]
     handles: list[Any] = []
     labels: list[str] = []
     for ax, meas in zip(axes, panels):
         if meas.reference is not None:
             ax.axhline(meas.reference, color="black", linewidth=0.8, alpha=0.5, zorder=0)
-        for m_idx, method in enumerate(GATED):
+        for m_idx, method in enumerate(gated_names):
             sel = [r for r in gated if r["method"] == method and _finite(r.get(meas.key, NAN))]
             if not sel:
                 continue

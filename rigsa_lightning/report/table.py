@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.adapters.registry import find_method
 from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.jobs import NAN, Job, _cfg_get, _finite, _num
 
@@ -23,7 +24,6 @@ METHOD_LABELS: dict[str, str] = {
     "qlora": "QLoRA (4-bit)",
     "full": "full fine-tuning",
 }
-GATED = ("rigsa", "random_mask")
 
 # Forgetting benchmarks in display order, their display names and the preferred metric (first one present wins;
 # metric names are opaque strings after ``forget/<task>/``).
@@ -67,22 +67,14 @@ def short_metric(metric: str) -> str:
 
 
 def _density(job: Job) -> float:
-    """Adapter density: ``adapter/density`` or, for gated methods, from the job's config."""
+    """Adapter density: ``adapter/density`` or, when the run did not record it, what its method reads from the
+    job's config (gated methods: ``adapter.density`` or ``1 - pruning.sparsity``; full: 1)."""
     d = _num(job.metrics.get("adapter/density"))
     if _finite(d):
         return d
-    method = job.metrics.get("method")
-    if method == "random_mask":
-        d = _num(_cfg_get(job.config, "adapter.density"))
-        if _finite(d):
-            return d
-    if method in GATED:
-        s = _num(_cfg_get(job.config, "pruning.sparsity"))
-        if _finite(s):
-            return 1.0 - s
-    if method == "full":
-        return 1.0
-    return NAN
+    method = find_method(job.metrics.get("method"))
+    density = method.config_density(lambda key: _num(_cfg_get(job.config, key))) if method else None
+    return NAN if density is None else density
 
 
 def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:

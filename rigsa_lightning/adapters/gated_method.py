@@ -1,0 +1,113 @@
+"""The gated sparse methods: ``rigsa`` (random ΔW, pruned by IMP) and ``random_mask`` (same adapter, a fixed
+random mask). Registry entries only: the adapter is ``gated_sparse.py``, its export ``export.py``."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rigsa_lightning.adapters import PreparedModel, load_base, resolve_random_mask_density
+from rigsa_lightning.adapters.registry import AdapterMethod, finite_or_none, trainable_count
+
+
+class GatedSparseMethod(AdapterMethod):
+    """What ``rigsa`` and ``random_mask`` share: ``GatedSparseLinear`` adapters, the sparse export."""
+
+    gated = True
+    export_kind = "sparse"
+    export_file = "adapter.safetensors"  # export.WEIGHTS_NAME
+
+    def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
+        """The base model with a ``GatedSparseLinear`` on every target linear."""
+        from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+
+        model, tok, key = load_base(cfg, cache_dir)
+        gated = inject_gated_sparse(model, cfg.adapter)
+        return PreparedModel(model, tok, self.name, key, gated=gated)
+
+    def param_groups(self, prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
+        """ΔW and the gates (alpha), each with its learning rate."""
+        from rigsa_lightning.adapters.gated_sparse import adapter_param_groups
+
+        return adapter_param_groups(prepared.gated, adapter_cfg)
+
+    def parameter_counts(self, prepared: PreparedModel) -> dict[str, int]:
+        """Trainable entries, kept (non-zero) adapter entries, all adapter entries, and the alive trainable ones."""
+        counts = {"params/trainable": trainable_count(prepared.model)}
+        counts["params/adapter_nnz"] = int(sum(int(m.nnz()) for m in prepared.gated.values()))
+        counts["params/adapter_entries"] = int(sum(m.numel() for m in prepared.gated.values()))
+        # Alive entries only: what a sparse adapter actually trains once the pruned entries are fixed.
+        gates = {id(m.alpha) for m in prepared.gated.values()}
+        counts["params/trainable_alive"] = counts["params/adapter_nnz"] + len(gates)
+        return counts
+
+    def export(self, prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
+        """The sparse adapter (kept values + indices, gates, config) in ``folder``."""
+        from omegaconf import OmegaConf
+
+        from rigsa_lightning.export import save_sparse_adapter
+
+        save_sparse_adapter(
+            prepared.gated,
+            folder,
+            base_model=str(cfg.model.name_or_path),
+            adapter_cfg=OmegaConf.to_container(cfg.adapter, resolve=True),
+            pruning_cfg=OmegaConf.to_container(cfg.pruning, resolve=True),
+        )
+        return folder
+
+    def load_export(self, model: Any, folder: Path) -> Any:
+        """Inject the exported sparse adapter into ``model``."""
+        from rigsa_lightning.export import load_sparse_adapter
+
+        load_sparse_adapter(model, folder)
+        return model
+
+    def merge(self, model: Any) -> Any:
+        """Every gated adapter replaced by its base linear with ``W0 + alpha·ΔW`` baked in."""
+        from rigsa_lightning.export import merge_adapter
+
+        return merge_adapter(model)
+
+    def config_density(self, get: Callable[[str], float]) -> float | None:
+        """``1 - pruning.sparsity``."""
+        sparsity = get("pruning.sparsity")
+        return 1.0 - sparsity if math.isfinite(sparsity) else None
+
+
+class Rigsa(GatedSparseMethod):
+    """RIGSA: the gated sparse adapter pruned by iterative magnitude pruning."""
+
+    name = "rigsa"
+    prunes = True
+
+    def run_tags(self, cfg: Any) -> list[str]:
+        """The target sparsity."""
+        return [f"sparsity:{cfg.pruning.get('sparsity')}"]
+
+
+class RandomMask(GatedSparseMethod):
+    """The same adapter with a fixed random mask at a matched density (no pruning)."""
+
+    name = "random_mask"
+
+    def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
+        """The gated adapters with a random mask of ``adapter.density`` (or the schedule's final density)."""
+        from rigsa_lightning.adapters.gated_sparse import random_mask_
+
+        prepared = super().prepare(cfg, cache_dir)
+        density = resolve_random_mask_density(cfg.adapter, cfg.pruning)
+        random_mask_(prepared.gated, density, int(cfg.adapter.get("mask_seed", 0)))
+        return prepared
+
+    def run_tags(self, cfg: Any) -> list[str]:
+        """The mask density."""
+        return [f"density:{cfg.adapter.get('density')}"]
+
+    def config_density(self, get: Callable[[str], float]) -> float | None:
+        """``adapter.density``, else ``1 - pruning.sparsity``."""
+        density = finite_or_none(get("adapter.density"))
+        return density if density is not None else super().config_density(get)

@@ -1,0 +1,189 @@
+"""The registry of adapter methods: what every call site asks of ``adapter.method``, answered by the method.
+
+Each method is one :class:`AdapterMethod` subclass in its own module (``gated_method``, ``lora_method``,
+``full_method``) with one registration line in :func:`_ensure_builtins`. Call sites ask the registry
+(``get_method(name).gated``, ``.prepare(...)``, ``.export(...)``, ...) instead of comparing method names.
+
+Light on purpose: importing this module (or a method module) imports no torch, so ``options.py`` and the report use
+it; each hook imports the heavy implementation (``gated_sparse``, ``lora``, ``full``, ``export``) when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rigsa_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rigsa_lightning.adapters import PreparedModel
+
+
+class AdapterMethod:
+    """One adaptation method: its flags and the hooks call sites use (defaults: the method has nothing to do).
+
+    Flags: ``name`` (the ``adapter.method`` value); ``gated`` (gated sparse adapters with an alpha gate and a mask in
+    ``PreparedModel.gated``: sparse storage, density and gate statistics apply); ``prunes`` (the IMP schedule and
+    callback apply: LR segments per round, ``stop_at`` after the last prune); ``quantized`` (a 4-bit base: its own
+    zero-shot and "before" caches); ``trains`` (False: zero-shot, nothing is fitted); ``export_kind`` /
+    ``export_file`` (the name of the folder format the method exports and the file that identifies it; None: no
+    export).
+    """
+
+    name: ClassVar[str] = ""
+    gated: ClassVar[bool] = False
+    prunes: ClassVar[bool] = False
+    quantized: ClassVar[bool] = False
+    trains: ClassVar[bool] = True
+    export_kind: ClassVar[str | None] = None
+    export_file: ClassVar[str | None] = None
+
+    def check(self, cfg: Any) -> None:
+        """Early checks that need a library or files (run by train's ``validate_cfg``); raise ConfigError."""
+
+    def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
+        """Load ``cfg.model`` and inject this method's adapter (the whole run config: the pruning group too)."""
+        raise NotImplementedError(f"adapter method {self.name!r} has no prepare()")
+
+    def param_groups(self, prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
+        """AdamW parameter groups of the trainable tensors (empty: nothing trains)."""
+        return []
+
+    def parameter_counts(self, prepared: PreparedModel) -> dict[str, int]:
+        """``params/trainable`` and ``params/adapter_nnz`` (every trainable entry is an adapter entry)."""
+        trainable = trainable_count(prepared.model)
+        return {"params/trainable": trainable, "params/adapter_nnz": trainable}
+
+    def export(self, prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
+        """Write what users take away into ``folder``; return it, or None when the method exports nothing."""
+        return None
+
+    def detects(self, folder: Path) -> bool:
+        """Whether ``folder`` holds this method's export format."""
+        return self.export_file is not None and (Path(folder) / self.export_file).is_file()
+
+    def load_export(self, model: Any, folder: Path) -> Any:
+        """Load an exported folder onto ``model``; return the (possibly wrapped) model."""
+        raise ConfigError("adapter_path", f"method {self.name!r} exports no adapter to load")
+
+    def merge(self, model: Any) -> Any:
+        """The model with the loaded adapter baked into plain weights (default: it already is plain)."""
+        return model
+
+    def run_tags(self, cfg: Any) -> list[str]:
+        """Tracking tags naming this method's budget (e.g. ``sparsity:0.5``)."""
+        return []
+
+    def config_density(self, get: Callable[[str], float]) -> float | None:
+        """The adapter density a run's config implies (report fallback when ``adapter/density`` is absent);
+        ``get("group.key")`` returns a number or NaN. None: not defined for this method."""
+        return None
+
+
+def trainable_count(model: Any) -> int:
+    """Number of trainable entries of ``model`` (shared parameters counted once)."""
+    return int(sum({id(p): p.numel() for p in model.parameters() if p.requires_grad}.values()))
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` when it is a finite number, else None."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+_REGISTRY: dict[str, AdapterMethod] = {}
+_builtins_loaded = False
+
+
+def _add(method: AdapterMethod) -> None:
+    if not method.name:
+        raise ValueError(f"{type(method).__name__} has no name")
+    if method.name in _REGISTRY:
+        raise ValueError(f"adapter method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+
+
+def _ensure_builtins() -> None:
+    """Register the built-in methods once, one line each, in the order of ``adapter.method``'s choices."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    from rigsa_lightning.adapters import full_method, gated_method, lora_method
+
+    builtins = [
+        gated_method.Rigsa(),
+        gated_method.RandomMask(),
+        lora_method.Lora(),
+        lora_method.QLora(),
+        full_method.Full(),
+        full_method.NoAdapter(),
+    ]
+    _builtins_loaded = True
+    for method in builtins:
+        _add(method)
+
+
+def register_method(method: AdapterMethod) -> AdapterMethod:
+    """Make ``method`` available under ``method.name`` (after the built-in ones); returns it."""
+    _ensure_builtins()
+    _add(method)
+    return method
+
+
+def get_method(name: str) -> AdapterMethod:
+    """The registered method called ``name``; a one-line ConfigError for an unknown name."""
+    _ensure_builtins()
+    method = _REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise ConfigError("adapter.method", f"unknown method {name!r}", f"use one of {list(_REGISTRY)}")
+    return method
+
+
+def find_method(name: Any) -> AdapterMethod | None:
+    """The registered method called ``name``, or None (for recorded runs whose method may be unknown)."""
+    _ensure_builtins()
+    return _REGISTRY.get(name) if isinstance(name, str) else None
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method name, in registration order."""
+    _ensure_builtins()
+    return tuple(_REGISTRY)
+
+
+def gated_methods() -> tuple[str, ...]:
+    """The names of the gated methods (alpha gate + mask), in registration order."""
+    _ensure_builtins()
+    return tuple(name for name, method in _REGISTRY.items() if method.gated)
+
+
+def method_for_export(folder: Path) -> AdapterMethod:
+    """The first registered method whose export format ``folder`` holds; ConfigError (``adapter_path``) if none."""
+    _ensure_builtins()
+    for method in _REGISTRY.values():
+        if method.detects(folder):
+            return method
+    files = list(dict.fromkeys(m.export_file for m in _REGISTRY.values() if m.export_file))
+    listed = ", ".join(files[:-1]) + " or " + files[-1] if len(files) > 1 else "".join(files)
+    raise ConfigError(
+        "adapter_path", f"{folder} holds no adapter ({listed})", "point it at the adapter/ folder of a run"
+    )
+
+
+def method_for_export_kind(kind: str) -> AdapterMethod:
+    """The first registered method exporting the folder format ``kind`` (``sparse``, ``peft``, ``full``, ...)."""
+    _ensure_builtins()
+    for method in _REGISTRY.values():
+        if method.export_kind == kind:
+            return method
+    kinds = list(dict.fromkeys(m.export_kind for m in _REGISTRY.values() if m.export_kind))
+    raise ValueError(f"no adapter method exports {kind!r} folders (known: {kinds})")
+
+
+def __getattr__(attr: str) -> Any:
+    """``METHODS``: the registered names (computed on access, so later registrations are included)."""
+    if attr == "METHODS":
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
