@@ -145,3 +145,43 @@ def _in_grid(job_dir: Path, grid: dict[str, set[str]]) -> bool:
     except (OSError, ValueError, yaml.YAMLError):
         return True
     return all(given.get(k) in values for k, values in grid.items() if k in given)
+
+
+class ArchiveCallback(Callback):
+    """Keep a long sweep's finished jobs in a committed folder (:mod:`rigsa_lightning.report.archive`).
+
+    Before the sweep starts, archived jobs missing from the sweep folder are restored (so ``skip_completed`` skips
+    them on a fresh machine); after every job, a completed job's small files are saved to the archive (commit it as
+    jobs finish). An archive failure is logged and never fails a job.
+
+    Args:
+        folder: The archive folder (e.g. ``docs/results/study_cpu/jobs``); null disables the callback.
+    """
+
+    def __init__(self, folder: str | None = None) -> None:
+        self.folder = Path(folder) if folder else None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Restore archived jobs into ``hydra.sweep.dir`` before the first job runs."""
+        if self.folder is None:
+            return
+        from rigsa_lightning.report.archive import restore
+
+        restored = restore(self.folder, Path(str(config.hydra.sweep.dir)))
+        if restored:
+            log.info("archive: restored %d completed job(s) from %s", len(restored), self.folder)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """Save this job's folder to the archive when it completed."""
+        if self.folder is None:
+            return
+        try:
+            from rigsa_lightning.report.archive import copy_job, is_completed
+
+            job = Path(str(config.hydra.runtime.output_dir))
+            sweep = Path(str(config.hydra.sweep.dir))
+            if is_completed(job):
+                copy_job(job, self.folder / job.relative_to(sweep))
+                log.info("archive: saved %s to %s", job.name, self.folder)
+        except Exception as exc:  # noqa: BLE001 - the job's own folder is intact; `archive save` redoes this
+            log.error("archive failed for this job: %s: %s", type(exc).__name__, exc)
