@@ -260,6 +260,7 @@ class DenseDeltaLinear(AdapterLayer):
         return y + F.linear(x, (self.alpha * delta).to(x.dtype)).to(y.dtype)
 
     def extra_repr(self) -> str:
+        """Shape, gate and options in ``repr(model)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, gate={self.gate_key!r}, "
             f"forward_mode={self.forward_mode}, init={self.init}, seed={self.init_seed}"

@@ -119,6 +119,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         compute_dtype: torch.dtype,
         grad_mode: str,
     ) -> torch.Tensor:
+        """``y``; saves the inputs (not the dense weight) for backward."""
         weight = _rebuild_weight(w0, alpha, values, indices, frozen)
         xc = x.to(compute_dtype)
         y = F.linear(xc, weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype))
@@ -132,6 +133,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        """Gradients of ``x``, the bias, ``alpha`` and the kept ``values`` (the weight rebuilt here)."""
         xc, w0, alpha, values, indices, frozen = ctx.saved_tensors
         need_x, _, need_b, need_alpha, need_values = ctx.needs_input_grad[:5]
         shape = (w0.shape[0], w0.shape[1])
@@ -329,6 +331,7 @@ class SparseDeltaLinear(AdapterLayer):
             )
 
     def extra_repr(self) -> str:
+        """Shape, gate and options in ``repr(model)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz()}, "
             f"density={self.density():.4f}, grad_mode={self.grad_mode}, gate={self.gate_key!r}"
