@@ -2,7 +2,7 @@
 
 Variants, all on the embedded SmolLM2-135M in fp32, batch 8 x 200 random tokens, the 210 block linears:
 
-* ``rigsa``: GatedSparseLinear at density 1, merged form ``F.linear(x, W0 + alpha*ΔW)``, AdamW on ΔW + gates;
+* ``rigsa``: DenseDeltaLinear at density 1, merged form ``F.linear(x, W0 + alpha*ΔW)``, AdamW on ΔW + gates;
 * ``full``: full fine-tuning of the same 210 weight matrices, AdamW;
 * ``floor``: nothing trains; the input embeddings' output requires grad, so backward runs through every layer
   (the activation-gradient matmuls) without any weight gradient - the cost no adapter method can go under;

@@ -8,7 +8,7 @@ Phases, in order, on one model (each reports peak memory and, for training phase
 2. ``dense``: RIGSA at density 1 on the 7 projections (fp32 ΔW, merged form), AdamW - the paper's first epoch;
 3. ``prune``: one IMP round (per-matrix, sign_magnitude, rewind) to ``--density`` (3.46%), optimizer state dropped;
 4. ``sparse_dense_storage``: training after the prune with the dense-storage adapter (what the train job does now);
-5. ``sparse_storage``: the same after :func:`~rigsa_lightning.adapters.sparse_delta.convert_adapters` to the
+5. ``sparse_storage``: the same after :func:`~rigsa_lightning.adapters.rigsa.storage.convert_adapters` to the
    memory-lean storage (new AdamW: the parameters changed);
 6. ``lora_r16``: the adapters removed, PEFT LoRA r16 on the same projections (the QLoRA-style reference without the
    4-bit base).
@@ -102,12 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from bench.steps import train_step
-    from rigsa_lightning.adapters.gated_sparse import adapter_param_groups, inject_gated_sparse
-    from rigsa_lightning.adapters.sparse_delta import (
-        adapter_state_bytes,
-        convert_adapters,
-        sparse_param_groups,
-    )
+    from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_rigsa
+    from rigsa_lightning.adapters.rigsa.sparse import sparse_param_groups
+    from rigsa_lightning.adapters.rigsa.storage import adapter_state_bytes, convert_adapters
     from rigsa_lightning.adapters.targets import replace_module
     from rigsa_lightning.models import default_cache_dir, load_model
     from rigsa_lightning.pruning import IterativeMagnitudePruning
@@ -171,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         say(f"[gpu_profile] {name}: {sec:.3f} s/step, peak {fmt_bytes(phases[name]['peak_bytes'])}")
 
     adapter_cfg = {"targets": TARGETS, "seed": 1234, "lr": 1e-3, "alpha_lr": 1e-3, "weight_decay": 1.0}
-    adapters = inject_gated_sparse(model, adapter_cfg)
+    adapters = inject_rigsa(model, adapter_cfg)
     opt = torch.optim.AdamW(adapter_param_groups(adapters, adapter_cfg))
     params = [p for g in opt.param_groups for p in g["params"]]
     train_phase("dense", opt, params, adapters)

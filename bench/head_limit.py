@@ -7,7 +7,7 @@ end-of-turn token), the LM head at the supervised positions only (``rigsa_lightn
 
 * ``floor``: nothing trains; the input embeddings' output requires grad so backward runs through every layer - the
   cost no adapter method can go under (restricted head too);
-* ``rigsa_dense``: the dense RIGSA round (GatedSparseLinear at density 1, merged form, 106 M ΔW entries);
+* ``rigsa_dense``: the dense RIGSA round (DenseDeltaLinear at density 1, merged form, 106 M ΔW entries);
 * ``rigsa_sparse@0.5`` / ``rigsa_sparse@0.0346``: the sparse storage after pruning to that density (0.0346: the
   paper's);
 * ``random_mask@0.5``: a fixed random mask (``random_mask_``) stored sparse from the start (random_mask_50);
@@ -128,8 +128,8 @@ def run(
         rigsa_variant,
         train_step,
     )
-    from rigsa_lightning.adapters.gated_sparse import random_mask_
-    from rigsa_lightning.adapters.sparse_delta import to_sparse_storage
+    from rigsa_lightning.adapters.rigsa.seeding import random_mask_
+    from rigsa_lightning.adapters.rigsa.storage import to_sparse_storage
 
     probe = thread_probe()
     busy = probe["speedup_2_over_1"] < 1.3

@@ -1,7 +1,7 @@
 """Benchmark 3 - one IMP pruning event over all 210 adapted matrices of SmolLM2-135M (~106M entries), and a
 bounded-memory global threshold over 1.7B entries (SmolLM2-1.7B's adapted size).
 
-**Round over 106M entries.** 210 ``GatedSparseLinear`` modules of SmolLM2-135M's shapes around uninitialised
+**Round over 106M entries.** 210 ``DenseDeltaLinear`` modules of SmolLM2-135M's shapes around uninitialised
 (never touched, so never resident) base layers; ΔW = its seeded initial value plus noise (a stand-in for one epoch of
 training; ~10% of the signs flip). One round of :class:`rigsa_lightning.pruning.IterativeMagnitudePruning` as
 ``experiment=rigsa_50`` configures it (sparsity 0.5, sign_magnitude, rewind to init, pruned entries zero), with
@@ -90,18 +90,19 @@ SPECS = {"135m": SMOLLM2_135M, "1.7b_block": {**SMOLLM2_1_7B, "layers": 1}}
 
 
 def build_adapters(seed: int = 1234, noise: float = 0.3, model: str = "135m") -> dict[str, Any]:
-    """GatedSparseLinear modules of a model's shapes (``135m``: SmolLM2-135M's 210; ``1.7b_block``: one block of
+    """DenseDeltaLinear modules of a model's shapes (``135m``: SmolLM2-135M's 210; ``1.7b_block``: one block of
     SmolLM2-1.7B, 7 matrices, 67M entries); ΔW = initial + noise (deterministic in ``seed``)."""
     import torch
     from torch import nn
 
-    from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, derive_seed
+    from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+    from rigsa_lightning.adapters.rigsa.seeding import derive_seed
 
     gen = torch.Generator().manual_seed(seed)
     adapters = {}
     for name, (o, i) in layer_shapes(SPECS[model]):
         base = torch.nn.utils.skip_init(nn.Linear, i, o, bias=False)  # uninitialised: never resident
-        mod = GatedSparseLinear(base, init_seed=derive_seed(seed, name), gate_key=name)
+        mod = DenseDeltaLinear(base, init_seed=derive_seed(seed, name), gate_key=name)
         with torch.no_grad():
             bound = 1.0 / i**0.5
             mod.delta.add_(torch.randn(mod.delta.shape, generator=gen), alpha=noise * bound)
@@ -294,11 +295,11 @@ def _warm_up(variants: list[str]) -> None:
     import torch
     from torch import nn
 
-    from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear
+    from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 
     for variant in variants:
         small = {
-            f"m{i}": GatedSparseLinear(nn.Linear(96, 64 * (i + 1), bias=False), init_seed=i) for i in range(2)
+            f"m{i}": DenseDeltaLinear(nn.Linear(96, 64 * (i + 1), bias=False), init_seed=i) for i in range(2)
         }
         with torch.no_grad():
             for m in small.values():

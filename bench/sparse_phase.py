@@ -4,8 +4,8 @@ For d in {0.5, 0.1, 0.0346} (random masks of that density on all 210 matrices of
 
 * **state bytes**, measured on the tensors that exist right after a training step's ``optimizer.step()`` (before
   ``zero_grad``): ΔW (or kept values), their gradients, AdamW's moments, masks (bool) or indices (int32), for
-  (a) the dense-storage :class:`GatedSparseLinear` and (b) :class:`SparseGatedLinear`
-  (``rigsa_lightning/adapters/sparse_delta.py``). Target at d <= 0.1: sparse <= (d + 0.02) x dense.
+  (a) the dense-storage :class:`DenseDeltaLinear` and (b) :class:`SparseDeltaLinear`
+  (``rigsa_lightning/adapters/rigsa/sparse.py``). Target at d <= 0.1: sparse <= (d + 0.02) x dense.
 * **step time** (same process, alternating): dense storage (masked, ``enforce_mask`` after each step as the IMP
   callback does), sparse storage (``grad_mode=auto``: the sampled product below density 0.2, otherwise the dense
   weight-gradient matmul + gather), sparse with the dense gather at 0.0346 (to isolate the sampled product's gain),
@@ -60,7 +60,7 @@ def set_masks(adapters: dict[str, Any], masks: dict[str, Any]) -> None:
 def state_after_step(adapters: dict[str, Any], variant: Any, model: Any, batch: dict) -> dict[str, int]:
     """Adapter state bytes right after ``optimizer.step()`` (gradients still alive), then ``zero_grad``."""
     from bench.steps import lm_loss
-    from rigsa_lightning.adapters.sparse_delta import adapter_state_bytes
+    from rigsa_lightning.adapters.rigsa.storage import adapter_state_bytes
 
     loss = lm_loss(model, batch)
     loss.backward()
@@ -76,7 +76,7 @@ def kernel_micro(densities: tuple[float, ...], threads: list[int], tokens: int, 
     """Per-step weight-gradient time over the 210 matrices: dense gᵀx (+gather) vs sampled, per density."""
     import torch
 
-    from rigsa_lightning.adapters.sparse_delta import sampled_weight_grad
+    from rigsa_lightning.adapters.rigsa.sparse import sampled_weight_grad
 
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def run(
     import torch
 
     from bench.steps import Host, frozen_variant, lora_model, rigsa_adapters, rigsa_variant, train_step
-    from rigsa_lightning.adapters.sparse_delta import to_sparse_storage
+    from rigsa_lightning.adapters.rigsa.storage import to_sparse_storage
 
     probe = thread_probe()
     busy = probe["speedup_2_over_1"] < 1.3  # 2 threads not clearly faster: another job holds a core

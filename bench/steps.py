@@ -170,11 +170,12 @@ def full_variant(host: Host, lr: float = 1e-5, impl: str = "fused") -> Variant:
 
 def rigsa_adapters(host: Host, seed: int = 1234) -> dict[str, nn.Module]:
     """Dense-storage RIGSA adapters (density 1, merged form) around the frozen originals."""
-    from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, derive_seed
+    from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+    from rigsa_lightning.adapters.rigsa.seeding import derive_seed
 
     out: dict[str, nn.Module] = {}
     for name, lin in host.originals.items():
-        out[name] = GatedSparseLinear(lin, init_seed=derive_seed(seed, name), gate_key=name)
+        out[name] = DenseDeltaLinear(lin, init_seed=derive_seed(seed, name), gate_key=name)
     return out
 
 
@@ -183,15 +184,16 @@ def rigsa_variant(
 ) -> Variant:
     """AdamW over ΔW (weight decay 1.0) and the gates, as ``adapter_param_groups`` builds it (works for both
     storages). ``enforce`` runs ``enforce_mask`` after each step (masked dense storage, as the IMP callback)."""
-    from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, adapter_param_groups
-    from rigsa_lightning.adapters.sparse_delta import SparseGatedLinear, sparse_param_groups
+    from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups
+    from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+    from rigsa_lightning.adapters.rigsa.sparse import SparseDeltaLinear, sparse_param_groups
 
     cfg = {"lr": lr, "alpha_lr": lr, "weight_decay": 1.0}
     first = next(iter(adapters.values()))
-    if isinstance(first, SparseGatedLinear):
+    if isinstance(first, SparseDeltaLinear):
         groups = sparse_param_groups(adapters, cfg)  # type: ignore[arg-type]
     else:
-        assert isinstance(first, GatedSparseLinear)
+        assert isinstance(first, DenseDeltaLinear)
         groups = adapter_param_groups(adapters, cfg)  # type: ignore[arg-type]
     params = [p for g in groups for p in g["params"]]
     opt = adamw(groups, impl)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear
+from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.targets import replace_module
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_write_json, sibling_tempdir
@@ -71,7 +71,7 @@ def save_sparse_adapter(
     """Write ``adapter.safetensors`` + ``adapter_config.json`` into ``folder`` (replaced atomically); return it."""
     from safetensors.torch import save_file
 
-    from rigsa_lightning.adapters.sparse_delta import storage_of
+    from rigsa_lightning.adapters.rigsa.storage import storage_of
 
     folder = Path(folder)
     adapter_plain = _to_plain(adapter_cfg)
@@ -83,7 +83,7 @@ def save_sparse_adapter(
     total_numel = 0
     for name, mod in adapters.items():
         numel = mod.numel()
-        if storage_of(mod) == "sparse":  # SparseGatedLinear: already kept values + indices
+        if storage_of(mod) == "sparse":  # SparseDeltaLinear: already kept values + indices
             indices = mod.indices.detach().long()
             values = mod.values.detach().float().cpu().contiguous()
         else:
@@ -232,7 +232,7 @@ def read_sparse_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict
 
 def load_sparse_adapter(
     model: nn.Module, folder: str | os.PathLike, *, strict: bool = True
-) -> dict[str, GatedSparseLinear]:
+) -> dict[str, DenseDeltaLinear]:
     """Inject an exported adapter into ``model`` (base weights frozen) so it reproduces the trained model.
 
     Validates everything before touching the model (ConfigError naming ``adapter.path``): corrupt files, tensors,
@@ -244,7 +244,7 @@ def load_sparse_adapter(
     plan: dict[str, nn.Linear] = {}
     for name, info in config["modules"].items():
         target = modules.get(name)
-        if isinstance(target, GatedSparseLinear):
+        if isinstance(target, DenseDeltaLinear):
             target = target.base_layer
         if not isinstance(target, nn.Linear):
             if strict:
@@ -268,7 +268,7 @@ def load_sparse_adapter(
     for p in model.parameters():
         p.requires_grad_(False)
     gates: dict[str, nn.Parameter] = {}
-    adapters: dict[str, GatedSparseLinear] = {}
+    adapters: dict[str, DenseDeltaLinear] = {}
     for name, linear in plan.items():
         info = config["modules"][name]
         device = linear.weight.device
@@ -286,7 +286,7 @@ def load_sparse_adapter(
         flat_mask = torch.zeros(numel, dtype=torch.bool, device=device)
         flat_mask[idx] = True
         adapter_cfg = config.get("adapter") or {}
-        module = GatedSparseLinear(
+        module = DenseDeltaLinear(
             linear,
             init_seed=int(info.get("init_seed", 0)),
             alpha=alpha,
@@ -306,15 +306,15 @@ def load_sparse_adapter(
 
 # ====================================================================================================== merge
 def merge_adapter(model: nn.Module) -> nn.Module:
-    """Replace every :class:`GatedSparseLinear` by its base ``nn.Linear`` with ``W0 + alpha·ΔW`` baked in.
+    """Replace every :class:`DenseDeltaLinear` by its base ``nn.Linear`` with ``W0 + alpha·ΔW`` baked in.
 
     The result is a plain transformers model (no adapter modules, no inference overhead) that ``save_pretrained``
     can write. The base parameters keep ``requires_grad=False`` (set by injection). Returns ``model``.
     """
-    names = [name for name, mod in model.named_modules() if isinstance(mod, GatedSparseLinear)]
+    names = [name for name, mod in model.named_modules() if isinstance(mod, DenseDeltaLinear)]
     for name in names:
         mod = model.get_submodule(name)
-        assert isinstance(mod, GatedSparseLinear)
+        assert isinstance(mod, DenseDeltaLinear)
         mod.merge()
         replace_module(model, name, mod.base_layer)
     return model

@@ -222,7 +222,7 @@ class RigsaLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ adapters
     def adapter_modules(self) -> dict[str, torch.nn.Module]:
-        """The gated adapters by name (GatedSparseLinear, or SparseGatedLinear once stored sparse; empty for
+        """The gated adapters by name (DenseDeltaLinear, or SparseDeltaLinear once stored sparse; empty for
         LoRA/full/none). The dict object stays the same when the storage changes."""
         return self.prepared.gated
 
@@ -233,7 +233,7 @@ class RigsaLitModule(L.LightningModule):
         ``auto`` (default) stores pruned adapters sparse on a single-device strategy and dense under DDP/FSDP,
         whose wrappers cannot follow the parameters changing after a prune; ``sparse`` there is an error.
         """
-        from rigsa_lightning.adapters.sparse_delta import multi_device_error, storage_options
+        from rigsa_lightning.adapters.rigsa.storage import multi_device_error, storage_options
 
         value, _ = storage_options(self.cfg.adapter)
         if not get_method(self.method).gated:
@@ -255,55 +255,12 @@ class RigsaLitModule(L.LightningModule):
             self.set_adapter_storage("sparse")
 
     def set_adapter_storage(self, storage: str) -> None:
-        """Convert every gated adapter to ``storage`` (``sparse``: kept values + int32 indices, ~20 bytes per kept
-        entry with AdamW instead of 17 per entry; ``dense``), in the model and in :meth:`adapter_modules`.
+        """Convert every gated adapter to ``storage`` (``sparse`` | ``dense``), in the model and in
+        :meth:`adapter_modules`; during a fit the optimizer and LR scheduler follow with their state (see
+        :func:`~rigsa_lightning.adapters.rigsa.storage.switch_storage`)."""
+        from rigsa_lightning.adapters.rigsa.storage import switch_storage
 
-        During a fit the optimizer and LR scheduler are rebuilt on the new parameters, carrying over the AdamW
-        moments (gathered/scattered at the kept entries), the gates' state, the current learning rates and the
-        scheduler position: the next step is the one the other storage would take (exactly with
-        ``adapter.sparse_grad=dense``; up to float summation order with the sampled weight gradient).
-        """
-        from rigsa_lightning.adapters.sparse_delta import (
-            convert_adapters,
-            remap_param_state,
-            storage_of,
-            storage_options,
-        )
-
-        gated = self.prepared.gated
-        if not gated or all(storage_of(m) == storage for m in gated.values()):
-            return
-        trainer = self._trainer
-        optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
-        old = dict(gated)
-        new = convert_adapters(self.model, gated, storage, grad_mode=storage_options(self.cfg.adapter)[1])
-        gated.clear()
-        gated.update(new)
-        if optimizer is None:
-            return
-        assert trainer is not None
-        states = {
-            n: optimizer.state[m.trainable_delta()]
-            for n, m in old.items()
-            if m.trainable_delta() in optimizer.state
-        }
-        gate_states = {id(a): optimizer.state[a] for a in self.gates() if a in optimizer.state}
-        lrs = [(g["lr"], g.get("initial_lr")) for g in optimizer.param_groups]
-        schedulers = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
-        del optimizer
-        trainer.strategy.setup_optimizers(trainer)
-        new_opt = trainer.optimizers[0]
-        for name, state in states.items():
-            new_opt.state[new[name].trainable_delta()] = remap_param_state(state, old[name], new[name])
-        for gate in self.gates():
-            if id(gate) in gate_states:
-                new_opt.state[gate] = gate_states[id(gate)]
-        for group, (lr, initial_lr) in zip(new_opt.param_groups, lrs):
-            group["lr"] = lr
-            if initial_lr is not None:
-                group["initial_lr"] = initial_lr
-        for config, state in zip(trainer.lr_scheduler_configs, schedulers):
-            config.scheduler.load_state_dict(state)
+        switch_storage(self.model, self.prepared.gated, storage, self.cfg.adapter, self._trainer)
 
     def gates(self) -> list[torch.Tensor]:
         """The distinct gate parameters (alpha) of the gated adapters."""
@@ -394,7 +351,7 @@ class RigsaLitModule(L.LightningModule):
         """After the first step of an epoch (grads and AdamW moments exist): bytes of the adapters' training state
         (ΔW or kept values, grads, moments, masks or indices, gates), logged as ``memory/adapter_state_mb`` and kept
         per epoch in :attr:`adapter_state_history` (``metrics.json``: ``memory/adapter_state``)."""
-        from rigsa_lightning.adapters.sparse_delta import adapter_state_bytes, storage_of
+        from rigsa_lightning.adapters.rigsa.storage import adapter_state_bytes, storage_of
 
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         state = adapter_state_bytes(self.prepared.gated, optimizer)
@@ -559,30 +516,6 @@ class RigsaLitModule(L.LightningModule):
         """Lay the gated adapters out as the checkpoint stores them (sparse ``values``/``indices`` or dense
         ``delta``/``mask``) before Lightning loads it (and builds the optimizer on those parameters); the configured
         storage takes over at the next prune."""
-        from rigsa_lightning.adapters.sparse_delta import (
-            sparse_from_tensors,
-            storage_of,
-            storage_options,
-            to_dense_storage,
-        )
-        from rigsa_lightning.adapters.targets import replace_module
+        from rigsa_lightning.adapters.rigsa.storage import match_checkpoint_storage
 
-        gated = self.prepared.gated
-        grad_mode = storage_options(self.cfg.adapter)[1]
-        for name, mod in list(gated.items()):
-            prefix = f"model.{name}."
-            if f"{prefix}values" in state:
-                dense = mod if storage_of(mod) == "dense" else to_dense_storage(mod)  # type: ignore[arg-type]
-                new = sparse_from_tensors(
-                    dense,  # type: ignore[arg-type]
-                    state[f"{prefix}values"],
-                    state[f"{prefix}indices"],
-                    state.get(f"{prefix}frozen"),
-                    grad_mode=grad_mode,
-                )
-            elif f"{prefix}delta" in state and storage_of(mod) == "sparse":
-                new = to_dense_storage(mod)  # type: ignore[arg-type]
-            else:
-                continue
-            replace_module(self.model, name, new)
-            gated[name] = new
+        match_checkpoint_storage(self.model, self.prepared.gated, state, self.cfg.adapter)

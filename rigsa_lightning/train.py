@@ -150,7 +150,7 @@ def resolve_auto_precision(cfg: DictConfig) -> str:
 def _check_storage_early(cfg: DictConfig) -> None:
     """``adapter.storage`` / ``adapter.sparse_grad`` values, and sparse storage only without a multi-process
     strategy (RigsaLitModule.resolve_storage checks the live strategy again)."""
-    from rigsa_lightning.adapters.sparse_delta import multi_device_error, storage_options
+    from rigsa_lightning.adapters.rigsa.storage import multi_device_error, storage_options
 
     storage, _ = storage_options(cfg.adapter)
     strategy = str(cfg.trainer.get("strategy", "auto") or "auto").lower()

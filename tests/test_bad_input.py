@@ -255,11 +255,11 @@ def _tiny(cache_dir: str, **spec: int) -> Any:
 
 
 def _export(model: Any, folder: Path, density: float = 0.5) -> Path:
-    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.export import save_sparse_adapter
 
     adapter_cfg = {"method": "rigsa", "targets": ["q_proj", "v_proj"], "seed": 3}
-    gated = inject_gated_sparse(model, adapter_cfg, density=density)
+    gated = inject_rigsa(model, adapter_cfg, density=density)
     return save_sparse_adapter(gated, folder, base_model="tiny", adapter_cfg=adapter_cfg, pruning_cfg={})
 
 

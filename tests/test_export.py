@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear, inject_gated_sparse, random_mask_
+from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
+from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+from rigsa_lightning.adapters.rigsa.seeding import random_mask_
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.export import load_sparse_adapter, merge_adapter, save_sparse_adapter
 from rigsa_lightning.pruning import IterativeMagnitudePruning
@@ -32,7 +34,7 @@ def _ids() -> torch.Tensor:
 
 def _trained(model, pruning=PRUNING, adapter=ADAPTER):
     """Inject, 'train' (perturb ΔW, open the gates), prune once, train a bit more."""
-    adapters = inject_gated_sparse(model, adapter)
+    adapters = inject_rigsa(model, adapter)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in adapters.values():
@@ -86,7 +88,7 @@ def test_merge_gives_plain_model_and_save_pretrained(tiny_model, tmp_path):
     with torch.no_grad():
         expected = model(input_ids=_ids()).logits
     merged = merge_adapter(model)
-    assert not any(isinstance(m, GatedSparseLinear) for m in merged.modules())
+    assert not any(isinstance(m, DenseDeltaLinear) for m in merged.modules())
     assert type(merged.get_submodule(Q)) is torch.nn.Linear
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=_ids()).logits, expected, rtol=1e-5, atol=1e-5)
@@ -104,7 +106,7 @@ def test_file_size_scales_with_density(tiny_model, tmp_path):
     model, _ = tiny_model
     sizes = {}
     for density in (1.0, 0.5, 0.1):
-        adapters = inject_gated_sparse(copy.deepcopy(model), {**ADAPTER, "targets": ["re:.*"]})
+        adapters = inject_rigsa(copy.deepcopy(model), {**ADAPTER, "targets": ["re:.*"]})
         if density < 1:
             random_mask_(adapters, density, seed=0)
         folder = _export(adapters, tmp_path / f"d{density}")
@@ -203,7 +205,7 @@ def test_corrupt_adapter_raises_one_line_config_error(tiny_model, tmp_path, case
     assert err.value.option == "adapter.path"
     assert message in str(err.value) and "\n" not in err.value.one_line()
     # Nothing was injected: the model is untouched.
-    assert not any(isinstance(m, GatedSparseLinear) for m in base.modules())
+    assert not any(isinstance(m, DenseDeltaLinear) for m in base.modules())
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
 
 

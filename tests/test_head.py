@@ -39,7 +39,7 @@ def compose(overrides: list[str]) -> Any:
 def build(case: str, cache_dir: str, extra: tuple[str, ...] = ()) -> tuple[Any, dict[str, torch.Tensor]]:
     """A RigsaLitModule of ``case`` with a non-trivial adapter state, and one real Textual MNIST batch."""
     from rigsa_lightning.adapters import prepare_model
-    from rigsa_lightning.adapters.gated_sparse import random_mask_
+    from rigsa_lightning.adapters.rigsa.seeding import random_mask_
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.module import RigsaLitModule
 
@@ -63,7 +63,7 @@ def build(case: str, cache_dir: str, extra: tuple[str, ...] = ()) -> tuple[Any, 
             lin.weight.add_(0.05 * torch.randn(lin.weight.shape, generator=gen))
     module.setup("fit")  # sparse storage (random_mask, a pruned RIGSA adapter) converts here
     if case in ("rigsa_sparse", "random_mask"):
-        from rigsa_lightning.adapters.sparse_delta import storage_of
+        from rigsa_lightning.adapters.rigsa.storage import storage_of
 
         assert {storage_of(m) for m in prepared.gated.values()} == {"sparse"}
     batch = next(iter(dm.train_dataloader()))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import adapter_param_groups, inject_gated_sparse
+from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_rigsa
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.pruning import (
     IterativeMagnitudePruning,
@@ -155,7 +155,7 @@ def test_global_threshold_streams_without_concatenation(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ one round
 def _adapters(model, **over):
-    return inject_gated_sparse(model, {**ADAPTER, **over})
+    return inject_rigsa(model, {**ADAPTER, **over})
 
 
 def _perturb(adapters, seed=0):
@@ -371,7 +371,7 @@ class _TinyLit(L.LightningModule):
     def __init__(self, model, adapter_cfg):
         super().__init__()
         self.model = model.train()
-        self.adapters = inject_gated_sparse(model, adapter_cfg)
+        self.adapters = inject_rigsa(model, adapter_cfg)
         self.adapter_cfg = adapter_cfg
 
     def adapter_modules(self):
@@ -467,7 +467,7 @@ def test_initial_delta_chunks_equal_the_whole_draw(init, shape, chunk_entries):
     """The prune and the rewind draw the initial ΔW chunk by chunk; it must be the exact same matrix (this guards
     the assumption about torch's CPU uniform_/normal_ kernels on a torch upgrade)."""
     from rigsa_lightning.adapters.chunks import row_chunks
-    from rigsa_lightning.adapters.gated_sparse import generate_initial_delta, initial_delta_chunks
+    from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta, initial_delta_chunks
 
     slices = row_chunks(shape, chunk_entries)
     chunks = list(initial_delta_chunks(shape, 77, slices, init, 0.02))

@@ -548,7 +548,7 @@ def test_real_two_job_multirun_tiny_model(tmp_path: Path) -> None:
     """Two real jobs (rigsa_50, zero_shot) on the tiny model through the training entry point, then the report."""
     pytest.importorskip("rigsa_lightning.train")
     pytest.importorskip("rigsa_lightning.pruning")
-    pytest.importorskip("rigsa_lightning.adapters.gated_sparse")
+    pytest.importorskip("rigsa_lightning.adapters.rigsa.layer")
     pytest.importorskip("rigsa_lightning.data.textual_mnist")
     pytest.importorskip("rigsa_lightning.forgetting")
     out = tmp_path / "out"

@@ -222,14 +222,14 @@ def test_checkpoint_save_refuses_non_finite_state(tiny_model: tuple[Any, Any]) -
     from hydra import compose, initialize_config_dir
 
     from rigsa_lightning.adapters import PreparedModel
-    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.config import CONFIG_DIR
     from rigsa_lightning.module import NonFiniteError, RigsaLitModule, restore_rng_state
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=rigsa_50", "model=tiny"])
     model, tok = tiny_model
-    gated = inject_gated_sparse(model, cfg.adapter)
+    gated = inject_rigsa(model, cfg.adapter)
     lit = RigsaLitModule(PreparedModel(model, tok, "rigsa", "tiny", gated=gated), cfg, list(range(10)))
 
     good: dict[str, Any] = {"state_dict": lit.state_dict()}

@@ -105,11 +105,11 @@ def test_converted_models_are_safetensors(tiny_model_dir: str, smollm2_dir: str)
 
 
 def test_merged_model_is_safetensors(tmp_path: Path, tiny_model: tuple[Any, Any]) -> None:
-    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.evaluate import merge_and_save
 
     model, tok = tiny_model
-    inject_gated_sparse(model, {"targets": ["q_proj"], "seed": 1})
+    inject_rigsa(model, {"targets": ["q_proj"], "seed": 1})
     folder = merge_and_save(model, "sparse", tmp_path / "merged", tok)
     _safetensors_model_folder(folder)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import GatedSparseLinear
-from rigsa_lightning.adapters.sparse_delta import remap_param_state, to_dense_storage, to_sparse_storage
+from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+from rigsa_lightning.adapters.rigsa.storage import remap_param_state, to_dense_storage, to_sparse_storage
 from tests.test_resume import SMALL, load_ckpt, only_run_dir, run_cli, tail
 
 EXACT = [*SMALL, "trainer.precision=32-true", "adapter.sparse_grad=dense"]
@@ -107,9 +107,9 @@ def test_bad_storage_value_is_one_line(tmp_path: Path) -> None:
     assert "auto" in lines[-1] and "Traceback" not in res.stderr
 
 
-def _pruned(seed: int = 0) -> GatedSparseLinear:
+def _pruned(seed: int = 0) -> DenseDeltaLinear:
     gen = torch.Generator().manual_seed(seed)
-    mod = GatedSparseLinear(nn.Linear(12, 9), init_seed=3)
+    mod = DenseDeltaLinear(nn.Linear(12, 9), init_seed=3)
     with torch.no_grad():
         mod.delta.add_(torch.randn(mod.delta.shape, generator=gen))
     mod.apply_mask(torch.rand(9, 12, generator=gen) < 0.3)

@@ -117,11 +117,11 @@ def test_compile_forward_equals_eager(tiny_model) -> None:
 
     import torch
 
-    from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+    from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.models import compile_forward
 
     model = copy.deepcopy(tiny_model[0]).eval()
-    inject_gated_sparse(model, {"alpha_init": 0.5})
+    inject_rigsa(model, {"alpha_init": 0.5})
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         eager = model(input_ids=ids).logits

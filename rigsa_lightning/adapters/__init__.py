@@ -28,7 +28,7 @@ class PreparedModel:
     tokenizer: Any
     method: str
     model_key: str
-    gated: dict[str, nn.Module] = field(default_factory=dict)  # GatedSparseLinear modules (rigsa/random_mask)
+    gated: dict[str, nn.Module] = field(default_factory=dict)  # DenseDeltaLinear modules (rigsa/random_mask)
     targets: dict[str, nn.Module] = field(default_factory=dict)  # full fine-tuning targets
 
 

@@ -1,5 +1,5 @@
 """The gated sparse methods: ``rigsa`` (random ΔW, pruned by IMP) and ``random_mask`` (same adapter, a fixed
-random mask). Registry entries only: the adapter is ``gated_sparse.py``, its export ``export.py``."""
+random mask). Registry entries only: the adapter is the ``rigsa`` package, its export ``export.py``."""
 
 from __future__ import annotations
 
@@ -14,23 +14,23 @@ from rigsa_lightning.adapters.registry import AdapterMethod, finite_or_none, tra
 
 
 class GatedSparseMethod(AdapterMethod):
-    """What ``rigsa`` and ``random_mask`` share: ``GatedSparseLinear`` adapters, the sparse export."""
+    """What ``rigsa`` and ``random_mask`` share: ``DenseDeltaLinear`` adapters, the sparse export."""
 
     gated = True
     export_kind = "sparse"
     export_file = "adapter.safetensors"  # export.WEIGHTS_NAME
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
-        """The base model with a ``GatedSparseLinear`` on every target linear."""
-        from rigsa_lightning.adapters.gated_sparse import inject_gated_sparse
+        """The base model with a ``DenseDeltaLinear`` on every target linear."""
+        from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
 
         model, tok, key = load_base(cfg, cache_dir)
-        gated = inject_gated_sparse(model, cfg.adapter)
+        gated = inject_rigsa(model, cfg.adapter)
         return PreparedModel(model, tok, self.name, key, gated=gated)
 
     def param_groups(self, prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
         """ΔW and the gates (alpha), each with its learning rate."""
-        from rigsa_lightning.adapters.gated_sparse import adapter_param_groups
+        from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups
 
         return adapter_param_groups(prepared.gated, adapter_cfg)
 
@@ -96,7 +96,7 @@ class RandomMask(GatedSparseMethod):
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
         """The gated adapters with a random mask of ``adapter.density`` (or the schedule's final density)."""
-        from rigsa_lightning.adapters.gated_sparse import random_mask_
+        from rigsa_lightning.adapters.rigsa.seeding import random_mask_
 
         prepared = super().prepare(cfg, cache_dir)
         density = resolve_random_mask_density(cfg.adapter, cfg.pruning)

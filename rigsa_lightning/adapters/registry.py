@@ -5,7 +5,7 @@ Each method is one :class:`AdapterMethod` subclass in its own module (``gated_me
 (``get_method(name).gated``, ``.prepare(...)``, ``.export(...)``, ...) instead of comparing method names.
 
 Light on purpose: importing this module (or a method module) imports no torch, so ``options.py`` and the report use
-it; each hook imports the heavy implementation (``gated_sparse``, ``lora``, ``full``, ``export``) when it runs.
+it; each hook imports the heavy implementation (``rigsa``, ``lora``, ``full``, ``export``) when it runs.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ then retrain with the final mask. Everything it leaves open is an option of the 
   :func:`compute_prune_masks` -> :class:`PruneResult`.
 * ``callback.py`` - :class:`IterativeMagnitudePruning` (the Lightning callback) and :func:`density_report`.
 
-Imports go one way: ``pruning`` imports ``adapters`` (``adapters.chunks``, ``adapters.gated_sparse``); no module
+Imports go one way: ``pruning`` imports ``adapters`` (``adapters.chunks``, ``adapters.rigsa.layer``); no module
 of ``adapters`` imports ``pruning`` at import time (only ``adapters.resolve_random_mask_density`` does, when
 called).
 """

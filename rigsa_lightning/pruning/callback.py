@@ -114,7 +114,7 @@ class IterativeMagnitudePruning(L.Callback):
             mod = adapters[name]
             if sched.sign_reference == "previous":  # the sign before rewinding: next round's reference
                 new_references[name] = mod.delta.detach() > 0
-            # the rewind draws the initial ΔW chunk by chunk (GatedSparseLinear.apply_mask)
+            # the rewind draws the initial ΔW chunk by chunk (DenseDeltaLinear.apply_mask)
             mod.apply_mask(mask, rewind=sched.rewind == "init", pruned_value=sched.pruned_value)
 
         # Masks are applied module by module as soon as they are final (no second copy of all masks in memory).

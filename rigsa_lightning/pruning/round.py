@@ -66,7 +66,7 @@ class _Source:
     """What one round reads of one module, one row chunk at a time.
 
     The sign reference is the initial ΔW (drawn again chunk by chunk in each pass: see
-    :func:`~rigsa_lightning.adapters.gated_sparse.initial_delta_chunks`) or the "was positive" bool tensor of the
+    :func:`~rigsa_lightning.adapters.rigsa.seeding.initial_delta_chunks`) or the "was positive" bool tensor of the
     previous prune. Candidates, scores and bit patterns exist one row chunk at a time; no whole-matrix temporary.
     """
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rigsa_lightning.adapters.gated_sparse import PRUNED_VALUES
+from rigsa_lightning.adapters.rigsa.layer import PRUNED_VALUES
 from rigsa_lightning.errors import ConfigError
 
 KEEP_OF = ("all", "sign_stable")
@@ -19,7 +19,7 @@ SCORES = ("delta", "gated")
 SCOPES = ("per_matrix", "global")
 SIGN_REFERENCES = ("init", "previous")
 REWINDS = ("init", "none")
-# PRUNED_VALUES ("zero", "init") is the adapter's: GatedSparseLinear.apply_mask checks it too.
+# PRUNED_VALUES ("zero", "init") is the adapter's: DenseDeltaLinear.apply_mask checks it too.
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:

@@ -8,14 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import (
-    GatedSparseLinear,
-    adapter_param_groups,
-    generate_initial_delta,
-    inject_gated_sparse,
-    random_mask_,
-    unique_alphas,
-)
+from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_rigsa, unique_alphas
+from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta, random_mask_
 from rigsa_lightning.adapters.targets import find_target_linears
 from rigsa_lightning.errors import ConfigError
 
@@ -26,9 +21,9 @@ def _tokens(n: int = 2, t: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 49152, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-def _layer(bias: bool = True, mode: str = "merged", seed: int = 7) -> GatedSparseLinear:
+def _layer(bias: bool = True, mode: str = "merged", seed: int = 7) -> DenseDeltaLinear:
     torch.manual_seed(0)
-    return GatedSparseLinear(nn.Linear(12, 9, bias=bias), init_seed=seed, forward_mode=mode)
+    return DenseDeltaLinear(nn.Linear(12, 9, bias=bias), init_seed=seed, forward_mode=mode)
 
 
 def test_init_logits_equal_base_and_only_adapter_is_trainable(tiny_model):
@@ -36,7 +31,7 @@ def test_init_logits_equal_base_and_only_adapter_is_trainable(tiny_model):
     ids = _tokens()
     with torch.no_grad():
         base = model(input_ids=ids).logits.clone()
-    adapters = inject_gated_sparse(model, CFG)
+    adapters = inject_rigsa(model, CFG)
     assert len(adapters) == 14  # 7 projections x 2 blocks
     with torch.no_grad():
         adapted = model(input_ids=ids).logits
@@ -118,7 +113,7 @@ def test_initial_delta_kaiming_like_nn_linear_and_regenerable():
     assert torch.equal(layer.initial_delta(), ref)  # regenerated from the seed, not the trained values
     normal = generate_initial_delta((200, 300), 5, init="normal", init_std=0.02)
     assert abs(float(normal.std()) - 0.02) < 1e-3
-    copy = GatedSparseLinear(nn.Linear(12, 9), init_seed=99, keep_init="copy")
+    copy = DenseDeltaLinear(nn.Linear(12, 9), init_seed=99, keep_init="copy")
     assert torch.equal(copy.initial_delta(), ref)
 
 
@@ -128,7 +123,7 @@ def test_gate_granularity(tiny_model):
     for gate in ("matrix", "layer", "global"):
         import copy
 
-        adapters = inject_gated_sparse(copy.deepcopy(model), {**CFG, "gate": gate})
+        adapters = inject_rigsa(copy.deepcopy(model), {**CFG, "gate": gate})
         counts[gate] = len(unique_alphas(adapters))
         groups = adapter_param_groups(adapters, CFG)
         assert len(groups[1]["params"]) == counts[gate]
@@ -155,18 +150,18 @@ def test_targets_suffix_regex_and_errors(tiny_model):
     with pytest.raises(ConfigError, match="lm_head"):
         find_target_linears(model, ["lm_head"])
     with pytest.raises(ConfigError, match="adapter.targets"):
-        inject_gated_sparse(model, {**CFG, "targets": ["re:(unclosed"]})
+        inject_rigsa(model, {**CFG, "targets": ["re:(unclosed"]})
     with pytest.raises(ConfigError, match="adapter.gate"):
-        inject_gated_sparse(model, {**CFG, "gate": "row"})
+        inject_rigsa(model, {**CFG, "gate": "row"})
 
 
 def test_random_mask_exact_and_seeded(tiny_model):
     import copy
 
     model, _ = tiny_model
-    a = inject_gated_sparse(copy.deepcopy(model), CFG)
-    b = inject_gated_sparse(copy.deepcopy(model), CFG)
-    c = inject_gated_sparse(copy.deepcopy(model), CFG)
+    a = inject_rigsa(copy.deepcopy(model), CFG)
+    b = inject_rigsa(copy.deepcopy(model), CFG)
+    c = inject_rigsa(copy.deepcopy(model), CFG)
     random_mask_(a, 0.3, seed=5)
     random_mask_(b, 0.3, seed=5)
     random_mask_(c, 0.3, seed=6)
@@ -177,7 +172,7 @@ def test_random_mask_exact_and_seeded(tiny_model):
         assert torch.equal(mod.delta[~mod.mask], torch.zeros(int((~mod.mask).sum())))
         assert torch.equal(mod.delta[mod.mask], mod.initial_delta()[mod.mask])
     # Through the config: adapter.density < 1 draws the mask at injection (the random_mask method).
-    d = inject_gated_sparse(copy.deepcopy(model), {**CFG, "density": 0.3, "mask_seed": 5})
+    d = inject_rigsa(copy.deepcopy(model), {**CFG, "density": 0.3, "mask_seed": 5})
     assert all(torch.equal(d[n].mask, a[n].mask) for n in a)
     with pytest.raises(ConfigError, match="adapter.density"):
         random_mask_(a, 1.5, seed=0)
@@ -233,7 +228,7 @@ def test_merge_unmerge_and_state_dict_roundtrip():
 def test_bf16_base_and_autocast(tiny_model):
     model, _ = tiny_model
     ids = _tokens()
-    adapters = inject_gated_sparse(model, CFG)
+    adapters = inject_rigsa(model, CFG)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(input_ids=ids).logits
     assert torch.isfinite(out).all()

@@ -12,135 +12,25 @@
 
 The module follows PEFT's layer contract (``base_layer``, ``get_delta_weight``, ``merge``, ``unmerge``). See
 docs/ARCHITECTURE.md for the contract and ``rigsa_lightning/conf/adapter/rigsa.yaml`` for the options.
+This is the dense storage (:class:`DenseDeltaLinear`: the whole ΔW + a bool mask); ``sparse.py`` holds the
+same adapter storing only the kept entries, ``seeding.py`` the ΔW draw, ``inject.py`` the injection.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rigsa_lightning.adapters.chunks import float_mask, row_chunks
-from rigsa_lightning.adapters.targets import find_target_linears, replace_module
+from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, generate_initial_delta, initial_delta_chunks
 from rigsa_lightning.errors import ConfigError
 
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-INIT_SCHEMES = ("kaiming_uniform", "normal")
-GATES = ("matrix", "layer", "global")
 FORWARD_MODES = ("merged", "two_matmul")
 KEEP_INIT = ("regenerate", "copy")
 PRUNED_VALUES = ("zero", "init")
-
-_BLOCK_PREFIX = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def derive_seed(seed: int, name: str, purpose: str = "delta") -> int:
-    """A 63-bit seed for one module, a pure function of ``(purpose, seed, module name)``.
-
-    Using the module *name* (not its position in the target list) keeps a module's ΔW identical when other
-    modules are added to or removed from ``adapter.targets``; hashing avoids the collisions of ``seed + index``
-    between neighbouring seeds.
-    """
-    digest = hashlib.sha256(f"{purpose}:{int(seed)}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def generate_initial_delta(
-    shape: tuple[int, int] | torch.Size,
-    seed: int,
-    init: str = "kaiming_uniform",
-    init_std: float = 0.02,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """The initial ΔW (fp32) of a ``(out, in)`` matrix, drawn on the CPU from ``seed`` (identical on any device).
-
-    ``kaiming_uniform`` equals ``nn.Linear.reset_parameters`` (``kaiming_uniform_(a=sqrt(5))``, i.e. uniform in
-    ``±1/sqrt(in_features)``); ``normal`` draws N(0, init_std²).
-    """
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
-    return _draw_rows(int(shape[0]), int(shape[1]), gen, init, init_std, device)
-
-
-def _draw_rows(
-    rows: int,
-    in_features: int,
-    gen: torch.Generator,
-    init: str,
-    init_std: float,
-    device: torch.device | str | None,
-) -> torch.Tensor:
-    """The next ``rows`` rows of an initial ΔW from ``gen`` (CPU fp32 draw, then moved to ``device``)."""
-    values = torch.empty(rows, in_features, dtype=torch.float32)
-    if init == "kaiming_uniform":
-        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
-        values.uniform_(-bound, bound, generator=gen)
-    elif init == "normal":
-        values.normal_(0.0, float(init_std), generator=gen)
-    else:
-        raise ConfigError("adapter.init", f"unknown init {init!r}", f"use one of {list(INIT_SCHEMES)}")
-    if device is not None and torch.device(device) != values.device:
-        values = values.to(device)
-    return values
-
-
-def initial_delta_chunks(
-    shape: tuple[int, int] | torch.Size,
-    seed: int,
-    slices: list[slice],
-    init: str = "kaiming_uniform",
-    init_std: float = 0.02,
-    device: torch.device | str | None = None,
-) -> Iterator[torch.Tensor]:
-    """The rows ``slices`` (consecutive, from row 0, as :func:`row_chunks` makes them) of the initial ΔW, drawn one
-    chunk at a time: only a chunk exists, never the whole matrix.
-
-    CPU ``uniform_`` draws one number per entry in order, so consecutive chunks from one generator equal the whole
-    draw. ``normal_`` transforms blocks of 16 draws (Box-Muller) and redraws a ragged tail at the end, so chunks
-    match the whole draw only when every chunk but the last holds a multiple of 16 entries and the last at least
-    16; otherwise the whole matrix is generated once and sliced. (tests/test_pruning.py checks both against
-    :func:`generate_initial_delta`.)
-    """
-    out_features, in_features = int(shape[0]), int(shape[1])
-    starts = [0] + [sl.stop for sl in slices[:-1]]
-    if [sl.start for sl in slices] != starts or (slices and slices[-1].stop > out_features):
-        raise ValueError("slices must be consecutive row ranges starting at row 0")
-    sizes = [(sl.stop - sl.start) * in_features for sl in slices]
-    streamable = init == "kaiming_uniform" or (
-        all(n % 16 == 0 for n in sizes[:-1]) and (len(sizes) == 1 or sizes[-1] >= 16)
-    )
-    if not streamable:
-        whole = generate_initial_delta(shape, seed, init, init_std, device)
-        for sl in slices:
-            yield whole[sl]
-        return
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
-    for sl in slices:
-        yield _draw_rows(sl.stop - sl.start, in_features, gen, init, init_std, device)
-
-
-def gate_key(name: str, gate: str) -> str:
-    """The key of the alpha a module uses: its own name (matrix), its block ``...layers.<i>`` (layer), or global."""
-    if gate == "matrix":
-        return name
-    if gate == "global":
-        return "global"
-    match = _BLOCK_PREFIX.match(name)
-    return match.group(1) if match else name
 
 
 class AdapterLayer(nn.Module):
@@ -200,7 +90,7 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
 
-class GatedSparseLinear(AdapterLayer):
+class DenseDeltaLinear(AdapterLayer):
     """``y = x (W0 + alpha * effective_delta())ᵀ + b`` around a frozen ``nn.Linear`` (see the module docstring).
 
     Args:
@@ -370,6 +260,7 @@ class GatedSparseLinear(AdapterLayer):
         return y + F.linear(x, (self.alpha * delta).to(x.dtype)).to(y.dtype)
 
     def extra_repr(self) -> str:
+        """Shape, gate and options in ``repr(model)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, gate={self.gate_key!r}, "
             f"forward_mode={self.forward_mode}, init={self.init}, seed={self.init_seed}"
@@ -448,117 +339,3 @@ class GatedSparseLinear(AdapterLayer):
                 f"cannot merge into a {type(self.base_layer).__name__} base (quantised weight)",
                 "load the base model unquantised (model.dtype=float32 or bfloat16) to merge",
             )
-
-
-# --------------------------------------------------------------------------------------------------- injection
-def _check_choice(value: Any, choices: tuple[str, ...], option: str) -> str:
-    value = str(value)
-    if value not in choices:
-        raise ConfigError(option, f"unknown value {value!r}", f"use one of {list(choices)}")
-    return value
-
-
-def inject_gated_sparse(
-    model: nn.Module, adapter_cfg: Any, *, density: float | None = None
-) -> dict[str, GatedSparseLinear]:
-    """Freeze every parameter of ``model`` and wrap each target linear in a :class:`GatedSparseLinear`.
-
-    Args:
-        model: a (transformers) model, modified in place.
-        adapter_cfg: the ``adapter`` config group (DictConfig or dict); see conf/adapter/rigsa.yaml.
-        density: initial random-mask density; defaults to ``adapter_cfg.density`` (null or 1.0: dense).
-
-    Returns:
-        ``{module name: GatedSparseLinear}`` in model order (e.g. ``model.layers.0.self_attn.q_proj``).
-    """
-    targets = _get(adapter_cfg, "targets", DEFAULT_TARGETS)
-    init = _check_choice(_get(adapter_cfg, "init", "kaiming_uniform"), INIT_SCHEMES, "adapter.init")
-    gate = _check_choice(_get(adapter_cfg, "gate", "matrix"), GATES, "adapter.gate")
-    forward_mode = _check_choice(
-        _get(adapter_cfg, "forward_mode", "merged"), FORWARD_MODES, "adapter.forward_mode"
-    )
-    keep_init = _check_choice(_get(adapter_cfg, "keep_init", "regenerate"), KEEP_INIT, "adapter.keep_init")
-    init_std = float(_get(adapter_cfg, "init_std", 0.02))
-    if init == "normal" and not init_std > 0:
-        raise ConfigError("adapter.init_std", f"must be > 0 for init=normal, got {init_std}", "use e.g. 0.02")
-    alpha_init = float(_get(adapter_cfg, "alpha_init", 1e-6))
-    seed = int(_get(adapter_cfg, "seed", 1234))
-    if density is None:
-        density = _get(adapter_cfg, "density", None)
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    linears = find_target_linears(model, targets)
-    gates: dict[str, nn.Parameter] = {}
-    adapters: dict[str, GatedSparseLinear] = {}
-    for name, linear in linears.items():
-        key = gate_key(name, gate)
-        alpha = None
-        if gate != "matrix":
-            if key not in gates:
-                gates[key] = nn.Parameter(
-                    torch.tensor(alpha_init, dtype=torch.float32, device=linear.weight.device)
-                )
-            alpha = gates[key]
-        module = GatedSparseLinear(
-            linear,
-            init_seed=derive_seed(seed, name),
-            alpha=alpha,
-            alpha_init=alpha_init,
-            init=init,
-            init_std=init_std,
-            forward_mode=forward_mode,
-            keep_init=keep_init,
-            gate_key=key,
-        )
-        replace_module(model, name, module)
-        adapters[name] = module
-    if density is not None and float(density) < 1.0:
-        random_mask_(adapters, float(density), int(_get(adapter_cfg, "mask_seed", 0)))
-    return adapters
-
-
-def random_mask_(adapters: dict[str, GatedSparseLinear], density: float, seed: int) -> None:
-    """Give every module a uniformly random mask with exactly ``round(density * numel)`` kept entries.
-
-    The mask of a module depends only on ``(seed, module name)`` (same seed, same masks). Survivors restart from
-    their initial ΔW and pruned entries are zero (the ``random_mask`` baseline: a fixed random sparse adapter).
-    """
-    density = float(density)
-    if not 0.0 < density <= 1.0:
-        raise ConfigError("adapter.density", f"{density} is outside (0, 1]", "use a density such as 0.5")
-    for name, module in adapters.items():
-        numel = module.mask.numel()
-        keep = int(round(density * numel))
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(derive_seed(int(seed), name, "mask"))
-        flat = torch.zeros(numel, dtype=torch.bool)
-        flat[torch.randperm(numel, generator=gen)[:keep]] = True
-        module.apply_mask(flat.view(module.mask.shape), rewind=True, pruned_value="zero")
-
-
-def unique_alphas(adapters: dict[str, nn.Module]) -> list[nn.Parameter]:
-    """The distinct gate parameters (shared gates counted once), in module order."""
-    seen: dict[int, nn.Parameter] = {}
-    for module in adapters.values():
-        seen.setdefault(id(module.alpha), module.alpha)
-    return list(seen.values())
-
-
-def adapter_param_groups(adapters: dict[str, nn.Module], adapter_cfg: Any) -> list[dict]:
-    """AdamW parameter groups: ΔW (dense storage) or its kept values (sparse storage) with
-    ``adapter.weight_decay`` at ``adapter.lr``; the gates without decay at ``adapter.alpha_lr``. Only adapter
-    tensors appear (the base model is frozen)."""
-    lr = float(_get(adapter_cfg, "lr", 1e-3))
-    alpha_lr = _get(adapter_cfg, "alpha_lr", None)
-    alpha_lr = lr if alpha_lr is None else float(alpha_lr)
-    weight_decay = float(_get(adapter_cfg, "weight_decay", 1.0))
-    return [
-        {
-            "params": [m.trainable_delta() for m in adapters.values()],
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "name": "delta",
-        },
-        {"params": unique_alphas(adapters), "lr": alpha_lr, "weight_decay": 0.0, "name": "alpha"},
-    ]

@@ -1,8 +1,8 @@
 """Memory-lean storage of a pruned RIGSA adapter: only the kept entries of ΔW live (values + flat indices).
 
-After IMP has pruned ΔW to a density ``d`` (3.46% in the paper), the dense-storage :class:`GatedSparseLinear` still
+After IMP has pruned ΔW to a density ``d`` (3.46% in the paper), the dense-storage :class:`DenseDeltaLinear` still
 holds a dense ΔW, its dense gradient, two dense AdamW moments and a bool mask: 17 bytes per entry whatever ``d``.
-:class:`SparseGatedLinear` holds, per *kept* entry, its value (fp32 1-D parameter), the value's gradient, its two
+:class:`SparseDeltaLinear` holds, per *kept* entry, its value (fp32 1-D parameter), the value's gradient, its two
 AdamW moments and an int32 flat index: 20 bytes per kept entry, i.e. ``~1.18·d`` of the dense state.
 
 Forward (same maths, same result as the dense-storage module)::
@@ -24,9 +24,7 @@ gradient is only needed at the kept entries:
 ``pruned_value="init"`` (pruned entries frozen at their initial value) keeps that frozen part as one dense buffer
 (no gradient, no moments) and always uses the dense weight gradient (the gate's gradient needs the full product).
 
-Conversion: :func:`to_sparse_storage` / :func:`to_dense_storage` (one module, exact round trip), and
-:func:`convert_adapters` for a whole model. Switching storage in a training run needs a new optimizer (the
-parameters change); see ``bench/README.md``.
+Conversion between the two storages (and the optimizer state across it) lives in ``storage.py``.
 """
 
 from __future__ import annotations
@@ -38,30 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import AdapterLayer, GatedSparseLinear, generate_initial_delta
-from rigsa_lightning.adapters.targets import replace_module
+from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups
+from rigsa_lightning.adapters.rigsa.layer import AdapterLayer
+from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 
 __all__ = [
     "GRAD_MODES",
     "SAMPLED_MAX_DENSITY",
-    "SparseGatedLinear",
-    "to_sparse_storage",
-    "to_dense_storage",
-    "convert_adapters",
-    "sparse_from_tensors",
-    "storage_of",
-    "storage_options",
-    "multi_device_error",
-    "STORAGES",
-    "remap_param_state",
+    "SparseDeltaLinear",
     "sparse_param_groups",
-    "adapter_state_bytes",
     "sampled_weight_grad",
 ]
 
 GRAD_MODES = ("auto", "sampled", "dense")
-#: ``adapter.storage``: auto (sparse on one device, dense under DDP/FSDP), sparse, dense.
-STORAGES = ("auto", "dense", "sparse")
 #: ``grad_mode="auto"`` uses the sampled product at densities up to this (CPU: SDDMM ~ dense matmul near 0.25).
 SAMPLED_MAX_DENSITY = 0.2
 
@@ -132,6 +119,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         compute_dtype: torch.dtype,
         grad_mode: str,
     ) -> torch.Tensor:
+        """``y``; saves the inputs (not the dense weight) for backward."""
         weight = _rebuild_weight(w0, alpha, values, indices, frozen)
         xc = x.to(compute_dtype)
         y = F.linear(xc, weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype))
@@ -145,6 +133,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        """Gradients of ``x``, the bias, ``alpha`` and the kept ``values`` (the weight rebuilt here)."""
         xc, w0, alpha, values, indices, frozen = ctx.saved_tensors
         need_x, _, need_b, need_alpha, need_values = ctx.needs_input_grad[:5]
         shape = (w0.shape[0], w0.shape[1])
@@ -179,7 +168,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------- module
-class SparseGatedLinear(AdapterLayer):
+class SparseDeltaLinear(AdapterLayer):
     """A pruned RIGSA adapter storing only its kept entries: ``y = x (W0 + alpha·ΔW)ᵀ + b``.
 
     Attributes:
@@ -285,7 +274,7 @@ class SparseGatedLinear(AdapterLayer):
         return self.grad_mode
 
     def initial_delta(self) -> torch.Tensor:
-        """The initial ΔW, regenerated from the seed (as :meth:`GatedSparseLinear.initial_delta`)."""
+        """The initial ΔW, regenerated from the seed (as :meth:`DenseDeltaLinear.initial_delta`)."""
         return generate_initial_delta(
             (self.out_features, self.in_features),
             self.init_seed,
@@ -342,225 +331,14 @@ class SparseGatedLinear(AdapterLayer):
             )
 
     def extra_repr(self) -> str:
+        """Shape, gate and options in ``repr(model)``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz()}, "
             f"density={self.density():.4f}, grad_mode={self.grad_mode}, gate={self.gate_key!r}"
         )
 
 
-# --------------------------------------------------------------------------------------------------- conversion
-def to_sparse_storage(
-    module: GatedSparseLinear, *, index_dtype: torch.dtype = torch.int32, grad_mode: str = "auto"
-) -> SparseGatedLinear:
-    """The same adapter (same base layer, same gate object, same kept values) with sparse storage.
-
-    The forward output is bitwise equal to ``module``'s; gradients at the kept entries are equal (bitwise with
-    ``grad_mode="dense"``, up to summation order with ``sampled``). ``module`` itself is left unchanged.
-    """
-    if module.merged:
-        raise RuntimeError("unmerge() the adapter before converting its storage")
-    numel = module.mask.numel()
-    if index_dtype == torch.int32 and numel >= 2**31:
-        index_dtype = torch.int64
-    flat_mask = module.mask.reshape(-1)
-    indices = flat_mask.nonzero().reshape(-1)  # sorted, row-major
-    values = module.delta.detach().reshape(-1)[indices]
-    frozen = None
-    if module.pruned_value == "init" and not module._is_full():
-        frozen = module._frozen_values().detach().clone().reshape(-1)
-        frozen[indices] = 0.0
-    return sparse_from_tensors(module, values, indices.to(index_dtype), frozen, grad_mode=grad_mode)
-
-
-def sparse_from_tensors(
-    module: GatedSparseLinear,
-    values: torch.Tensor,
-    indices: torch.Tensor,
-    frozen: torch.Tensor | None = None,
-    *,
-    grad_mode: str = "auto",
-) -> SparseGatedLinear:
-    """A :class:`SparseGatedLinear` on ``module``'s base layer, gate and seed with the given kept ``values`` at
-    ``indices`` (and ``frozen`` pruned values): how a checkpoint written in sparse storage is laid out again."""
-    return SparseGatedLinear(
-        module.base_layer,
-        values,
-        indices,
-        pruned_value="init" if frozen is not None else "zero",
-        frozen=frozen,
-        grad_mode=grad_mode,
-        **_shared_init_kwargs(module),
-    )
-
-
-def _shared_init_kwargs(module: AdapterLayer) -> dict[str, Any]:
-    """Constructor arguments both storages take from each other: the ΔW seed and distribution, the same gate
-    object (shared gates stay shared), its initial value and key, the forward form."""
-    return {
-        "init_seed": module.init_seed,
-        "alpha": module.alpha,
-        "alpha_init": module.alpha_init,
-        "init": module.init,
-        "init_std": module.init_std,
-        "gate_key": module.gate_key,
-        "forward_mode": module.forward_mode,
-    }
-
-
-def storage_options(adapter_cfg: Any) -> tuple[str, str]:
-    """``(adapter.storage, adapter.sparse_grad)``, validated (one-line ConfigError naming the option)."""
-    from rigsa_lightning.errors import ConfigError
-
-    storage = str(adapter_cfg.get("storage", "auto") or "auto")
-    if storage not in STORAGES:
-        raise ConfigError("adapter.storage", f"unknown value {storage!r}", f"use one of {list(STORAGES)}")
-    grad = str(adapter_cfg.get("sparse_grad", "auto") or "auto")
-    if grad not in GRAD_MODES:
-        raise ConfigError("adapter.sparse_grad", f"unknown value {grad!r}", f"use one of {list(GRAD_MODES)}")
-    return storage, grad
-
-
-def multi_device_error(strategy: str) -> Exception:
-    """The error for ``adapter.storage=sparse`` with a multi-process strategy (DDP/FSDP wrappers register the
-    parameters once and cannot follow them changing after a prune)."""
-    from rigsa_lightning.errors import ConfigError
-
-    return ConfigError(
-        "adapter.storage",
-        f"sparse storage needs a single-device strategy, not {strategy}",
-        "use adapter.storage=auto (dense under DDP/FSDP) or adapter.storage=dense",
-    )
-
-
-def storage_of(module: nn.Module) -> str:
-    """``sparse`` for a :class:`SparseGatedLinear`, ``dense`` otherwise."""
-    return "sparse" if isinstance(module, SparseGatedLinear) else "dense"
-
-
-def remap_param_state(state: dict[str, Any], old: nn.Module, new: nn.Module) -> dict[str, Any]:
-    """An optimizer's per-parameter state (AdamW: ``step``, ``exp_avg``, ``exp_avg_sq``) of ``old``'s trainable
-    ΔW laid out for ``new``'s: gathered at the kept entries (dense -> sparse) or scattered into zeros (sparse ->
-    dense). Entries outside the mask have zero moments in dense storage, so the round trip is exact."""
-    old_p, new_p = old.trainable_delta(), new.trainable_delta()  # type: ignore[operator]
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != old_p.shape or old_p.shape == new_p.shape:
-            out[key] = value
-        elif isinstance(new, SparseGatedLinear):
-            out[key] = value.reshape(-1)[new.indices.long()].clone()
-        else:
-            assert isinstance(old, SparseGatedLinear)
-            dense = torch.zeros(new_p.numel(), dtype=value.dtype, device=value.device)
-            dense[old.indices.long()] = value
-            out[key] = dense.view(new_p.shape)
-    return out
-
-
-def to_dense_storage(module: SparseGatedLinear) -> GatedSparseLinear:
-    """Back to a dense-storage :class:`GatedSparseLinear` (same base layer and gate; exact values and mask)."""
-    if module.merged:
-        raise RuntimeError("unmerge() the adapter before converting its storage")
-    dense = GatedSparseLinear(
-        module.base_layer,
-        delta=module.effective_delta(),
-        **_shared_init_kwargs(module),
-    )
-    mask = module.mask
-    if not bool(mask.all()):
-        if module.pruned_value == "init":
-            # delta holds the frozen initial values at pruned entries already; apply_mask regenerates the initial
-            # ΔW from the seed (the same values there) as the module's frozen reference.
-            dense.apply_mask(mask, rewind=False, pruned_value="init")
-        else:
-            dense.apply_mask(mask, rewind=False, pruned_value="zero")
-    return dense
-
-
-def convert_adapters(
-    model: nn.Module,
-    adapters: dict[str, nn.Module],
-    storage: str,
-    *,
-    index_dtype: torch.dtype = torch.int32,
-    grad_mode: str = "auto",
-) -> dict[str, nn.Module]:
-    """Replace every adapter of ``model`` (``{module name: adapter}``) by its ``storage`` (sparse|dense) form.
-
-    Returns the new ``{name: module}``. The old modules (and their dense tensors) are no longer referenced by
-    ``model``; an optimizer built on the old parameters must be rebuilt.
-    """
-    if storage not in ("sparse", "dense"):
-        raise ValueError(f"storage must be 'sparse' or 'dense', got {storage!r}")
-    out: dict[str, nn.Module] = {}
-    for name, module in adapters.items():
-        if storage == "sparse":
-            new = (
-                module
-                if isinstance(module, SparseGatedLinear)
-                else to_sparse_storage(module, index_dtype=index_dtype, grad_mode=grad_mode)  # type: ignore[arg-type]
-            )
-        else:
-            new = module if isinstance(module, GatedSparseLinear) else to_dense_storage(module)  # type: ignore[arg-type]
-        if new is not module:
-            replace_module(model, name, new)
-        out[name] = new
-    return out
-
-
-def sparse_param_groups(adapters: dict[str, SparseGatedLinear], adapter_cfg: Any = None) -> list[dict]:
-    """AdamW groups of :func:`~rigsa_lightning.adapters.gated_sparse.adapter_param_groups` (the kept values with
+def sparse_param_groups(adapters: dict[str, SparseDeltaLinear], adapter_cfg: Any = None) -> list[dict]:
+    """AdamW groups of :func:`~rigsa_lightning.adapters.rigsa.inject.adapter_param_groups` (the kept values with
     ``adapter.weight_decay`` at ``adapter.lr``, the unique gates without decay at ``adapter.alpha_lr``)."""
-    from rigsa_lightning.adapters.gated_sparse import adapter_param_groups
-
     return adapter_param_groups(adapters, adapter_cfg or {})
-
-
-def _nbytes(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
-
-
-def adapter_state_bytes(
-    adapters: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None = None
-) -> dict[str, int]:
-    """Bytes of the adapters' training state, measured on the tensors that exist (shared tensors once).
-
-    Keys: ``delta`` (ΔW or kept values), ``grad`` (their ``.grad``), ``optimizer`` (every tensor in the optimizer
-    state of those parameters, e.g. AdamW's two moments), ``mask`` (bool masks or flat indices), ``frozen`` (frozen
-    initial values / kept copies), ``alpha`` (gates, their grads and moments), ``total``.
-    """
-    seen: set[int] = set()
-    out = {"delta": 0, "grad": 0, "optimizer": 0, "mask": 0, "frozen": 0, "alpha": 0}
-
-    def add(key: str, t: torch.Tensor | None) -> None:
-        if t is None or id(t) in seen:
-            return
-        seen.add(id(t))
-        out[key] += _nbytes(t)
-
-    def opt_state(p: torch.Tensor) -> list[torch.Tensor]:
-        if optimizer is None:
-            return []
-        state = optimizer.state.get(p, {})
-        return [v for v in state.values() if isinstance(v, torch.Tensor)]
-
-    for module in adapters.values():
-        if isinstance(module, SparseGatedLinear):
-            param = module.values
-            add("mask", module.indices)
-            add("frozen", module.frozen)
-        else:
-            param = module.delta  # type: ignore[assignment]
-            add("mask", module.mask)  # type: ignore[arg-type]
-            add("frozen", getattr(module, "_frozen", None))
-            add("frozen", getattr(module, "initial_copy", None))
-        add("delta", param)
-        add("grad", param.grad)
-        for t in opt_state(param):
-            add("optimizer", t)
-        alpha = module.alpha  # type: ignore[assignment]
-        add("alpha", alpha)
-        add("alpha", alpha.grad)
-        for t in opt_state(alpha):
-            add("alpha", t)
-    out["total"] = sum(out.values())
-    return out

@@ -1,5 +1,5 @@
-"""Sparse storage of a pruned RIGSA adapter (rigsa_lightning/adapters/sparse_delta.py): exact equivalence with the
-dense-storage GatedSparseLinear (forward, gradients at kept entries, AdamW trajectory), conversions, memory."""
+"""Sparse storage of a pruned RIGSA adapter (adapters/rigsa/sparse.py, storage.py): exact equivalence with the
+dense-storage DenseDeltaLinear (forward, gradients at kept entries, AdamW trajectory), conversions, memory."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.gated_sparse import (
-    GatedSparseLinear,
-    adapter_param_groups,
-    inject_gated_sparse,
-    random_mask_,
-)
-from rigsa_lightning.adapters.sparse_delta import (
+from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_rigsa
+from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
+from rigsa_lightning.adapters.rigsa.seeding import random_mask_
+from rigsa_lightning.adapters.rigsa.sparse import (
     SAMPLED_MAX_DENSITY,
-    SparseGatedLinear,
-    adapter_state_bytes,
-    convert_adapters,
+    SparseDeltaLinear,
     sampled_weight_grad,
     sparse_param_groups,
+)
+from rigsa_lightning.adapters.rigsa.storage import (
+    adapter_state_bytes,
+    convert_adapters,
     to_dense_storage,
     to_sparse_storage,
 )
@@ -32,11 +31,11 @@ def make_module(
     bias: bool = True,
     pruned_value: str = "zero",
     seed: int = 0,
-) -> GatedSparseLinear:
+) -> DenseDeltaLinear:
     """A pruned dense-storage adapter with a non-trivial gate and trained-looking ΔW."""
     gen = torch.Generator().manual_seed(seed)
     base = nn.Linear(in_f, out_f, bias=bias)
-    module = GatedSparseLinear(base, init_seed=seed + 7, gate_key="m")
+    module = DenseDeltaLinear(base, init_seed=seed + 7, gate_key="m")
     with torch.no_grad():
         module.alpha.fill_(0.37)
         module.delta.add_(torch.randn(module.delta.shape, generator=gen) * 0.05)
@@ -51,7 +50,7 @@ def grads(module: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.T
     x = x.detach().clone().requires_grad_(True)
     y = module(x)
     y.backward(gy)
-    param = module.values if isinstance(module, SparseGatedLinear) else module.delta
+    param = module.values if isinstance(module, SparseDeltaLinear) else module.delta
     return y.detach(), x.grad, param.grad.clone(), module.alpha.grad.clone()
 
 
@@ -128,7 +127,7 @@ def test_adamw_trajectory_identical_to_dense_storage():
 def test_round_trip_to_dense_storage_is_exact(pruned_value):
     dense = make_module(pruned_value=pruned_value)
     back = to_dense_storage(to_sparse_storage(dense))
-    assert isinstance(back, GatedSparseLinear)
+    assert isinstance(back, DenseDeltaLinear)
     assert torch.equal(back.delta, dense.delta) and torch.equal(back.mask, dense.mask)
     assert back.alpha is dense.alpha and back.init_seed == dense.init_seed
     assert back.pruned_value == pruned_value
@@ -158,13 +157,13 @@ def test_state_is_proportional_to_density():
 
 def test_convert_model_round_trip_keeps_logits_and_shared_gates(tiny_model):
     model, _ = tiny_model
-    adapters = inject_gated_sparse(model, {"seed": 1, "gate": "layer", "alpha_init": 0.5})
+    adapters = inject_rigsa(model, {"seed": 1, "gate": "layer", "alpha_init": 0.5})
     random_mask_(adapters, 0.1, seed=0)
     ids = torch.randint(0, 1000, (2, 12))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
     sparse = convert_adapters(model, adapters, "sparse")
-    assert all(isinstance(m, SparseGatedLinear) for m in sparse.values())
+    assert all(isinstance(m, SparseDeltaLinear) for m in sparse.values())
     assert dict(model.named_modules())[next(iter(sparse))] is next(iter(sparse.values()))
     a = sparse["model.layers.0.self_attn.q_proj"].alpha
     assert a is sparse["model.layers.0.mlp.down_proj"].alpha  # gate: layer stays shared
@@ -220,4 +219,4 @@ def test_int64_indices_and_bad_input():
     with pytest.raises(ValueError, match="grad_mode"):
         to_sparse_storage(dense, grad_mode="magic")
     with pytest.raises(ValueError, match="out of range"):
-        SparseGatedLinear(nn.Linear(4, 3), torch.zeros(1), torch.tensor([12], dtype=torch.int32), init_seed=0)
+        SparseDeltaLinear(nn.Linear(4, 3), torch.zeros(1), torch.tensor([12], dtype=torch.int32), init_seed=0)
