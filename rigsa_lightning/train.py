@@ -100,7 +100,7 @@ def _load_data(cfg: DictConfig, prepared: PreparedModel, schedule: PruningSchedu
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
 
     dm = TextualMNISTDataModule(
-        cfg.data, prepared.tokenizer, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.data.seed)
+        cfg.data, prepared.tokenizer, cache_dir=str(Path(cfg.paths.cache_dir)), seed=int(cfg.data.seed)
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -137,7 +137,7 @@ def _evaluate_before(
     if curve_cfg is None:
         return None
     curve_eval = ForgettingEvaluator(
-        curve_cfg, prepared.tokenizer, prepared.model_key, str(cfg.paths.cache_dir), None
+        curve_cfg, prepared.tokenizer, prepared.model_key, str(Path(cfg.paths.cache_dir)), None
     )
     curve_eval.verbose = False
     curve_eval.evaluate(prepared.model, "before")
@@ -208,7 +208,7 @@ def _evaluate_after(
     forgetting_summary = forgetting.summary()
     metrics.update({k: v for k, v in forgetting_summary.items() if k != "skipped"})
     metrics["forget/skipped"] = sorted(skipped)
-    forgetting.write(str(cfg.paths.run_dir))
+    forgetting.write(str(Path(cfg.paths.run_dir)))
 
 
 def _model_metrics(
@@ -281,7 +281,7 @@ def train(
     dm = _load_data(cfg, prepared, schedule)
     timings["time/data_s"] = time.time() - t
     forgetting = ForgettingEvaluator(
-        cfg.eval, prepared.tokenizer, prepared.model_key, str(cfg.paths.cache_dir), str(run_dir)
+        cfg.eval, prepared.tokenizer, prepared.model_key, str(Path(cfg.paths.cache_dir)), str(run_dir)
     )
     skipped = forgetting.preflight()  # logs one line per skipped benchmark
     total_epochs, segments = segment_epochs(cfg, schedule)
