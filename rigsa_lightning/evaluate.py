@@ -14,7 +14,6 @@ in ``outputs/runs/<date>/<time>_evaluate/``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from rigsa_lightning.adapters.registry import method_for_export, method_for_expo
 from rigsa_lightning.config import CONFIG_DIR  # noqa: E402
 from rigsa_lightning.errors import ConfigError  # noqa: E402
 from rigsa_lightning.io import atomic_write_json  # noqa: E402
+from rigsa_lightning.task import run_job  # noqa: E402
+from rigsa_lightning.validation import resolve_auto_precision  # noqa: E402
 
 log = logging.getLogger("rigsa_lightning.evaluate")
 
@@ -75,8 +76,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     key = model_key(cfg.model, path)
     model, tok = load_model(cfg.model, cache_dir)
     model.eval()
-    from rigsa_lightning.train import resolve_auto_precision
-
     precision = resolve_auto_precision(cfg)
     metrics: dict[str, Any] = {"model": str(cfg.model.name_or_path), "adapter_path": str(adapter_path or "")}
 
@@ -124,14 +123,9 @@ def merge_and_save(model: Any, kind: str, folder: Path, tokenizer: Any) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    from rigsa_lightning.train import _clean_empty_run_dir
-
-    try:
-        metrics = evaluate(cfg)
-    except ConfigError as exc:
-        _clean_empty_run_dir(Path(cfg.paths.run_dir))
-        print(exc.one_line(), file=sys.stderr)
-        sys.exit(2)
+    metrics = run_job(cfg, evaluate)  # bad input: one line, exit 2, the empty run folder removed
+    if not metrics:  # a multirun job that failed (recorded in its failed.json)
+        return
     for k, v in metrics.items():
         if isinstance(v, float):
             print(f"{k:45s} {v:.4f}")

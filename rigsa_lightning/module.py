@@ -185,6 +185,16 @@ def adamw_impl_kwargs(impl: str) -> dict[str, bool]:
     return dict(ADAMW_IMPLS[impl])
 
 
+def has_pruning_callback(callbacks: list[Any]) -> bool:
+    """Whether an IMP pruning callback (:class:`~rigsa_lightning.pruning.IterativeMagnitudePruning` or a subclass)
+    is among ``callbacks`` (it then re-applies the masks itself)."""
+    from rigsa_lightning.pruning.callback import (
+        IterativeMagnitudePruning,  # lazy: pruning imports adapters/ at import time
+    )
+
+    return any(isinstance(cb, IterativeMagnitudePruning) for cb in callbacks)
+
+
 class RigsaLitModule(L.LightningModule):
     """Trains the injected adapter on Textual MNIST (loss on the answer tokens only).
 
@@ -334,7 +344,7 @@ class RigsaLitModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The IMP callback re-applies masks itself; without it (random_mask) the module does, so AdamW's decoupled
         # decay can never move a pruned entry.
-        enforce = not any(type(cb).__name__ == "IterativeMagnitudePruning" for cb in self.trainer.callbacks)
+        enforce = not has_pruning_callback(self.trainer.callbacks)
         for name, mod in self.prepared.gated.items():
             if enforce:
                 mod.enforce_mask()

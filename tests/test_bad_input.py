@@ -51,7 +51,7 @@ def compose_cfg(overrides: list[str]) -> Any:
 
 
 def validate(overrides: list[str]) -> None:
-    from rigsa_lightning.train import validate_cfg
+    from rigsa_lightning.validation import validate_cfg
 
     validate_cfg(compose_cfg(["experiment=rigsa_50", "model=tiny", *overrides]))
 
@@ -241,7 +241,7 @@ def test_qlora_without_bitsandbytes_direct(monkeypatch: pytest.MonkeyPatch) -> N
         bnb_config({"quant": {}})
     assert info.value.option == "adapter" and "adapter=lora" in info.value.one_line()
     with pytest.raises(ConfigError, match="QLoRA needs bitsandbytes"):
-        from rigsa_lightning.train import validate_cfg
+        from rigsa_lightning.validation import validate_cfg
 
         validate_cfg(compose_cfg(["experiment=qlora_r16", "model=tiny"]))
 

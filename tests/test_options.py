@@ -157,7 +157,7 @@ def test_resume_null_spellings_agree(value: Any) -> None:
     """``resume=none`` (a string on the command line): the run-folder resolver and the training code agree that
     nothing is resumed, so hydra.run.dir is a fresh folder, never one named ``none``."""
     from rigsa_lightning.config import _run_dir_resolver
-    from rigsa_lightning.train import resume_folder
+    from rigsa_lightning.validation import resume_folder
 
     assert _run_dir_resolver(value, "outputs/runs/fresh") == "outputs/runs/fresh"
     assert resume_folder({"resume": value}) is None

@@ -494,3 +494,38 @@ def test_apply_mask_streamed_rewind_equals_given_initial(tiny_model, pruned_valu
             mask, mb.initial_delta(), torch.zeros(()) if pruned_value == "zero" else mb.initial_delta()
         )
         assert torch.equal(ma.delta.detach(), expected)
+
+
+def test_module_finds_the_pruning_callback_by_class_not_by_name() -> None:
+    """RigsaLitModule re-applies the masks itself only without an IMP callback: a subclass of the callback counts
+    as one (a lookup by class name missed it), a foreign class that happens to share the name does not."""
+    from types import SimpleNamespace
+
+    from rigsa_lightning.module import RigsaLitModule, has_pruning_callback
+
+    class TunedPruning(IterativeMagnitudePruning):
+        pass
+
+    impostor = type("IterativeMagnitudePruning", (L.Callback,), {})()
+    assert has_pruning_callback([TunedPruning(IMP)])
+    assert not has_pruning_callback([impostor])
+    assert has_pruning_callback([impostor, IterativeMagnitudePruning(IMP)])
+
+    def enforced(callbacks: list) -> int:
+        calls = []
+        gate = SimpleNamespace(alpha=torch.tensor(1.0), enforce_mask=lambda: calls.append(1))
+        fake = SimpleNamespace(
+            trainer=SimpleNamespace(callbacks=callbacks, log_every_n_steps=50),
+            prepared=SimpleNamespace(gated={"layer": gate}),
+            global_step=1,
+        )
+        RigsaLitModule.on_train_batch_end(fake, None, None, 1)
+        return len(calls)
+
+    assert enforced([TunedPruning(IMP)]) == 0  # the (sub)class re-applies the masks itself
+    assert enforced([impostor]) == 1  # no IMP callback: the module keeps pruned entries at zero
+
+
+def test_pruning_callback_takes_the_runs_schedule() -> None:
+    schedule = PruningSchedule.from_cfg(IMP)
+    assert IterativeMagnitudePruning(IMP, schedule=schedule).schedule is schedule

@@ -276,7 +276,7 @@ def test_resume_of_missing_folder_is_one_line_and_creates_nothing(tmp_path: Path
 
 def test_resume_of_completed_or_checkpointless_run_is_refused(tmp_path: Path) -> None:
     from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.train import check_resume_folder
+    from rigsa_lightning.validation import check_resume_folder
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -296,7 +296,7 @@ def test_truncated_checkpoint_is_a_one_line_resume_error(tmp_path: Path) -> None
     from omegaconf import OmegaConf
 
     from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.train import check_checkpoint
+    from rigsa_lightning.validation import check_checkpoint
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
@@ -311,7 +311,7 @@ def test_pickled_object_in_checkpoint_is_refused(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.train import check_checkpoint
+    from rigsa_lightning.validation import check_checkpoint
 
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Path("/")}, ckpt)
@@ -392,7 +392,7 @@ def test_new_run_never_writes_into_an_existing_run_folder(tmp_path: Path) -> Non
 
 def test_run_folder_guard_inside_train(tmp_path: Path) -> None:
     from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.train import check_run_folder_free
+    from rigsa_lightning.validation import check_run_folder_free
 
     check_run_folder_free(tmp_path)  # a fresh (or only-.hydra) folder is fine
     (tmp_path / "checkpoints").mkdir()

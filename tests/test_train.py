@@ -142,3 +142,29 @@ def test_unknown_compile_backend_is_one_line(tmp_path: Path) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: compile.backend"), res.stderr[-2000:]
     assert "inductor" in lines[-1] and "Traceback" not in res.stderr
+
+
+def test_round_forgetting_evaluates_each_round_once_and_keeps_its_checkpoint_key() -> None:
+    from types import SimpleNamespace
+
+    from rigsa_lightning.callbacks import RoundForgetting
+
+    stages: list[str] = []
+    logged: list[dict] = []
+    forgetting = SimpleNamespace(
+        evaluate=lambda model, stage: stages.append(stage) or {"forget/x": 1, "s": "a"}
+    )
+    pruning = SimpleNamespace(round=0)
+    cb = RoundForgetting(forgetting, pruning)
+    trainer = SimpleNamespace(is_global_zero=True)
+    module = SimpleNamespace(model=None, log_dict=logged.append)
+    cb.on_train_epoch_end(trainer, module)  # no round done yet
+    pruning.round = 1
+    cb.on_train_epoch_end(trainer, module)
+    cb.on_train_epoch_end(trainer, module)  # the same round: not evaluated again
+    assert stages == ["round1"] and logged == [{"forget/x": 1.0}]
+    resumed = RoundForgetting(forgetting, pruning)
+    resumed.load_state_dict(cb.state_dict())
+    assert resumed.done == 1
+    # Checkpoints written while the class was local to a function keep resuming its state.
+    assert cb.state_key == "_round_forgetting_cls.<locals>._RoundForgetting"

@@ -44,11 +44,14 @@ class IterativeMagnitudePruning(L.Callback):
     Args:
         pruning_cfg: the ``pruning`` config group.
         log_per_module: also log ``prune/density/<module>`` for every adapted matrix.
+        schedule: the run's schedule already parsed from ``pruning_cfg`` (parsed here when not given).
     """
 
-    def __init__(self, pruning_cfg: Any, *, log_per_module: bool = True) -> None:
+    def __init__(
+        self, pruning_cfg: Any, *, log_per_module: bool = True, schedule: PruningSchedule | None = None
+    ) -> None:
         super().__init__()
-        self.schedule = PruningSchedule.from_cfg(pruning_cfg)
+        self.schedule = schedule if schedule is not None else PruningSchedule.from_cfg(pruning_cfg)
         self.log_per_module = log_per_module
         self.round = 0  # number of prune rounds done
         self.history: list[dict[str, Any]] = []

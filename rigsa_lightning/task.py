@@ -1,0 +1,183 @@
+"""One Hydra job of an entry point (``train``, ``evaluate``): the same handling of success, bad input and failure.
+
+:func:`run_job` runs the job's work function and guarantees, on every path out of it:
+
+* W&B is finished once (in ``finally``), so multirun jobs never merge into one W&B run;
+* bad input (:class:`ConfigError`) is one line on stderr and exit status 2, and the run folder it would have used is
+  removed when it holds nothing but Hydra's bookkeeping; in a multirun the job records ``failed.json`` and the sweep
+  goes on;
+* a non-finite training state (:class:`~rigsa_lightning.module.NonFiniteError`) and any other failure are logged
+  with the run folder and recorded in ``failed.json`` / ``FAILED``;
+* ``skip_completed`` (a study rerun): a completed job is skipped, an interrupted one continues, a failed one is
+  moved aside and started again (:func:`completed_metrics`, :func:`prepare_job_folder`, :class:`SkipJob`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.io import atomic_write_json, atomic_write_text
+from rigsa_lightning.validation import RUN_MARKERS
+
+log = logging.getLogger("rigsa_lightning.train")
+
+JobWork = Callable[[DictConfig], "dict[str, Any] | None"]
+
+
+class SkipJob(Exception):
+    """A job folder that ``skip_completed`` leaves as it is (a deterministic failure)."""
+
+
+def is_multirun() -> bool:
+    """Whether this process runs a Hydra multirun (``-m``); False outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def clean_empty_run_dir(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's bookkeeping (bad input must write nothing)."""
+    if not run_dir.is_dir():
+        return
+    leftovers = [p for p in run_dir.iterdir() if p.name not in (".hydra",) and not p.name.endswith(".log")]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a completed run in ``run_dir`` (None when there is none)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("status") == "completed" else None
+
+
+def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """``skip_completed``: continue an interrupted job from its last checkpoint (``resume``), or move a failed
+    job's folder aside (``<folder>.failed-<time>``, nothing deleted) so the job starts again."""
+    failed = run_dir / "failed.json"
+    if failed.is_file():
+        try:
+            kind = json.loads(failed.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind == "non_finite":  # the same trajectory would diverge again: not retried, listed by the report
+            raise SkipJob(f"{run_dir} diverged (non-finite training state, failed.json): not retried")
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
+        with open_dict(cfg):
+            cfg.resume = str(run_dir)
+        return
+    taken = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if taken:
+        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside.mkdir(parents=True)
+        for entry in run_dir.iterdir():  # the new attempt keeps its Hydra bookkeeping and log file
+            if entry.name != ".hydra" and not entry.name.endswith(".log"):
+                entry.rename(aside / entry.name)
+        log.warning("skip_completed: %s held a failed run without a checkpoint: moved to %s", run_dir, aside)
+
+
+def _skip_completed(cfg: DictConfig, run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
+    """``skip_completed``: ``(True, result)`` when the job is not run again, else ``(False, None)``."""
+    done = completed_metrics(run_dir)
+    if done is not None:
+        log.info("skip_completed: %s already holds a completed run: skipped", run_dir)
+        return True, done
+    try:
+        prepare_job_folder(cfg, run_dir)
+    except SkipJob as exc:
+        log.warning("skip_completed: %s", exc)
+        return True, None
+    return False, None
+
+
+def _non_finite(exc: Exception, run_dir: Path, multirun: bool) -> None:
+    """Record a diverged run (``failed.json`` kind ``non_finite``, the last good checkpoint); exit 1 outside a
+    multirun."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = str(last) if last.is_file() else None
+    msg = str(exc)
+    log.error("run stopped: %s (run folder %s; last good checkpoint %s)", msg, run_dir, kept)
+    atomic_write_json(
+        run_dir / "failed.json",
+        {"status": "failed", "error": msg, "kind": "non_finite", "last_checkpoint": kept},
+    )
+    atomic_write_text(run_dir / "FAILED", msg + "\n")
+    if multirun:
+        return
+    print(f"error: non-finite training state: {msg}", file=sys.stderr)
+    if kept:
+        print(f"last good checkpoint: {kept} (continue with a lower lr: ckpt_path={kept})", file=sys.stderr)
+    else:
+        print("no checkpoint had been written yet (the first epoch did not end)", file=sys.stderr)
+    sys.exit(1)
+
+
+def _bad_input(exc: ConfigError, run_dir: Path, multirun: bool) -> None:
+    """Bad input: recorded in ``failed.json`` in a multirun, else one line on stderr, nothing written, exit 2."""
+    if multirun:
+        atomic_write_json(run_dir / "failed.json", {"status": "failed", "error": exc.one_line()})
+        log.error("%s (job folder %s)", exc.one_line(), run_dir)
+        return
+    clean_empty_run_dir(run_dir)
+    print(exc.one_line(), file=sys.stderr)
+    sys.exit(2)
+
+
+def _finish_wandb() -> None:
+    """Finish the W&B run, if W&B was used at all (an evaluation never imports it)."""
+    if "wandb" in sys.modules:
+        from rigsa_lightning.tracking import finish_wandb
+
+        finish_wandb()
+
+
+def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
+    """Run ``work(cfg)`` as one Hydra job in ``cfg.paths.run_dir`` (see the module docstring); return its result,
+    or None for a multirun job that failed or was skipped for good."""
+    from rigsa_lightning.module import NonFiniteError
+
+    run_dir = Path(cfg.paths.run_dir)
+    multirun = is_multirun()
+    if cfg.get("skip_completed", False):  # a study rerun: finished jobs are kept, interrupted ones continue
+        skipped, result = _skip_completed(cfg, run_dir)
+        if skipped:
+            return result
+    try:
+        return work(cfg)
+    except NonFiniteError as exc:
+        _non_finite(exc, run_dir, multirun)
+        return None
+    except ConfigError as exc:
+        _bad_input(exc, run_dir, multirun)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - logged with the run folder, then re-raised or recorded
+        msg = f"{type(exc).__name__}: {exc}"
+        log.exception("run failed (run folder %s): %s", run_dir, msg)
+        if run_dir.is_dir():
+            atomic_write_json(run_dir / "failed.json", {"status": "failed", "error": msg})
+            atomic_write_text(run_dir / "FAILED", msg + "\n")
+        if multirun and not isinstance(exc, KeyboardInterrupt):
+            return None
+        raise
+    finally:
+        _finish_wandb()  # the one place: every path out of the job (also sys.exit) passes here
