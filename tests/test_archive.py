@@ -54,7 +54,7 @@ def test_save_keeps_completed_jobs_small_files_only(tmp_path: Path) -> None:
 
 
 def test_restore_lets_skip_completed_skip_and_never_overwrites(tmp_path: Path) -> None:
-    from rigsa_lightning.train import completed_metrics
+    from rigsa_lightning.task import completed_metrics
 
     sweep, archive = tmp_path / "old" / "study", tmp_path / "docs" / "jobs"
     _job(sweep, "rigsa_paper_s0", completed=True)
