@@ -16,6 +16,7 @@ docs/ARCHITECTURE.md for the contract and ``rigsa_lightning/conf/adapter/rigsa.y
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -28,6 +29,7 @@ from torch import nn
 
 from rigsa_lightning.adapters.chunks import float_mask, row_chunks
 from rigsa_lightning.adapters.targets import find_target_linears, replace_module
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -40,11 +42,8 @@ PRUNED_VALUES = ("zero", "init")
 _BLOCK_PREFIX = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
+# ``adapter.<key>: null`` means the default.
+_get = functools.partial(get, null_is_default=True)
 
 
 def derive_seed(seed: int, name: str, purpose: str = "delta") -> int:

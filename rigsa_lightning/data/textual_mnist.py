@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rigsa_lightning.config import get
 from rigsa_lightning.data.render import render_batch
-from rigsa_lightning.data.sources import cfg_get, load_source, make_splits, prepare_images, source_fingerprint
+from rigsa_lightning.data.sources import load_source, make_splits, prepare_images, source_fingerprint
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import sibling_tempdir
 
@@ -410,14 +411,14 @@ def parse_first_digit(text: str) -> int | None:
 
 
 def _check_int(cfg: Any, key: str, default: int, minimum: int) -> int:
-    value = cfg_get(cfg, key, default)
+    value = get(cfg, key, default)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"data.{key}", f"must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_str(cfg: Any, key: str, default: str | None, allow_none: bool) -> str | None:
-    value = cfg_get(cfg, key, default)
+    value = get(cfg, key, default)
     if value is None and allow_none:
         return None
     if not isinstance(value, str):
@@ -457,10 +458,10 @@ class TextualMNISTDataModule(L.LightningDataModule):
         self.batch_size = _check_int(data_cfg, "batch_size", 8, 1)
         self.eval_batch_size = _check_int(data_cfg, "eval_batch_size", 32, 1)
         self.num_workers = _check_int(data_cfg, "num_workers", 0, 0)
-        self.data_seed = int(cfg_get(data_cfg, "seed", 0))
+        self.data_seed = int(get(data_cfg, "seed", 0))
         self.order_seed = int(seed) if seed is not None else self.data_seed
-        self.use_cache = bool(cfg_get(data_cfg, "cache", True))
-        self.length_bucketing = bool(cfg_get(data_cfg, "length_bucketing", False))
+        self.use_cache = bool(get(data_cfg, "cache", True))
+        self.length_bucketing = bool(get(data_cfg, "length_bucketing", False))
         self.cache_root = Path(cache_dir) if cache_dir is not None else None
         if tokenizer.pad_token_id is None:
             raise ConfigError(
@@ -471,7 +472,7 @@ class TextualMNISTDataModule(L.LightningDataModule):
             tokenizer,
             system_prompt=_check_str(data_cfg, "system_prompt", None, allow_none=True),
             question=_check_str(data_cfg, "prompt", DEFAULT_PROMPT, allow_none=False),
-            supervise_eos=bool(cfg_get(data_cfg, "supervise_eos", True)),
+            supervise_eos=bool(get(data_cfg, "supervise_eos", True)),
         )
         self.digit_token_ids: list[int] = list(self.formatter.digit_token_ids)
         self.splits: dict[str, TokenizedSplit] = {}
@@ -486,10 +487,10 @@ class TextualMNISTDataModule(L.LightningDataModule):
         return {
             "format": CACHE_FORMAT,
             "source": source_fingerprint(self.cfg),
-            "resolution": cfg_get(self.cfg, "resolution", None),
+            "resolution": get(self.cfg, "resolution", None),
             "levels": self.levels,
             "separator": self.separator,
-            "sizes": [cfg_get(self.cfg, k, None) for k in ("train_size", "val_size", "test_size")],
+            "sizes": [get(self.cfg, k, None) for k in ("train_size", "val_size", "test_size")],
             "seed": self.data_seed,
             "prompt": self.formatter.describe(),
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
