@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import sibling_tempdir
+from rigsa_lightning.io import atomic_dir
 from rigsa_lightning.runtime import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -64,18 +63,8 @@ def _atomic_dir(final: Path, build: Any) -> Path:
     """Build a folder in a temporary sibling and rename it into place (safe against kills and concurrent jobs)."""
     if final.is_dir() and (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_tempdir(final)
-    try:
+    with atomic_dir(final, keep_complete="config.json") as tmp:  # another process may win the race
         build(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

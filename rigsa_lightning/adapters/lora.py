@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import nn
 
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import sibling_tempdir
+from rigsa_lightning.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -317,25 +316,13 @@ def save_peft_adapter(model: Any, folder: str | os.PathLike) -> Path:
     is replaced only after the new one is complete). Reload with ``PeftModel.from_pretrained(base, folder)``.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_tempdir(folder)
-    old: Path | None = None
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for required in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             if not (tmp / required).is_file():
                 raise RuntimeError(
                     f"PEFT did not write {required} (is the model a PeftModel with one adapter?)"
                 )
-        if folder.exists():
-            old = sibling_tempdir(folder, "old.")
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

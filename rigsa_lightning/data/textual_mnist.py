@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -50,7 +49,7 @@ from rigsa_lightning.config import get
 from rigsa_lightning.data.render import render_batch
 from rigsa_lightning.data.sources import load_source, make_splits, prepare_images, source_fingerprint
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import sibling_tempdir
+from rigsa_lightning.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -578,23 +577,16 @@ class TextualMNISTDataModule(L.LightningDataModule):
 
         final = self.cache_path
         assert final is not None
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sibling_tempdir(final)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:
-            datasets.DatasetDict(tables).save_to_disk(str(tmp))
-            (tmp / "rigsa_key.json").write_text(json.dumps(self.key_spec(), indent=2, default=str))
-            try:
-                os.replace(tmp, final)
-            except OSError:  # another process saved it first
-                if not (final / "dataset_dict.json").is_file():
-                    raise
+            # another process may save it first: its complete copy is kept
+            with atomic_dir(final, keep_complete="dataset_dict.json") as tmp:
+                datasets.DatasetDict(tables).save_to_disk(str(tmp))
+                (tmp / "rigsa_key.json").write_text(json.dumps(self.key_spec(), indent=2, default=str))
         finally:
             if bars:
                 datasets.enable_progress_bars()
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     def prepare_data(self) -> None:
         """Build and cache the tokenised splits once (Lightning calls this on one process per node)."""
