@@ -358,13 +358,13 @@ def train(cfg: DictConfig, *, validate: bool = True) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    from rigsa_lightning.adapters import prepare_model
+    from rigsa_lightning.adapters import export_adapter, prepare_model
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
-    from rigsa_lightning.evaluation import export_adapter, score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.forgetting.curve import ForgettingCurve, curve_eval_cfg
     from rigsa_lightning.module import RigsaLitModule
     from rigsa_lightning.pruning import IterativeMagnitudePruning
+    from rigsa_lightning.scoring import score_textual_mnist
 
     t0 = time.time()
     timings: dict[str, float] = {}

@@ -93,6 +93,12 @@ def prepare_model(cfg: Any, cache_dir: str | os.PathLike | None = None) -> Prepa
     return get_method(str(get(cfg.adapter, "method"))).prepare(cfg, cache_dir)
 
 
+def export_adapter(prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
+    """Write what users take away: the sparse adapter (RIGSA / random mask), a PEFT folder (LoRA / QLoRA) or the
+    fine-tuned target weights (full), per the method's ``export``. Returns the folder, or None for ``none``."""
+    return get_method(prepared.method).export(prepared, cfg, folder)
+
+
 def param_groups(prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
     """AdamW parameter groups for the prepared method (only adapter tensors are trainable)."""
     return get_method(prepared.method).param_groups(prepared, adapter_cfg)
