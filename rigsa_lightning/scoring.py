@@ -49,7 +49,7 @@ def score_textual_mnist(
     ``gen_acc``: greedy generation parsed for the first digit (what a user sees). With ``cache_key`` (used for the
     untrained base) the result is cached on disk keyed by the model and every data option.
     """
-    from rigsa_lightning.data.textual_mnist import answer_digit_logits, parse_first_digit
+    from rigsa_lightning.data.prompt import answer_digit_logits, parse_first_digit
     from rigsa_lightning.head import answer_logits
 
     cache_file = None
