@@ -1,4 +1,5 @@
-"""Config helpers: where the Hydra configs live, OmegaConf resolvers, argument checks, the config tree printer."""
+"""Config helpers: where the Hydra configs live, the config accessors (``get``, ``choice``), OmegaConf resolvers,
+argument checks, the config tree printer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,38 @@ from omegaconf import DictConfig, OmegaConf
 from rigsa_lightning.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+_MISSING = object()
+# Leaf values that are never looked into for a (dotted) key: ``getattr`` on them would find methods.
+_LEAVES = (str, bytes, int, float, bool, list, tuple)
+
+
+def get(cfg: Any, key: str, default: Any = None, *, null_is_default: bool = False) -> Any:
+    """``cfg[key]`` for a DictConfig, a Mapping, an object with attributes or None; ``default`` when missing.
+
+    ``key`` may be dotted (``"logger.project"``: ``cfg["logger"]["project"]``). ``null_is_default=True`` also
+    returns ``default`` for a key that is present but null (an option written ``key: null`` meaning "the default").
+    """
+    node: Any = cfg
+    for part in key.split("."):
+        if node is None or isinstance(node, _LEAVES):
+            return default
+        node = node.get(part, _MISSING) if hasattr(node, "get") else getattr(node, part, _MISSING)
+        if node is _MISSING:
+            return default
+    return default if null_is_default and node is None else node
+
+
+def choice(cfg: Any, key: str, choices: Sequence[Any], default: Any, *, option: str | None = None) -> Any:
+    """The value of the option ``key`` (dotted), one of ``choices``; ``default`` when missing or null.
+
+    Anything else raises the one-line ``ConfigError(option, "unknown value ...", "use one of [...]")``
+    (``option`` names the option in the message, ``key`` by default).
+    """
+    value = get(cfg, key, default, null_is_default=True)
+    if isinstance(value, bool) or value not in choices:
+        raise ConfigError(option or key, f"unknown value {value!r}", f"use one of {list(choices)}")
+    return value
 
 
 # Values of an optional path option (``resume``) that mean "not set", however they were typed on a command line.

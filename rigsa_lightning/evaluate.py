@@ -54,10 +54,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from rigsa_lightning.adapters import model_key
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
-    from rigsa_lightning.evaluation import score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.models import load_model, resolve_model_path
     from rigsa_lightning.options import check_options
+    from rigsa_lightning.scoring import score_textual_mnist
 
     check_options(cfg)  # every option's type and range before anything loads
     t0 = time.time()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.targets import replace_module
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import atomic_write_json, sibling_tempdir
+from rigsa_lightning.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +124,7 @@ def save_sparse_adapter(
         "pruning": pruning_plain,
         "extra": _to_plain(extra) if extra else {},
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_tempdir(folder)
-    try:
+    with atomic_dir(folder) as tmp:  # an existing adapter folder is replaced once the new one is complete
         save_file(
             tensors,
             str(tmp / WEIGHTS_NAME),
@@ -136,16 +133,6 @@ def save_sparse_adapter(
         with open(tmp / WEIGHTS_NAME, "rb") as fh:
             os.fsync(fh.fileno())
         atomic_write_json(tmp / CONFIG_NAME, config)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old.{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

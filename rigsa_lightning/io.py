@@ -1,12 +1,14 @@
-"""Atomic file writes: a kill never leaves a half-written file that looks complete."""
+"""Atomic file and folder writes: a kill never leaves a half-written file or folder that looks complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,46 @@ def sibling_tempdir(final: str | os.PathLike, tag: str = "") -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, keep_complete: str | None = None) -> Iterator[Path]:
+    """Build a folder completely, then rename it into place: ``with atomic_dir(final) as tmp: <write into tmp>``.
+
+    Yields a hidden temporary folder beside ``final`` (see ``sibling_tempdir``). When the block succeeds the
+    folder becomes ``final``; when it raises (or the process dies) ``final`` is untouched and the temporary folder
+    is removed, so a partial folder never appears under the final name.
+
+    What happens to a folder already at ``final``:
+
+    - ``keep_complete=None``: it is replaced, only once the new one is complete (moved aside, then deleted);
+    - ``keep_complete="<file name>"``: a folder holding that file is complete (typically another process built
+      it concurrently): it is kept and the new build discarded; an incomplete non-empty one makes the rename fail.
+    """
+    final = Path(final)
+    tmp = sibling_tempdir(final)
+    try:
+        yield tmp
+        if keep_complete is not None:
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process finished first
+                if not (final / keep_complete).is_file():
+                    raise
+            return
+        old: Path | None = None
+        if final.exists():
+            old = sibling_tempdir(final, "old.")
+            os.replace(final, old / final.name)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None and not final.exists():
+                os.replace(old / final.name, final)  # put the previous folder back
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

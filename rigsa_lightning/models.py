@@ -15,14 +15,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import sibling_tempdir
+from rigsa_lightning.io import atomic_dir
 from rigsa_lightning.runtime import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def default_cache_dir() -> Path:
     """The cache used when none is configured (``$RIGSA_CACHE`` or ``~/.cache/rigsa_lightning``)."""
     return Path(os.environ.get("RIGSA_CACHE", Path.home() / ".cache" / "rigsa_lightning"))
-
-
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default) if not hasattr(cfg, "get") else cfg.get(key, default)
 
 
 def embedded_gguf_path(name: str = "smollm2-135m-instruct") -> Path:
@@ -71,18 +63,8 @@ def _atomic_dir(final: Path, build: Any) -> Path:
     """Build a folder in a temporary sibling and rename it into place (safe against kills and concurrent jobs)."""
     if final.is_dir() and (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_tempdir(final)
-    try:
+    with atomic_dir(final, keep_complete="config.json") as tmp:  # another process may win the race
         build(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -122,13 +104,13 @@ def tiny_model_path(tiny_cfg: Any, cache_dir: str | os.PathLike | None = None) -
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     spec = {
-        "hidden_size": int(_cfg_get(tiny_cfg, "hidden_size", 64)),
-        "intermediate_size": int(_cfg_get(tiny_cfg, "intermediate_size", 128)),
-        "num_hidden_layers": int(_cfg_get(tiny_cfg, "num_hidden_layers", 2)),
-        "num_attention_heads": int(_cfg_get(tiny_cfg, "num_attention_heads", 4)),
-        "num_key_value_heads": int(_cfg_get(tiny_cfg, "num_key_value_heads", 2)),
-        "max_position_embeddings": int(_cfg_get(tiny_cfg, "max_position_embeddings", 512)),
-        "seed": int(_cfg_get(tiny_cfg, "seed", 0)),
+        "hidden_size": int(get(tiny_cfg, "hidden_size", 64)),
+        "intermediate_size": int(get(tiny_cfg, "intermediate_size", 128)),
+        "num_hidden_layers": int(get(tiny_cfg, "num_hidden_layers", 2)),
+        "num_attention_heads": int(get(tiny_cfg, "num_attention_heads", 4)),
+        "num_key_value_heads": int(get(tiny_cfg, "num_key_value_heads", 2)),
+        "max_position_embeddings": int(get(tiny_cfg, "max_position_embeddings", 512)),
+        "seed": int(get(tiny_cfg, "seed", 0)),
     }
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -166,7 +148,7 @@ def _hub_cached(repo_id: str) -> bool:
 
 def resolve_model_path(model_cfg: Any, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn ``model.name_or_path`` into something ``from_pretrained`` loads without waiting on the network."""
-    name = str(_cfg_get(model_cfg, "name_or_path", ""))
+    name = str(get(model_cfg, "name_or_path", ""))
     if not name:
         raise ConfigError(
             "model.name_or_path", "is empty", "use model=smollm2_135m or a hub id / local folder"
@@ -174,7 +156,7 @@ def resolve_model_path(model_cfg: Any, cache_dir: str | os.PathLike | None = Non
     if name.startswith(EMBEDDED_PREFIX):
         return str(convert_embedded(name[len(EMBEDDED_PREFIX) :], cache_dir))
     if name == "tiny":
-        return str(tiny_model_path(_cfg_get(model_cfg, "tiny", {}), cache_dir))
+        return str(tiny_model_path(get(model_cfg, "tiny", {}), cache_dir))
     path = Path(os.path.expanduser(name))
     if path.exists():
         if not (path / "config.json").is_file():
@@ -215,17 +197,17 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model_cfg, cache_dir)
-    dtype_name = str(_cfg_get(model_cfg, "dtype", "float32"))
+    dtype_name = str(get(model_cfg, "dtype", "float32"))
     if dtype_name not in DTYPES:
         raise ConfigError("model.dtype", f"unknown dtype {dtype_name!r}", f"use one of {sorted(DTYPES)}")
-    trust = bool(_cfg_get(model_cfg, "trust_remote_code", False))
+    trust = bool(get(model_cfg, "trust_remote_code", False))
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype_name], "trust_remote_code": trust}
-    attn = _cfg_get(model_cfg, "attn_implementation", None)
+    attn = get(model_cfg, "attn_implementation", None)
     if attn:
         kwargs["attn_implementation"] = attn
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = _cfg_get(model_cfg, "device_map", None) or (
+        kwargs["device_map"] = get(model_cfg, "device_map", None) or (
             "cpu" if not torch.cuda.is_available() else {"": 0}
         )
     try:

@@ -303,7 +303,7 @@ class RigsaLitModule(L.LightningModule):
 
         ``logits`` are the answer position's ``[batch, vocab]`` (as :meth:`_loss_and_logits` returns them) or a
         whole ``[batch, seq, vocab]`` tensor."""
-        from rigsa_lightning.data.textual_mnist import textual_mnist_accuracy
+        from rigsa_lightning.data.prompt import textual_mnist_accuracy
 
         return textual_mnist_accuracy(logits, batch, self.digit_token_ids)
 

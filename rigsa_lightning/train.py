@@ -124,9 +124,9 @@ def _evaluate_before(
 ) -> Any | None:
     """Zero-shot Textual MNIST and the forgetting stage ``before`` into ``metrics``; the forgetting-curve callback
     (its own small subset, paired with the base model) when ``eval.curve`` asks for one."""
-    from rigsa_lightning.evaluation import score_textual_mnist
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.forgetting.curve import ForgettingCurve, curve_eval_cfg
+    from rigsa_lightning.scoring import score_textual_mnist
 
     precision = str(cfg.trainer.get("precision", "32-true"))
     base = score_textual_mnist(prepared.model, dm, "test", precision, cfg, cache_key=prepared.model_key)
@@ -192,7 +192,7 @@ def _evaluate_after(
     metrics: dict[str, Any],
 ) -> None:
     """Textual MNIST and the forgetting stage ``after`` (the summary, ``forgetting.json``) into ``metrics``."""
-    from rigsa_lightning.evaluation import score_textual_mnist
+    from rigsa_lightning.scoring import score_textual_mnist
 
     precision = str(cfg.trainer.get("precision", "32-true"))
     after = score_textual_mnist(prepared.model, dm, "test", precision, cfg)
@@ -221,7 +221,7 @@ def _model_metrics(
     metrics: dict[str, Any],
 ) -> None:
     """Parameter counts, density and gates, pruning history, stop and curve results; the exported adapter."""
-    from rigsa_lightning.evaluation import export_adapter
+    from rigsa_lightning.adapters import export_adapter
 
     metrics.update(lit.parameter_counts())
     if spec.gated:

@@ -149,9 +149,8 @@ def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", BUILTINS)
 def test_every_method_answers_every_hook(name: str, cache_dir: str, tmp_path: Path) -> None:
     """prepare -> param_groups -> parameter_counts -> export -> detects -> load_export -> merge, per method."""
-    from rigsa_lightning.adapters import param_groups, prepare_model
+    from rigsa_lightning.adapters import export_adapter, param_groups, prepare_model
     from rigsa_lightning.evaluate import adapter_kind, attach_adapter
-    from rigsa_lightning.evaluation import export_adapter
     from rigsa_lightning.models import load_model
 
     method = get_method(name)
@@ -231,9 +230,8 @@ class _Tokenizer:
 def test_registering_a_method_makes_it_available_everywhere(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from rigsa_lightning.adapters import PreparedModel
+    from rigsa_lightning.adapters import PreparedModel, export_adapter
     from rigsa_lightning.evaluate import adapter_kind, attach_adapter, merge_and_save
-    from rigsa_lightning.evaluation import export_adapter
 
     get_method("rigsa")  # built-ins loaded before the copy
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test

@@ -143,8 +143,8 @@ def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
     number textual_mnist_accuracy gives on the same logits."""
     from types import SimpleNamespace
 
-    from rigsa_lightning.evaluation import score_textual_mnist
     from rigsa_lightning.module import RigsaLitModule
+    from rigsa_lightning.scoring import score_textual_mnist
 
     model, _ = tiny_model
     model.eval()
@@ -165,7 +165,7 @@ def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
 
 
 def test_single_token_digit_check_reads_the_tokenizer(tok) -> None:
-    from rigsa_lightning.evaluation import digits_are_single_tokens
+    from rigsa_lightning.scoring import digits_are_single_tokens
 
     assert digits_are_single_tokens(tok)  # SmolLM2: one token per digit
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rigsa_lightning.adapters.registry import get_method
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,15 +33,11 @@ class PreparedModel:
     targets: dict[str, nn.Module] = field(default_factory=dict)  # full fine-tuning targets
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    return cfg.get(key, default) if cfg is not None else default
-
-
 def model_key(model_cfg: Any, path: str) -> str:
     """A stable identifier of the base model for caches (name, the resolved folder's config, the dtype; QLoRA adds
     its 4-bit settings in its ``prepare``)."""
-    name = str(_get(model_cfg, "name_or_path"))
-    dtype = _get(model_cfg, "dtype", None)
+    name = str(get(model_cfg, "name_or_path"))
+    dtype = get(model_cfg, "dtype", None)
     suffix = f"|dtype={dtype}" if dtype else ""  # the precision is part of what a cached "before" measured
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
@@ -63,7 +60,7 @@ def load_base(cfg: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any, 
 
     key = base_model_key(cfg, cache_dir)
     model, tok = load_model(cfg.model, cache_dir)
-    if bool(_get(cfg.model, "gradient_checkpointing", False)):
+    if bool(get(cfg.model, "gradient_checkpointing", False)):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model, tok, key
@@ -71,7 +68,7 @@ def load_base(cfg: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any, 
 
 def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
     """Density of a random mask: ``adapter.density``, or (when null) the final density of the pruning schedule."""
-    density = _get(adapter_cfg, "density")
+    density = get(adapter_cfg, "density")
     if density is None:
         # lazy: pruning imports adapters at module level, so adapters may only import it when called
         from rigsa_lightning.pruning.schedule import PruningSchedule
@@ -93,7 +90,13 @@ def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
 
 def prepare_model(cfg: Any, cache_dir: str | os.PathLike | None = None) -> PreparedModel:
     """Load ``cfg.model`` and inject ``cfg.adapter`` (the whole run config is passed for the pruning schedule)."""
-    return get_method(str(_get(cfg.adapter, "method"))).prepare(cfg, cache_dir)
+    return get_method(str(get(cfg.adapter, "method"))).prepare(cfg, cache_dir)
+
+
+def export_adapter(prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
+    """Write what users take away: the sparse adapter (RIGSA / random mask), a PEFT folder (LoRA / QLoRA) or the
+    fine-tuned target weights (full), per the method's ``export``. Returns the folder, or None for ``none``."""
+    return get_method(prepared.method).export(prepared, cfg, folder)
 
 
 def param_groups(prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:

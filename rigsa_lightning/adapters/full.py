@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rigsa_lightning.adapters.targets import find_target_linears
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_write, atomic_write_json
 
@@ -28,13 +29,6 @@ FULL_WEIGHTS = "full_weights.safetensors"
 FULL_META = "full_weights.json"
 FORMAT = "rigsa-full-weights"
 FORMAT_VERSION = 1
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a DictConfig or a plain dict (``default`` when missing or ``cfg`` is None)."""
-    if cfg is None:
-        return default
-    return cfg.get(key, default)
 
 
 def apply_none(model: nn.Module) -> None:
@@ -51,7 +45,7 @@ def apply_full(model: nn.Module, adapter_cfg: Any) -> dict[str, nn.Linear]:
     weights) is refused, since training it would silently change that module too.
     """
     apply_none(model)
-    targets = find_target_linears(model, _get(adapter_cfg, "targets", None))
+    targets = find_target_linears(model, get(adapter_cfg, "targets", None))
     owners: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         weight = getattr(module, "weight", None)
@@ -88,8 +82,8 @@ def full_param_groups(targets: dict[str, nn.Linear], adapter_cfg: Any) -> list[d
     return [
         {
             "params": params,
-            "lr": float(_get(adapter_cfg, "lr", 1.0e-5)),
-            "weight_decay": float(_get(adapter_cfg, "weight_decay", 0.0)),
+            "lr": float(get(adapter_cfg, "lr", 1.0e-5)),
+            "weight_decay": float(get(adapter_cfg, "weight_decay", 0.0)),
             "name": "full",
         }
     ]

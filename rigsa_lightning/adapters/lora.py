@@ -24,15 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.io import sibling_tempdir
+from rigsa_lightning.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,6 @@ STORAGE_DTYPES = {
 KBIT_PREPARE = ("minimal", "peft")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a DictConfig or a plain dict (``default`` when missing or ``cfg`` is None)."""
-    if cfg is None:
-        return default
-    return cfg.get(key, default)
 
 
 def _import_bitsandbytes() -> Any:
@@ -86,22 +79,22 @@ def bnb_config(adapter_cfg: Any) -> Any:
     _import_bitsandbytes()
     from transformers import BitsAndBytesConfig
 
-    quant = _get(adapter_cfg, "quant", None) or {}
-    qtype = str(_get(quant, "type", "nf4"))
+    quant = get(adapter_cfg, "quant", None) or {}
+    qtype = str(get(quant, "type", "nf4"))
     if qtype not in QUANT_TYPES:
         raise ConfigError(
             "adapter.quant.type", f"unknown 4-bit type {qtype!r}", f"use one of {list(QUANT_TYPES)}"
         )
     from rigsa_lightning.runtime import resolve_compute_dtype
 
-    compute = resolve_compute_dtype(str(_get(quant, "compute_dtype", "auto")), "auto")
+    compute = resolve_compute_dtype(str(get(quant, "compute_dtype", "auto")), "auto")
     if compute not in COMPUTE_DTYPES:
         raise ConfigError(
             "adapter.quant.compute_dtype",
             f"unknown dtype {compute!r}",
             f"use one of {sorted(COMPUTE_DTYPES)}",
         )
-    storage = str(_get(quant, "storage_dtype", "uint8"))
+    storage = str(get(quant, "storage_dtype", "uint8"))
     if storage not in STORAGE_DTYPES:
         raise ConfigError(
             "adapter.quant.storage_dtype",
@@ -111,7 +104,7 @@ def bnb_config(adapter_cfg: Any) -> Any:
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=qtype,
-        bnb_4bit_use_double_quant=bool(_get(quant, "double_quant", True)),
+        bnb_4bit_use_double_quant=bool(get(quant, "double_quant", True)),
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute],
         bnb_4bit_quant_storage=STORAGE_DTYPES[storage],
     )
@@ -193,7 +186,7 @@ def load_qlora_base(
 
     quantization_config = bnb_config(adapter_cfg)
     model, tok = load_model(model_cfg, cache_dir, quantization_config=quantization_config)
-    if bool(_get(adapter_cfg, "cpu_avx512bf16_fix", True)):
+    if bool(get(adapter_cfg, "cpu_avx512bf16_fix", True)):
         n = fix_bnb_cpu(model)
         if n == 0:
             log.warning("QLoRA: no bitsandbytes Linear4bit found after loading in 4-bit")
@@ -202,12 +195,12 @@ def load_qlora_base(
             "adapter.cpu_avx512bf16_fix=false: on a CPU with AVX512-BF16, gradients after an eval/no-grad forward "
             "are wrong"
         )
-    mode = str(_get(adapter_cfg, "kbit_prepare", "minimal"))
+    mode = str(get(adapter_cfg, "kbit_prepare", "minimal"))
     if mode not in KBIT_PREPARE:
         raise ConfigError(
             "adapter.kbit_prepare", f"unknown mode {mode!r}", f"use one of {list(KBIT_PREPARE)}"
         )
-    checkpointing = bool(_get(model_cfg, "gradient_checkpointing", False))
+    checkpointing = bool(get(model_cfg, "gradient_checkpointing", False))
     if mode == "peft":
         from peft import prepare_model_for_kbit_training
 
@@ -263,22 +256,22 @@ def apply_lora(model: nn.Module, adapter_cfg: Any) -> Any:
     """
     from peft import LoraConfig, get_peft_model
 
-    r = int(_get(adapter_cfg, "r", 16))
+    r = int(get(adapter_cfg, "r", 16))
     if r <= 0:
         raise ConfigError("adapter.r", f"rank must be positive, got {r}", "use e.g. adapter.r=16")
-    dropout = float(_get(adapter_cfg, "dropout", 0.05))
+    dropout = float(get(adapter_cfg, "dropout", 0.05))
     if not 0.0 <= dropout < 1.0:
         raise ConfigError("adapter.dropout", f"{dropout} is outside [0, 1)", "use e.g. 0.05")
-    targets = _get(adapter_cfg, "targets", list(DEFAULT_TARGETS))
+    targets = get(adapter_cfg, "targets", list(DEFAULT_TARGETS))
     config = LoraConfig(
         r=r,
-        lora_alpha=float(_get(adapter_cfg, "lora_alpha", 2 * r)),
+        lora_alpha=float(get(adapter_cfg, "lora_alpha", 2 * r)),
         lora_dropout=dropout,
         target_modules=peft_target_modules(model, targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
-    seed = int(_get(adapter_cfg, "seed", 1234))
+    seed = int(get(adapter_cfg, "seed", 1234))
     with torch.random.fork_rng(devices=_rng_devices()):
         torch.manual_seed(seed)
         try:
@@ -309,8 +302,8 @@ def lora_param_groups(model: nn.Module, adapter_cfg: Any) -> list[dict]:
     return [
         {
             "params": params,
-            "lr": float(_get(adapter_cfg, "lr", 2.0e-4)),
-            "weight_decay": float(_get(adapter_cfg, "weight_decay", 0.0)),
+            "lr": float(get(adapter_cfg, "lr", 2.0e-4)),
+            "weight_decay": float(get(adapter_cfg, "weight_decay", 0.0)),
             "name": "lora",
         }
     ]
@@ -323,25 +316,13 @@ def save_peft_adapter(model: Any, folder: str | os.PathLike) -> Path:
     is replaced only after the new one is complete). Reload with ``PeftModel.from_pretrained(base, folder)``.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_tempdir(folder)
-    old: Path | None = None
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for required in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             if not (tmp / required).is_file():
                 raise RuntimeError(
                     f"PEFT did not write {required} (is the model a PeftModel with one adapter?)"
                 )
-        if folder.exists():
-            old = sibling_tempdir(folder, "old.")
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

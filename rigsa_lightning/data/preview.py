@@ -43,9 +43,10 @@ def load_data_cfg(name: str = "digits", overrides: dict[str, Any] | None = None)
 
 def preview_text(data_cfg: Any, tokenizer: Any, n: int = 3, split: str = "train", full: bool = False) -> str:
     """Render the first ``n`` examples of ``split`` (prompt built exactly as in training) as printable text."""
+    from rigsa_lightning.config import get
+    from rigsa_lightning.data.prompt import DEFAULT_PROMPT, PromptFormatter
     from rigsa_lightning.data.render import render_batch
-    from rigsa_lightning.data.sources import cfg_get, load_source, make_splits, prepare_images
-    from rigsa_lightning.data.textual_mnist import DEFAULT_PROMPT, PromptFormatter
+    from rigsa_lightning.data.sources import load_source, make_splits, prepare_images
 
     images, labels, hint = load_source(data_cfg)
     index = make_splits(labels, hint, data_cfg)
@@ -54,20 +55,20 @@ def preview_text(data_cfg: Any, tokenizer: Any, n: int = 3, split: str = "train"
     idx = index[split][: max(0, int(n))]
     grids = render_batch(
         prepare_images(images[idx], data_cfg),
-        levels=int(cfg_get(data_cfg, "levels", 10)),
-        separator=str(cfg_get(data_cfg, "separator", "")),
+        levels=int(get(data_cfg, "levels", 10)),
+        separator=str(get(data_cfg, "separator", "")),
     )
     fmt = PromptFormatter(
         tokenizer,
-        system_prompt=cfg_get(data_cfg, "system_prompt", None),
-        question=cfg_get(data_cfg, "prompt", DEFAULT_PROMPT),
-        supervise_eos=bool(cfg_get(data_cfg, "supervise_eos", True)),
+        system_prompt=get(data_cfg, "system_prompt", None),
+        question=get(data_cfg, "prompt", DEFAULT_PROMPT),
+        supervise_eos=bool(get(data_cfg, "supervise_eos", True)),
     )
     prompts = fmt.encode_prompts(grids)
     shape = prepare_images(images[:1], data_cfg).shape[1:]
     sizes = {k: len(v) for k, v in index.items()}
     lines = [
-        f"source={cfg_get(data_cfg, 'source')} grid={shape[0]}x{shape[1]} levels={cfg_get(data_cfg, 'levels', 10)} "
+        f"source={get(data_cfg, 'source')} grid={shape[0]}x{shape[1]} levels={get(data_cfg, 'levels', 10)} "
         f"splits={sizes} digit tokens={fmt.digit_token_ids}"
     ]
     for i, (src, grid, ids) in enumerate(zip(idx, grids, prompts)):

@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 
 __all__ = [
     "SOURCES",
     "HUB_ID",
-    "cfg_get",
     "check_resolution",
     "load_source",
     "mnist5k_file",
@@ -50,15 +50,6 @@ HUB_ID = "ylecun/mnist"
 _FALLBACK_FIX = (
     "set data.path=<folder with MNIST parquet or IDX files>, or use data=mnist5k / data=digits (embedded)"
 )
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a DictConfig, a dict or None (``default`` when missing)."""
-    if cfg is None:
-        return default
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _env_true(name: str) -> bool:
@@ -297,7 +288,7 @@ def _load_hub_mnist() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | N
 
 
 def _source_name(data_cfg: Any) -> str:
-    source = str(cfg_get(data_cfg, "source", "digits"))
+    source = str(get(data_cfg, "source", "digits"))
     if source not in SOURCES:
         raise ConfigError("data.source", f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
     return source
@@ -305,7 +296,7 @@ def _source_name(data_cfg: Any) -> str:
 
 def check_resolution(data_cfg: Any, native: tuple[int, int]) -> int | None:
     """Validate ``data.resolution`` against the native image size; return it (None = native)."""
-    res = cfg_get(data_cfg, "resolution", None)
+    res = get(data_cfg, "resolution", None)
     if res is None:
         return None
     if isinstance(res, bool) or not isinstance(res, (int, np.integer)) or res <= 0:
@@ -314,7 +305,7 @@ def check_resolution(data_cfg: Any, native: tuple[int, int]) -> int | None:
     if res > h or res > w:
         raise ConfigError(
             "data.resolution",
-            f"{res} is larger than the native {h}x{w} of source {cfg_get(data_cfg, 'source')!r}",
+            f"{res} is larger than the native {h}x{w} of source {get(data_cfg, 'source')!r}",
             f"use null or <= {min(h, w)}",
         )
     return int(res)
@@ -334,12 +325,10 @@ def load_source(data_cfg: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.nda
     elif source == "mnist5k":
         images, labels = _load_mnist5k()
     else:
-        path = cfg_get(data_cfg, "path", None)
+        path = get(data_cfg, "path", None)
         images, labels, hint = _load_local_mnist(path) if path else _load_hub_mnist()
     if len(images) == 0:
-        raise ConfigError(
-            "data.path" if cfg_get(data_cfg, "path", None) else "data.source", "holds no images"
-        )
+        raise ConfigError("data.path" if get(data_cfg, "path", None) else "data.source", "holds no images")
     bad = (labels < 0) | (labels > 9)
     if bad.any():
         raise ConfigError(
@@ -358,7 +347,7 @@ def prepare_images(images: np.ndarray, data_cfg: Any) -> np.ndarray:
 
 
 def _size(data_cfg: Any, key: str) -> int | None:
-    value = cfg_get(data_cfg, key, None)
+    value = get(data_cfg, key, None)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -389,7 +378,7 @@ def make_splits(
     labels: np.ndarray, split_hint: dict[str, np.ndarray] | None, data_cfg: Any
 ) -> dict[str, np.ndarray]:
     """Deterministic disjoint ``train``/``val``/``test`` index arrays from ``data.seed`` and the split sizes."""
-    seed = int(cfg_get(data_cfg, "seed", 0))
+    seed = int(get(data_cfg, "seed", 0))
     train_size, val_size, test_size = (_size(data_cfg, k) for k in ("train_size", "val_size", "test_size"))
     if val_size is None:
         raise ConfigError(
@@ -400,7 +389,7 @@ def make_splits(
         if test_size is None:
             raise ConfigError(
                 "data.test_size",
-                f"null (all) needs a source with an official test split; {cfg_get(data_cfg, 'source')!r} has none",
+                f"null (all) needs a source with an official test split; {get(data_cfg, 'source')!r} has none",
                 "give a number",
             )
         pool = np.random.default_rng([seed, 0]).permutation(n)
@@ -426,7 +415,7 @@ def source_fingerprint(data_cfg: Any) -> str:
     if source == "mnist5k":
         f = mnist5k_file()
         return f"mnist5k:{f.stat().st_size}"
-    path = cfg_get(data_cfg, "path", None)
+    path = get(data_cfg, "path", None)
     if not path:
         return f"hub:{HUB_ID}"
     root = Path(os.path.expanduser(str(path))).resolve()

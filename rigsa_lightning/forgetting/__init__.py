@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.forgetting import benchmarks, items, paired
 from rigsa_lightning.forgetting.drift import DriftProbe
@@ -51,12 +52,6 @@ def _plain(cfg: Any) -> Any:
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
     return cfg
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def _short(name: str) -> str:
@@ -90,8 +85,8 @@ class ForgettingEvaluator:
         self.model_key = str(model_key)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.enabled = bool(_get(eval_cfg, "enabled", True))
-        tasks = _plain(_get(eval_cfg, "tasks", list(benchmarks.DEFAULT_NUM_FEWSHOT)))
+        self.enabled = bool(get(eval_cfg, "enabled", True))
+        tasks = _plain(get(eval_cfg, "tasks", list(benchmarks.DEFAULT_NUM_FEWSHOT)))
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.tasks: list[str] = [str(t) for t in (tasks or [])]
@@ -99,7 +94,7 @@ class ForgettingEvaluator:
             raise ConfigError(
                 "eval.tasks", "is empty", "list some of [piqa, hellaswag, gsm8k] or use eval=none"
             )
-        shots = _plain(_get(eval_cfg, "num_fewshot", None)) or {}
+        shots = _plain(get(eval_cfg, "num_fewshot", None)) or {}
         if not isinstance(shots, Mapping):
             raise ConfigError("eval.num_fewshot", f"must be a mapping task -> shots, got {shots!r}")
         self.num_fewshot: dict[str, int | None] = {}
@@ -108,7 +103,7 @@ class ForgettingEvaluator:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(f"eval.num_fewshot.{task}", f"must be an integer >= 0, got {value!r}")
             self.num_fewshot[task] = value
-        self.limit = _plain(_get(eval_cfg, "limit", None))
+        self.limit = _plain(get(eval_cfg, "limit", None))
         if isinstance(self.limit, Mapping):
             unknown = sorted(set(self.limit) - set(benchmarks.DEFAULT_NUM_FEWSHOT) - set(self.tasks))
             if unknown:
@@ -119,17 +114,17 @@ class ForgettingEvaluator:
                 items.check_limit(value, f"eval.limit.{task}")
         else:
             items.check_limit(self.limit, "eval.limit")
-        self.subset_seed = int(_get(eval_cfg, "subset_seed", 0))
-        self.scorer = str(_get(eval_cfg, "scorer", "fast"))
+        self.subset_seed = int(get(eval_cfg, "subset_seed", 0))
+        self.scorer = str(get(eval_cfg, "scorer", "fast"))
         if self.scorer not in ("fast", "lm_eval"):
             raise ConfigError(
                 "eval.scorer", f"must be fast or lm_eval, got {self.scorer!r}", "use eval.scorer=fast"
             )
-        self.token_budget = int(_get(eval_cfg, "token_budget", 2048))
+        self.token_budget = int(get(eval_cfg, "token_budget", 2048))
         if self.token_budget < 64:
             raise ConfigError("eval.token_budget", f"must be >= 64, got {self.token_budget}", "e.g. 2048")
-        self.gold_nll = bool(_get(eval_cfg, "gold_nll", True))
-        self.generate = bool(_get(eval_cfg, "generate", True))
+        self.gold_nll = bool(get(eval_cfg, "gold_nll", True))
+        self.generate = bool(get(eval_cfg, "generate", True))
         if not self.generate and not self.gold_nll:
             raise ConfigError(
                 "eval.generate",
@@ -138,30 +133,30 @@ class ForgettingEvaluator:
             )
         #: Log one line per task when a stage finishes (the forgetting curve's evaluator stays quiet).
         self.verbose = True
-        self.bootstrap_iters = int(_get(eval_cfg, "bootstrap_iters", paired.DEFAULT_ITERS))
+        self.bootstrap_iters = int(get(eval_cfg, "bootstrap_iters", paired.DEFAULT_ITERS))
         if self.bootstrap_iters < 100:
             raise ConfigError(
                 "eval.bootstrap_iters", f"must be >= 100, got {self.bootstrap_iters}", "e.g. 10000"
             )
-        self.batch_size = int(_get(eval_cfg, "batch_size", 8))
+        self.batch_size = int(get(eval_cfg, "batch_size", 8))
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
-        self.seed = int(_get(eval_cfg, "seed", 1234))
-        data_dir = _get(eval_cfg, "data_dir", None)
+        self.seed = int(get(eval_cfg, "seed", 1234))
+        data_dir = get(eval_cfg, "data_dir", None)
         if data_dir in ("", "null", "None"):
             data_dir = None
         self.data_dir = Path(os.path.expanduser(str(data_dir))).resolve() if data_dir else None
-        self.require_benchmarks = bool(_get(eval_cfg, "require_benchmarks", False))
-        self.after_each_round = bool(_get(eval_cfg, "after_each_round", False))
-        self.cache_before = bool(_get(eval_cfg, "cache_before", True))
-        gen = _get(eval_cfg, "gsm8k_max_gen_toks", 256)
+        self.require_benchmarks = bool(get(eval_cfg, "require_benchmarks", False))
+        self.after_each_round = bool(get(eval_cfg, "after_each_round", False))
+        self.cache_before = bool(get(eval_cfg, "cache_before", True))
+        gen = get(eval_cfg, "gsm8k_max_gen_toks", 256)
         self.max_gen_toks = int(gen) if gen is not None else None
         if self.max_gen_toks is not None and self.max_gen_toks < 1:
             raise ConfigError("eval.gsm8k_max_gen_toks", f"must be >= 1 or null, got {gen!r}")
-        drift_cfg = _get(eval_cfg, "drift", None)
+        drift_cfg = get(eval_cfg, "drift", None)
         self.drift: DriftProbe | None = (
             DriftProbe(tokenizer, drift_cfg, self.model_key, self.cache_dir)
-            if drift_cfg is not None and bool(_get(drift_cfg, "enabled", True))
+            if drift_cfg is not None and bool(get(drift_cfg, "enabled", True))
             else None
         )
         self.sources: dict[str, benchmarks.TaskSource] = {}

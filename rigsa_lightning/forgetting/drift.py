@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS
 from rigsa_lightning.io import atomic_write
@@ -42,12 +43,6 @@ from rigsa_lightning.io import atomic_write
 log = logging.getLogger(__name__)
 
 _REFERENCE_VERSION = 1
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def format_prompt(tokenizer: Any, prompt: str) -> str:
@@ -78,10 +73,10 @@ class DriftProbe:
         self, tokenizer: Any, eval_drift_cfg: Any, cache_key: str, cache_dir: str | os.PathLike | None
     ):
         self.tokenizer = tokenizer
-        self.num_prompts = int(_get(eval_drift_cfg, "num_prompts", 16))
-        self.max_new_tokens = int(_get(eval_drift_cfg, "max_new_tokens", 32))
-        self.batch_size = int(_get(eval_drift_cfg, "batch_size", 8))
-        self.top_k = int(_get(eval_drift_cfg, "top_k", 256))
+        self.num_prompts = int(get(eval_drift_cfg, "num_prompts", 16))
+        self.max_new_tokens = int(get(eval_drift_cfg, "max_new_tokens", 32))
+        self.batch_size = int(get(eval_drift_cfg, "batch_size", 8))
+        self.top_k = int(get(eval_drift_cfg, "top_k", 256))
         if not 1 <= self.num_prompts <= len(GENERAL_PROMPTS):
             raise ConfigError(
                 "eval.drift.num_prompts", f"must be in 1..{len(GENERAL_PROMPTS)}, got {self.num_prompts}"

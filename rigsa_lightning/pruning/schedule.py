@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rigsa_lightning.adapters.rigsa.layer import PRUNED_VALUES
+from rigsa_lightning.config import choice, get
 from rigsa_lightning.errors import ConfigError
 
 KEEP_OF = ("all", "sign_stable")
@@ -22,22 +23,8 @@ REWINDS = ("init", "none")
 # PRUNED_VALUES ("zero", "init") is the adapter's: DenseDeltaLinear.apply_mask checks it too.
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def _choice(cfg: Any, key: str, choices: tuple[str, ...], default: str) -> str:
-    value = str(_get(cfg, key, default))
-    if value not in choices:
-        raise ConfigError(f"pruning.{key}", f"unknown value {value!r}", f"use one of {list(choices)}")
-    return value
-
-
 def _int(cfg: Any, key: str, default: int) -> int:
-    value = _get(cfg, key, default)
+    value = get(cfg, key, default, null_is_default=True)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise ConfigError(f"pruning.{key}", f"must be an integer, got {value!r}")
     return int(value)
@@ -65,7 +52,7 @@ def _epochs(cfg: Any, enabled: bool) -> tuple[int, int, int]:
 
 def _amount(cfg: Any, rounds: int) -> tuple[float | None, tuple[float, ...] | None, float | None]:
     """``(sparsity, densities, keep_fraction)``: how much the rounds prune, validated."""
-    sparsity = _get(cfg, "sparsity", None)
+    sparsity = get(cfg, "sparsity")
     if sparsity is not None:
         sparsity = float(sparsity)
         if not (0.0 <= sparsity < 1.0) or math.isnan(sparsity):
@@ -74,7 +61,7 @@ def _amount(cfg: Any, rounds: int) -> tuple[float | None, tuple[float, ...] | No
                 f"{sparsity} is outside [0, 1)",
                 "use a fraction such as 0.5 (50% pruned)",
             )
-    densities = _get(cfg, "densities", None)
+    densities = get(cfg, "densities")
     if densities is not None:
         densities = tuple(float(d) for d in densities)
         if rounds and len(densities) != rounds:
@@ -96,7 +83,7 @@ def _amount(cfg: Any, rounds: int) -> tuple[float | None, tuple[float, ...] | No
                     "list cumulative densities, each <= the previous one",
                 )
             prev = d
-    keep_fraction = _get(cfg, "keep_fraction", None)
+    keep_fraction = get(cfg, "keep_fraction")
     if keep_fraction is not None:
         keep_fraction = float(keep_fraction)
         if not 0.0 < keep_fraction <= 1.0:
@@ -140,11 +127,11 @@ class PruningSchedule:
     @classmethod
     def from_cfg(cls, cfg: Any) -> PruningSchedule:
         """Build and validate from the ``pruning`` config group (DictConfig or dict); raises ConfigError."""
-        enabled = bool(_get(cfg, "enabled", True))
+        enabled = bool(get(cfg, "enabled", True, null_is_default=True))
         rounds, epochs_per_round, final_epochs = _epochs(cfg, enabled)
         sparsity, densities, keep_fraction = _amount(cfg, rounds)
-        keep_of = _choice(cfg, "keep_of", KEEP_OF, "all")
-        criterion = _choice(cfg, "criterion", CRITERIA, "sign_magnitude")
+        keep_of = choice(cfg, "keep_of", KEEP_OF, "all", option="pruning.keep_of")
+        criterion = choice(cfg, "criterion", CRITERIA, "sign_magnitude", option="pruning.criterion")
         if keep_of == "sign_stable" and criterion != "sign_magnitude":
             raise ConfigError(
                 "pruning.keep_of",
@@ -161,13 +148,15 @@ class PruningSchedule:
             keep_fraction_cfg=keep_fraction,
             keep_of=keep_of,
             criterion=criterion,
-            score=_choice(cfg, "score", SCORES, "delta"),
-            scope=_choice(cfg, "scope", SCOPES, "per_matrix"),
-            sign_reference=_choice(cfg, "sign_reference", SIGN_REFERENCES, "init"),
-            rewind=_choice(cfg, "rewind", REWINDS, "init"),
-            pruned_value=_choice(cfg, "pruned_value", PRUNED_VALUES, "zero"),
-            reset_alpha=bool(_get(cfg, "reset_alpha", True)),
-            reset_optimizer=bool(_get(cfg, "reset_optimizer", True)),
+            score=choice(cfg, "score", SCORES, "delta", option="pruning.score"),
+            scope=choice(cfg, "scope", SCOPES, "per_matrix", option="pruning.scope"),
+            sign_reference=choice(
+                cfg, "sign_reference", SIGN_REFERENCES, "init", option="pruning.sign_reference"
+            ),
+            rewind=choice(cfg, "rewind", REWINDS, "init", option="pruning.rewind"),
+            pruned_value=choice(cfg, "pruned_value", PRUNED_VALUES, "zero", option="pruning.pruned_value"),
+            reset_alpha=bool(get(cfg, "reset_alpha", True, null_is_default=True)),
+            reset_optimizer=bool(get(cfg, "reset_optimizer", True, null_is_default=True)),
         )
 
     @property

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.config import get
+
 NAN = float("nan")
 _SKIP_DIRS = {"wandb", "checkpoints", "adapter", "csv", "lightning_logs", "__pycache__"}
 _MAX_DEPTH = 4
@@ -172,21 +174,11 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _cfg_get(cfg: dict[str, Any], dotted: str) -> Any:
-    """``cfg[a][b][c]`` for ``dotted="a.b.c"``, None where a key is missing."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 # ------------------------------------------------------------------------------------- the sweep's multirun.yaml
 def _sweep_command(folder: Path) -> str | None:
     """The command line of the sweep, from Hydra's ``multirun.yaml`` (None when absent)."""
     data = _load_yaml(folder / "multirun.yaml") if (folder / "multirun.yaml").is_file() else None
-    overrides = _cfg_get(data, "hydra.overrides.task") if isinstance(data, dict) else None
+    overrides = get(data, "hydra.overrides.task") if isinstance(data, dict) else None
     if not isinstance(overrides, list):
         return None
     return "python -m rigsa_lightning.train -m " + " ".join(str(o) for o in overrides)
@@ -195,7 +187,7 @@ def _sweep_command(folder: Path) -> str | None:
 def _sweep_grid(folder: Path) -> str | None:
     """The sweep's grid (``hydra.sweeper.params`` of ``multirun.yaml``) as Markdown (None when absent)."""
     data = _load_yaml(folder / "multirun.yaml") if (folder / "multirun.yaml").is_file() else None
-    params = _cfg_get(data, "hydra.sweeper.params") if isinstance(data, dict) else None
+    params = get(data, "hydra.sweeper.params") if isinstance(data, dict) else None
     if not isinstance(params, dict) or not params:
         return None
     return ", ".join(f"`{k}`: {v}" for k, v in params.items())

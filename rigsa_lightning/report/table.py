@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from rigsa_lightning.adapters.registry import find_method
+from rigsa_lightning.config import get
 from rigsa_lightning.io import atomic_write_text
-from rigsa_lightning.report.jobs import NAN, Job, _cfg_get, _finite, _num
+from rigsa_lightning.report.jobs import NAN, Job, _finite, _num
 
 # Display order of methods in tables and legends (figures use the same order), and their display names.
 METHOD_ORDER: dict[str, int] = {"none": 0, "rigsa": 1, "random_mask": 2, "lora": 3, "qlora": 4, "full": 5}
@@ -73,18 +74,18 @@ def _density(job: Job) -> float:
     if _finite(d):
         return d
     method = find_method(job.metrics.get("method"))
-    density = method.config_density(lambda key: _num(_cfg_get(job.config, key))) if method else None
+    density = method.config_density(lambda key: _num(get(job.config, key))) if method else None
     return NAN if density is None else density
 
 
 def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
     """The flat, canonical metrics of one completed run (NaN where absent or skipped)."""
     m = job.metrics
-    cfg_name = _cfg_get(job.config, "name")
-    seed = m.get("seed", _cfg_get(job.config, "seed"))
+    cfg_name = get(job.config, "name")
+    seed = m.get("seed", get(job.config, "seed"))
     row: dict[str, Any] = {
         "job": job.rel,
-        "method": str(m.get("method") or _cfg_get(job.config, "adapter.method") or "unknown"),
+        "method": str(m.get("method") or get(job.config, "adapter.method") or "unknown"),
         "name": str(m.get("name") or cfg_name or job.path.name),
         "seed": int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else seed,
         "tm_acc": _num(m.get("textual_mnist/acc")),

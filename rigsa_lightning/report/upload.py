@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.report.jobs import Job, _cfg_get
+from rigsa_lightning.config import get
+from rigsa_lightning.report.jobs import Job
 
 log = logging.getLogger("rigsa_lightning.report")
 
@@ -25,13 +26,13 @@ def log_to_wandb(
     from rigsa_lightning.tracking import resolve_wandb_mode
 
     cfg = next((j.config for j in jobs if j.config), {})
-    project = _cfg_get(cfg, "logger.project") or "rigsa-lightning"
-    entity = _cfg_get(cfg, "logger.entity")
-    group = _cfg_get(cfg, "logger.group") or folder.name
+    project = get(cfg, "logger.project") or "rigsa-lightning"
+    entity = get(cfg, "logger.entity")
+    group = get(cfg, "logger.group") or folder.name
     # Online only with an API key and a reachable server (or WANDB_MODE=online): never blocks on the network.
     # Jobs configured offline/disabled keep that choice for the report too.
     mode = resolve_wandb_mode("auto")
-    job_mode = str(_cfg_get(cfg, "logger.mode") or "auto")
+    job_mode = str(get(cfg, "logger.mode") or "auto")
     if job_mode in ("offline", "disabled") and "WANDB_MODE" not in os.environ:
         mode = job_mode
     if mode == "disabled":

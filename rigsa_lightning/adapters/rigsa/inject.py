@@ -7,6 +7,7 @@ the ΔW (or kept values) and the unique gates.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from rigsa_lightning.adapters.rigsa.layer import FORWARD_MODES, KEEP_INIT, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, derive_seed, random_mask_
 from rigsa_lightning.adapters.targets import find_target_linears, replace_module
+from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -24,11 +26,8 @@ GATES = ("matrix", "layer", "global")
 _BLOCK_PREFIX = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
+# ``adapter.<key>: null`` means the default.
+_get = functools.partial(get, null_is_default=True)
 
 
 def gate_key(name: str, gate: str) -> str:

@@ -1,4 +1,7 @@
-"""Textual MNIST scoring of a live model (``acc`` and ``gen_acc``) and the export of every method's adapter."""
+"""Textual MNIST scoring of a live model (``acc`` and ``gen_acc``), used by training and ``evaluate``.
+
+(``evaluate.py`` is the command; every method's adapter export is ``rigsa_lightning.adapters.export_adapter``.)
+"""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def score_textual_mnist(
     ``gen_acc``: greedy generation parsed for the first digit (what a user sees). With ``cache_key`` (used for the
     untrained base) the result is cached on disk keyed by the model and every data option.
     """
-    from rigsa_lightning.data.textual_mnist import answer_digit_logits, parse_first_digit
+    from rigsa_lightning.data.prompt import answer_digit_logits, parse_first_digit
     from rigsa_lightning.head import answer_logits
 
     cache_file = None
@@ -112,9 +115,3 @@ def score_textual_mnist(
     if cache_file is not None:
         atomic_write_json(cache_file, result)
     return result
-
-
-def export_adapter(prepared: Any, cfg: DictConfig, folder: Path) -> Path | None:
-    """Write what users take away: the sparse adapter (RIGSA / random mask), a PEFT folder (LoRA / QLoRA) or the
-    fine-tuned target weights (full), per the method's ``export``. Returns the folder, or None for ``none``."""
-    return get_method(prepared.method).export(prepared, cfg, folder)

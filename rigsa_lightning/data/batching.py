@@ -1,0 +1,143 @@
+"""Torch-side pieces of Textual MNIST: the dataset view of a cached split, the padding collate, the seeded sampler.
+
+Every class is a picklable top-level class, so DataLoaders with ``num_workers > 0`` work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["EpochSeededSampler", "PadCollator", "TokenizedSplit"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Torch-side pieces: dataset view, collate, sampler
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TokenizedSplit(Dataset):
+    """A torch view of one cached split (a ``datasets.Dataset``; memory-mapped when loaded from the cache).
+
+    Items are dicts ``{input_ids: int32 array, prompt_len, answer_pos, digit}``. ``__getitems__`` fetches a whole
+    batch with one Arrow read.
+    """
+
+    COLUMNS = ["input_ids", "prompt_len", "answer_pos", "digit"]
+
+    def __init__(self, hf_dataset: Any) -> None:
+        self.hf = hf_dataset
+        self._view = hf_dataset.select_columns(self.COLUMNS).with_format("numpy")
+        self.lengths = np.asarray(hf_dataset["length"], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._view[int(i)]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        rows = self._view[[int(i) for i in indices]]
+        return [{k: rows[k][j] for k in self.COLUMNS} for j in range(len(indices))]
+
+
+class PadCollator:
+    """Dynamic padding to the longest sequence of the batch.
+
+    ``prompt_only=False`` (training/eval): right padding, keys ``input_ids, attention_mask, labels, answer_pos,
+    digit``. ``prompt_only=True`` (generation): only each prompt, left padded, keys ``input_ids, attention_mask,
+    digit`` (every row ends with the assistant generation prefix).
+    """
+
+    def __init__(self, pad_id: int, prompt_only: bool = False) -> None:
+        self.pad_id = int(pad_id)
+        self.prompt_only = prompt_only
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [np.asarray(it["input_ids"], dtype=np.int64) for it in items]
+        if self.prompt_only:
+            seqs = [s[: int(it["prompt_len"])] for s, it in zip(seqs, items)]
+        width = max(len(s) for s in seqs)
+        b = len(seqs)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        digit = torch.tensor([int(it["digit"]) for it in items], dtype=torch.long)
+        if self.prompt_only:
+            for r, s in enumerate(seqs):
+                ids[r, width - len(s) :] = torch.from_numpy(s)
+                mask[r, width - len(s) :] = 1
+            return {"input_ids": ids, "attention_mask": mask, "digit": digit}
+        labels = torch.full((b, width), -100, dtype=torch.long)
+        for r, (s, it) in enumerate(zip(seqs, items)):
+            n, p = len(s), int(it["prompt_len"])
+            ids[r, :n] = torch.from_numpy(s)
+            mask[r, :n] = 1
+            labels[r, p:n] = ids[r, p:n]
+        answer_pos = torch.tensor([int(it["answer_pos"]) for it in items], dtype=torch.long)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "answer_pos": answer_pos,
+            "digit": digit,
+        }
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffling sampler whose order is a pure function of ``(seed, epoch)``; call :meth:`set_epoch` each epoch.
+
+    With ``lengths`` and ``bucket=True`` the shuffled order is cut into chunks of ``bucket_factor * batch_size``,
+    each chunk sorted by length and split into batches, and the batches shuffled again: consecutive ``batch_size``
+    indices then have similar lengths (less padding) while the order stays random and reproducible.
+    Single-process semantics; under DDP Lightning's ``DistributedSamplerWrapper`` shards it.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        seed: int = 0,
+        lengths: Sequence[int] | np.ndarray | None = None,
+        batch_size: int = 1,
+        bucket: bool = False,
+        bucket_factor: int = 50,
+    ) -> None:
+        self.num_items = int(num_items)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.batch_size = max(1, int(batch_size))
+        self.bucket = bool(bucket) and self.lengths is not None
+        self.bucket_factor = max(1, int(bucket_factor))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The full index order of ``epoch`` (default: the current one)."""
+        ep = self.epoch if epoch is None else int(epoch)
+        rng = np.random.default_rng([self.seed, ep, 0x7E57])
+        perm = rng.permutation(self.num_items)
+        if not self.bucket:
+            return perm
+        chunk = self.batch_size * self.bucket_factor
+        batches: list[np.ndarray] = []
+        for start in range(0, self.num_items, chunk):
+            part = perm[start : start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches.extend(part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size))
+        # keep a short (last) batch last so every other batch stays full
+        full = [bt for bt in batches if len(bt) == self.batch_size]
+        short = [bt for bt in batches if len(bt) != self.batch_size]
+        full = [full[i] for i in rng.permutation(len(full))]
+        return np.concatenate(full + short) if batches else perm
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
