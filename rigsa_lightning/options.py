@@ -442,6 +442,13 @@ def unknown_option_error(key: str) -> ConfigError:
 def check_value(key: str, value: Any) -> None:
     """Raise the one-line :class:`ConfigError` when ``value`` is not allowed for option ``key``."""
     option = OPTIONS[key]
+    if option.kind == "per_task" and isinstance(
+        value, Mapping
+    ):  # name the task's own option: eval.limit.piqa
+        for task, entry in value.items():
+            if task in TASKS and entry is not None and option._check_int(entry):
+                fix = f"{option.meaning}: use {option.expectation()}"
+                raise ConfigError(f"{key}.{task}", option._check_int(entry) or "", fix)
     problem = option.problem(value)
     if problem is None:
         return

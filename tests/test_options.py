@@ -78,7 +78,7 @@ def test_every_declaration_is_used_by_a_config_file() -> None:
         ("adapter.density=1.5", "adapter.density", ("1.5 is outside (0, 1]",)),
         ("data.batch_size=0", "data.batch_size", ("must be positive, got 0", "a positive integer")),
         ("optim.betas=[0.9]", "optim.betas", ("must have 2 entries",)),
-        ("eval.limit={piqa: 0}", "eval.limit", ("piqa: must be positive, got 0",)),
+        ("eval.limit={piqa: 0}", "eval.limit.piqa", ("must be positive, got 0",)),
         ("stop_at.val_acc=0", "stop_at.val_acc", ("0 is outside (0, 1]",)),
         ("logger.type=tensorboard", "logger.type", ("unknown value 'tensorboard'",)),
         ("checkpoint.enabled=maybe", "checkpoint.enabled", ("must be true or false",)),
