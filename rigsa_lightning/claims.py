@@ -170,16 +170,21 @@ def _accuracy(job: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
+LABELS = {"rigsa": "RIGSA", "random_mask": "random mask", "qlora": "QLoRA", "none": "base"}
+
+
 def evaluate_claims(
     jobs: Sequence[Any], names: Mapping[str, str] | None = None, iters: int = 4000
 ) -> list[Claim]:
     """The four claims with what was measured and a verdict, from completed job folders (report's ``Job``)."""
     names = {**DEFAULT_NAMES, **(names or {})}
     runs = {m: _runs_of(jobs, m, names) for m in ("none", "rigsa", "random_mask", "qlora")}
-    label = {"rigsa": "RIGSA", "random_mask": "random mask", "qlora": "QLoRA", "none": "base"}
-    claims: list[Claim] = []
+    changes = {m: _forgetting_changes(runs[m]) for m in ("rigsa", "random_mask", "qlora")}
+    return [_claim_chance(jobs, runs), _claim_learns(runs), *_claims_forgetting(runs, changes, iters)]
 
-    # 1. the base model is around chance
+
+def _claim_chance(jobs: Sequence[Any], runs: Mapping[str, list[Any]]) -> Claim:
+    """Claim 1: the base model is around chance (Wilson interval of the zero-shot test accuracy)."""
     c1 = Claim(1, "The base model is around chance (10 %) on Textual MNIST.")
     zs = runs["none"] or [
         j for j in jobs if isinstance(j.metrics.get("textual_mnist/zero_shot_acc"), (int, float))
@@ -194,15 +199,17 @@ def evaluate_claims(
         c1.measured.append(f"base test accuracy {ci.text(100)} % (Wilson 95 %, {n} test images)")
         c1.runs.append(job.rel)
         c1.verdict = "supported" if ci.hi < 2 * CHANCE or ci.lo <= CHANCE <= ci.hi else "contradicted"
-    claims.append(c1)
+    return c1
 
-    # 2. it learns the task through RIGSA, QLoRA and random masking
+
+def _claim_learns(runs: Mapping[str, list[Any]]) -> Claim:
+    """Claim 2: the task is learned through RIGSA, QLoRA and random masking (t interval over seeds)."""
     c2 = Claim(2, "The base model learns the task through RIGSA, 4-bit QLoRA and random masking.")
     learned = []
     for method in ("rigsa", "qlora", "random_mask"):
         accs = [_accuracy(j) for j in runs[method]]
         if not accs:
-            c2.measured.append(f"{label[method]}: no completed run")
+            c2.measured.append(f"{LABELS[method]}: no completed run")
             learned.append(None)
             continue
         ci = t_interval(accs)
@@ -210,7 +217,7 @@ def evaluate_claims(
             n = int(runs[method][0].metrics.get("textual_mnist/n", 0) or 0)
             ci = wilson(accs[0] * n, n) if n else ci
             ci.n = f"1 seed, {n} test images" if n else "1 seed"
-        c2.measured.append(f"{label[method]}: test acc {ci.text(100)} % ({ci.n})")
+        c2.measured.append(f"{LABELS[method]}: test acc {ci.text(100)} % ({ci.n})")
         c2.runs += [j.rel for j in runs[method]]
         learned.append(ci.lo > 3 * CHANCE if ci.lo == ci.lo else None)
     highs = [_t_hi(runs[m]) for m in ("rigsa", "qlora", "random_mask") if runs[m]]
@@ -218,21 +225,30 @@ def evaluate_claims(
         c2.verdict = "supported"
     elif any(h < 2 * CHANCE for h in highs):  # a method whose whole CI stays below 20 %: it did not learn
         c2.verdict = "contradicted"
-    claims.append(c2)
+    return c2
 
-    # 3 and 4: forgetting differences from the per-item records
-    changes: dict[str, dict[tuple[str, str], list[dict[int, float]]]] = {}
-    for method in ("rigsa", "random_mask", "qlora"):
-        per = {}
-        for job in runs[method]:
-            loaded = _items(job)
-            if loaded is None:
-                continue
-            for task, name, _, _ in MEASURES:
-                change = paired_changes(loaded[0], loaded[1], task, name)
-                if change:
-                    per.setdefault((task, name), []).append(change)
-        changes[method] = per
+
+def _forgetting_changes(jobs: Sequence[Any]) -> dict[tuple[str, str], list[dict[int, float]]]:
+    """Per measure, one ``{item: after - before}`` mapping per job (from the per-item records)."""
+    per: dict[tuple[str, str], list[dict[int, float]]] = {}
+    for job in jobs:
+        loaded = _items(job)
+        if loaded is None:
+            continue
+        for task, name, _, _ in MEASURES:
+            change = paired_changes(loaded[0], loaded[1], task, name)
+            if change:
+                per.setdefault((task, name), []).append(change)
+    return per
+
+
+def _claims_forgetting(
+    runs: Mapping[str, list[Any]],
+    changes: Mapping[str, dict[tuple[str, str], list[dict[int, float]]]],
+    iters: int,
+) -> list[Claim]:
+    """Claims 3 (RIGSA forgets less than QLoRA) and 4 (comparable to random masking): hierarchical bootstrap of
+    the difference in forgetting over seeds and items, per measure, then the verdicts."""
     c3 = Claim(3, "RIGSA forgets less than QLoRA, particularly on GSM8k (more forgetting = positive below).")
     c4 = Claim(
         4,
@@ -256,25 +272,23 @@ def evaluate_claims(
                 seed=k,
             )
             claim.measured.append(
-                f"{text}: forgetting RIGSA − {label[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
+                f"{text}: forgetting RIGSA − {LABELS[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
             )
-            if other == "qlora":
-                votes[(task, name)] = "less" if diff.hi < 0 else "more" if diff.lo > 0 else "?"
-            else:
-                m = EQUIVALENCE_MARGINS[name]
-                votes[(task, name)] = (
-                    "equal"
-                    if -m <= diff.lo and diff.hi <= m
-                    else "differ"
-                    if diff.lo > 0 or diff.hi < 0
-                    else "?"
-                )
+            votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
     c3.runs = [j.rel for m in ("rigsa", "qlora") for j in runs[m]]
     c4.runs = [j.rel for m in ("rigsa", "random_mask") for j in runs[m]]
     c3.verdict = _less_forgetting_verdict(votes3, primary=("gsm8k", "gold_nll"))
     c4.verdict = _comparable_verdict(votes4, expected=list(changes["rigsa"]))  # every measure RIGSA has
-    claims += [c3, c4]
-    return claims
+    return [c3, c4]
+
+
+def _vote(other: str, diff: Any, margin: float) -> str:
+    """One measure's vote: vs QLoRA less/more/? forgetting; vs random mask equal (CI within ±margin)/differ/?."""
+    if other == "qlora":
+        return "less" if diff.hi < 0 else "more" if diff.lo > 0 else "?"
+    if -margin <= diff.lo and diff.hi <= margin:
+        return "equal"
+    return "differ" if diff.lo > 0 or diff.hi < 0 else "?"
 
 
 def _t_hi(jobs: Sequence[Any]) -> float:
