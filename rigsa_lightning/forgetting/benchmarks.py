@@ -155,10 +155,13 @@ def run_lm_eval(
     under ``"item_indices"``. ``gold_nll=True`` adds, for generate-until tasks, the teacher-forced log-likelihood of
     each reference solution under the same prompt (``"gold_nll"``: ``{task: {doc_id: (nll_sum, n_tokens)}}``; needs
     ``log_samples``). ``generate=False`` skips generate-until tasks' generation: only their reference solutions'
-    NLL is computed (with ``gold_nll``), from the same prompts lm-eval would generate from. Gradients are off and the model's train/eval flags, tied output embedding, tokenizer settings
-    and global RNG states are restored afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
+    NLL is computed (with ``gold_nll``), from the same prompts lm-eval would generate from. Gradients are off and
+    the model's train/eval flags, tied output embedding, tokenizer settings and global RNG states are restored
+    afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
     ``"samples"``.
     """
+    # Long on purpose: one lm-eval run read in order (wrapper, tasks, NLL-only tasks, the one-prefill hookup,
+    # simple_evaluate, reference NLL); a third of it is the docstring above.
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -176,18 +179,7 @@ def run_lm_eval(
             )
         else:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
-        loaded = task_manager.load(list(task_names))
-        tasks = []
-        samples: dict[str, list[int]] | None = {} if choose_items is not None else None
-        for name in task_names:
-            task = loaded["tasks"][name]
-            if num_fewshot is not None and name in num_fewshot and num_fewshot[name] is not None:
-                task.set_config(key="num_fewshot", value=int(num_fewshot[name]))
-            tasks.append(task)
-            if choose_items is not None and samples is not None:
-                chosen = choose_items(name, len(task.eval_docs))
-                if chosen is not None:
-                    samples[name] = chosen
+        tasks, samples = _load_tasks(task_manager, task_names, num_fewshot, choose_items)
         generation_tasks = [t for t in tasks if t.OUTPUT_TYPE == "generate_until"]
         nll_only = {} if generate else {t.config.task: t for t in generation_tasks}
         if nll_only:
@@ -236,6 +228,29 @@ def run_lm_eval(
         if gold_only:
             result.setdefault("gold_nll", {}).update(gold_only)
     return result
+
+
+def _load_tasks(
+    task_manager: Any,
+    task_names: Sequence[str],
+    num_fewshot: Mapping[str, int] | None,
+    choose_items: Callable[[str, int], list[int] | None] | None,
+) -> tuple[list[Any], dict[str, list[int]] | None]:
+    """The lm-eval task objects with their few-shot counts set, and the chosen item indices per task (lm-eval's
+    ``samples``; None when every document is scored)."""
+    loaded = task_manager.load(list(task_names))
+    tasks = []
+    samples: dict[str, list[int]] | None = {} if choose_items is not None else None
+    for name in task_names:
+        task = loaded["tasks"][name]
+        if num_fewshot is not None and name in num_fewshot and num_fewshot[name] is not None:
+            task.set_config(key="num_fewshot", value=int(num_fewshot[name]))
+        tasks.append(task)
+        if choose_items is not None and samples is not None:
+            chosen = choose_items(name, len(task.eval_docs))
+            if chosen is not None:
+                samples[name] = chosen
+    return tasks, samples
 
 
 def reference_continuation(task: Any, doc: Mapping[str, Any]) -> str:
