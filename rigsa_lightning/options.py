@@ -432,7 +432,8 @@ def _resolved(cfg: Any, key: str, raw: Any) -> tuple[bool, Any]:
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if value is None and isinstance(raw, str) and "${hydra:" in raw:
-        return False, None  # Hydra's runtime values are only set inside a Hydra run (a test may leave them unset)
+        # Hydra's runtime values are only set inside a Hydra run (a test may leave them unset)
+        return False, None
     return True, value
 
 

@@ -1,0 +1,131 @@
+"""The learning-rate search's own table (``+sweep=lr_search``): one row per method x learning rate with the
+selection criterion (final validation accuracy, Wilson 95 % interval over the validation images), the test
+accuracy and train time, and the selected rate per method (the highest validation accuracy; ties go to the
+smaller rate). Jobs that did not complete are listed as such, so a partial search is visible as partial.
+
+    python -m rigsa_lightning.report.lr_table docs/results/lr_search/jobs     # writes lr_search.md / .csv there
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rigsa_lightning.claims import wilson
+from rigsa_lightning.config import get
+from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
+
+COLUMNS = ("method", "name", "lr", "status", "val_acc", "val_lo", "val_hi", "n_val", "test_acc", "train_min")
+
+
+def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """One row per job: method, learning rate, validation accuracy with its Wilson interval, test accuracy."""
+    rows = []
+    for job in jobs:
+        cfg = job.config or {}
+        m = job.metrics
+        val = m.get("final_val/acc")
+        n_val = int(get(cfg, "data.val_size", 0) or 0)
+        ci = wilson(float(val) * n_val, n_val) if isinstance(val, (int, float)) and n_val else None
+        rows.append(
+            {
+                "method": str(m.get("method") or get(cfg, "adapter.method", "?")),
+                "name": str(m.get("name") or get(cfg, "name", job.rel)),
+                "lr": float(get(cfg, "adapter.lr", math.nan)),
+                "status": job.status,
+                "val_acc": float(val) if ci else math.nan,
+                "val_lo": ci.lo if ci else math.nan,
+                "val_hi": ci.hi if ci else math.nan,
+                "n_val": n_val,
+                "test_acc": float(m.get("textual_mnist/acc", math.nan)),
+                "train_min": float(m.get("time/train_s", math.nan)) / 60,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["method"], r["lr"]))
+
+
+def selected(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The selected row per method: the highest validation accuracy among completed jobs (ties: smaller rate)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "completed" or math.isnan(row["val_acc"]):
+            continue
+        cur = best.get(row["method"])
+        if cur is None or (row["val_acc"], -row["lr"]) > (cur["val_acc"], -cur["lr"]):
+            best[row["method"]] = row
+    return best
+
+
+def _pct(x: float) -> str:
+    return "—" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]], command: str | None) -> str:
+    """The table as Markdown (selected rates in bold), with the command and the selection rule."""
+    best = selected(rows)
+    lines = [
+        "# Learning-rate search",
+        "",
+        f"Command: `{command}`" if command else "",
+        "",
+        "Selection: the highest final validation accuracy per method (ties: the smaller rate); 95 % Wilson "
+        "intervals over the validation images. A method with rates still to run shows its best so far (the search is "
+        "resumable); train times include any other load on the machine.",
+        "",
+        "| method | learning rate | status | val acc (%) [95 % CI] | test acc (%) | train (min) | selected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    pending = {r["method"] for r in rows if r["status"] != "completed"}
+    for r in rows:
+        val = (
+            f"{_pct(r['val_acc'])} [{_pct(r['val_lo'])}, {_pct(r['val_hi'])}]"
+            if not math.isnan(r["val_acc"])
+            else "—"
+        )
+        chosen = best.get(r["method"]) is r
+        train = "—" if math.isnan(r["train_min"]) else f"{r['train_min']:.0f}"
+        lines.append(
+            f"| {r['method']} | {r['lr']:g} | {r['status']} | {val} | {_pct(r['test_acc'])} | {train} | "
+            f"{('best so far' if r['method'] in pending else '**yes**') if chosen else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_lr_table(folder: str | Path) -> dict[str, Path]:
+    """Write ``lr_search.md`` and ``lr_search.csv`` into ``folder`` (a search's sweep or archive folder)."""
+    root = Path(folder)
+    jobs = [load_job(p, root) for p in find_job_dirs(root)]
+    rows = lr_rows(jobs)
+    command = None
+    multirun = root / "multirun.yaml"
+    if multirun.is_file():
+        command = _sweep_command(root)
+    md = root / "lr_search.md"
+    md.write_text(markdown(rows, command))
+    out = root / "lr_search.csv"
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"md": md, "csv": out}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m rigsa_lightning.report.lr_table <folder>``."""
+    parser = argparse.ArgumentParser(prog="python -m rigsa_lightning.report.lr_table")
+    parser.add_argument("folder")
+    args = parser.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        print(f"error: folder: {args.folder} does not exist -> give the search's folder", file=sys.stderr)
+        sys.exit(2)
+    out = write_lr_table(args.folder)
+    print(out["md"].read_text())
+
+
+if __name__ == "__main__":
+    main()

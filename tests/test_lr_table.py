@@ -1,0 +1,68 @@
+"""The learning-rate search's table: one row per method x rate, the selection rule, partial searches visible."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rigsa_lightning.report.jobs import find_job_dirs, load_job
+from rigsa_lightning.report.lr_table import lr_rows, main, selected, write_lr_table
+
+
+def _job(root: Path, method: str, lr: float, val: float | None, test: float = 0.5) -> None:
+    job = root / f"{method}_lr{lr}"
+    (job / ".hydra").mkdir(parents=True, exist_ok=True)
+    (job / ".hydra" / "config.yaml").write_text(
+        f"name: {method}_lr{lr}\nadapter:\n  method: {method}\n  lr: {lr}\ndata:\n  val_size: 200\n"
+    )
+    if val is not None:
+        metrics = {
+            "status": "completed",
+            "method": method,
+            "name": f"{method}_lr{lr}",
+            "final_val/acc": val,
+            "textual_mnist/acc": test,
+            "time/train_s": 600.0,
+        }
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_rows_selection_and_wilson(tmp_path: Path) -> None:
+    _job(tmp_path, "rigsa", 0.0003, 0.11)
+    _job(tmp_path, "rigsa", 0.001, 0.55)
+    _job(tmp_path, "rigsa", 0.003, 0.55)  # tie: the smaller rate is selected
+    _job(tmp_path, "qlora", 0.001, 0.80)
+    _job(tmp_path, "qlora", 0.003, None)  # still running: listed, never selected
+    rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
+    assert [(r["method"], r["lr"]) for r in rows] == [
+        ("qlora", 0.001),
+        ("qlora", 0.003),
+        ("rigsa", 0.0003),
+        ("rigsa", 0.001),
+        ("rigsa", 0.003),
+    ]
+    best = selected(rows)
+    assert best["rigsa"]["lr"] == 0.001 and best["qlora"]["lr"] == 0.001
+    r = rows[3]
+    # Wilson 95 % for 110/200: centre (p + z²/2n)/(1 + z²/n), half-width z sqrt(p(1-p)/n + z²/4n²)/(1 + z²/n)
+    z, n, p = 1.96, 200, 0.55
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert math.isclose(r["val_lo"], centre - half) and math.isclose(r["val_hi"], centre + half)
+    assert rows[1]["status"] == "incomplete" and math.isnan(rows[1]["val_acc"])
+
+
+def test_written_table(tmp_path: Path, capsys) -> None:
+    _job(tmp_path, "random_mask", 0.001, 0.42, test=0.4)
+    _job(tmp_path, "random_mask", 0.003, None)
+    out = write_lr_table(tmp_path)
+    md = out["md"].read_text()
+    assert "| random_mask | 0.001 | completed | 42.0 [" in md and "| 40.0 | 10 | best so far |" in md
+    assert "| random_mask | 0.003 | incomplete | — |" in md
+    assert out["csv"].read_text().splitlines()[0].startswith("method,name,lr,status,val_acc")
+    _job(tmp_path, "random_mask", 0.003, 0.30)  # the search completes: the selection is final
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| 40.0 | 10 | **yes** |" in md and "| best so far |" not in md
+    main([str(tmp_path)])
+    assert "# Learning-rate search" in capsys.readouterr().out
