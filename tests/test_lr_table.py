@@ -13,6 +13,9 @@ from rigsa_lightning.report.lr_table import lr_rows, main, selected, write_lr_ta
 def _job(root: Path, method: str, lr: float, val: float | None, test: float = 0.5) -> None:
     job = root / f"{method}_lr{lr}"
     (job / ".hydra").mkdir(parents=True, exist_ok=True)
+    (job / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      adapter.lr: 1.0e-3,3.0e-3\n"
+    )
     (job / ".hydra" / "config.yaml").write_text(
         f"name: {method}_lr{lr}\nadapter:\n  method: {method}\n  lr: {lr}\ndata:\n  val_size: 200\n"
     )
@@ -51,6 +54,12 @@ def test_rows_selection_and_wilson(tmp_path: Path) -> None:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert math.isclose(r["val_lo"], centre - half) and math.isclose(r["val_hi"], centre + half)
     assert rows[1]["status"] == "incomplete" and math.isnan(rows[1]["val_acc"])
+
+
+def test_a_method_missing_grid_rates_is_best_so_far(tmp_path: Path) -> None:
+    _job(tmp_path, "qlora", 0.001, 0.7)  # the grid has 1e-3 and 3e-3: 3e-3 has not started (no folder yet)
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| qlora | 0.001 | completed | 70.0 [" in md and "| best so far |" in md
 
 
 def test_written_table(tmp_path: Path, capsys) -> None:

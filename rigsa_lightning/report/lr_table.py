@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rigsa_lightning.claims import wilson
 from rigsa_lightning.config import get
 from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
@@ -61,12 +63,30 @@ def selected(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return best
 
 
+def grid_rates(root: Path, jobs: Sequence[Job]) -> set[float]:
+    """The learning rates of the search's grid: ``hydra.sweeper.params['adapter.lr']`` of its jobs (union)."""
+    rates: set[float] = set()
+    for job in jobs:
+        path = root / job.rel / ".hydra" / "hydra.yaml"
+        if not path.is_file():
+            continue
+        hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+        value = (hydra.get("sweeper", {}).get("params") or {}).get("adapter.lr")
+        for text in str(value or "").split(","):
+            try:
+                rates.add(float(text))
+            except ValueError:
+                continue
+    return rates
+
+
 def _pct(x: float) -> str:
     return "—" if math.isnan(x) else f"{100 * x:.1f}"
 
 
-def markdown(rows: Sequence[dict[str, Any]], command: str | None) -> str:
-    """The table as Markdown (selected rates in bold), with the command and the selection rule."""
+def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[float] | None = None) -> str:
+    """The table as Markdown (selected rates in bold), with the command and the selection rule. A method with a
+    job not completed, or with fewer completed rates than the grid's ``rates``, shows its best so far."""
     best = selected(rows)
     lines = [
         "# Learning-rate search",
@@ -81,6 +101,10 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     pending = {r["method"] for r in rows if r["status"] != "completed"}
+    for method in {r["method"] for r in rows}:
+        done = {r["lr"] for r in rows if r["method"] == method and r["status"] == "completed"}
+        if rates and not set(rates) <= done:
+            pending.add(method)
     for r in rows:
         val = (
             f"{_pct(r['val_acc'])} [{_pct(r['val_lo'])}, {_pct(r['val_hi'])}]"
@@ -106,7 +130,7 @@ def write_lr_table(folder: str | Path) -> dict[str, Path]:
     if multirun.is_file():
         command = _sweep_command(root)
     md = root / "lr_search.md"
-    md.write_text(markdown(rows, command))
+    md.write_text(markdown(rows, command, grid_rates(root, jobs)))
     out = root / "lr_search.csv"
     with open(out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
