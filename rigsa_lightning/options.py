@@ -168,15 +168,21 @@ class Option:
         return None
 
     def _check_per_task(self, value: Any) -> str | None:
-        if isinstance(value, Mapping):
-            for task, v in value.items():
-                if task not in TASKS:
-                    return f"names no benchmark ({task!r})"
-                problem = None if v is None else self._check_int(v)
-                if problem:
-                    return f"{task}: {problem}"
-            return None
-        return self._check_int(value)
+        located = self.locate_per_task(value)
+        return None if located is None else (f"{located[0]}: " if located[0] else "") + located[1]
+
+    def locate_per_task(self, value: Any) -> tuple[str, str] | None:
+        """A per-task value's problem as ``(task, problem)`` (task "" when the whole value is wrong), or None."""
+        if not isinstance(value, Mapping):
+            problem = self._check_int(value)
+            return None if problem is None else ("", problem)
+        for task, entry in value.items():
+            if task not in TASKS:
+                return "", f"names no benchmark ({task!r})"
+            problem = None if entry is None else self._check_int(entry)
+            if problem:
+                return str(task), problem
+        return None
 
 
 def _fmt(x: Any) -> str:
@@ -445,22 +451,24 @@ def unknown_option_error(key: str) -> ConfigError:
 
 
 def check_value(key: str, value: Any) -> None:
-    """Raise the one-line :class:`ConfigError` when ``value`` is not allowed for option ``key``."""
+    """Raise the one-line :class:`ConfigError` when ``value`` is not allowed for option ``key``.
+
+    A per-task mapping's bad entry is reported under the task's own option (``eval.limit.piqa``)."""
     option = OPTIONS[key]
-    if option.kind == "per_task" and isinstance(
-        value, Mapping
-    ):  # name the task's own option: eval.limit.piqa
-        for task, entry in value.items():
-            if task in TASKS and entry is not None and option._check_int(entry):
-                fix = f"{option.meaning}: use {option.expectation()}"
-                raise ConfigError(f"{key}.{task}", option._check_int(entry) or "", fix)
-    problem = option.problem(value)
-    if problem is None:
-        return
+    if option.kind == "per_task" and value is not None:
+        located = option.locate_per_task(value)
+        if located is None:
+            return
+        task, problem = located
+        name = f"{key}.{task}" if task else key
+    else:
+        problem, name = option.problem(value), key
+        if problem is None:
+            return
     fix = f"{option.meaning}: use {option.expectation()}"
     if option.example is not None:
         fix += f", e.g. {key}={option.example}"
-    raise ConfigError(key, problem, fix)
+    raise ConfigError(name, problem, fix)
 
 
 def check_relations(cfg: Any) -> None:

@@ -146,19 +146,21 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def uses_gpu(accelerator: str = "cpu") -> bool:
+    """Whether Lightning's ``trainer.accelerator`` runs on a GPU here (``auto``: when CUDA is available)."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available())
+
+
 def native_bf16(accelerator: str = "cpu") -> bool:
     """Whether bf16 matmuls run natively: a GPU that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16.
 
     Without them torch emulates bf16 on the CPU: measured on a 2-core AVX2-only EPYC, one 8x105-token training step
     of SmolLM2-135M took 185 s under bf16 autocast against 8 s in fp32 (1 thread).
     """
-    if accelerator in ("gpu", "cuda", "auto"):
+    if uses_gpu(accelerator):
         import torch
 
-        if torch.cuda.is_available():
-            return bool(torch.cuda.is_bf16_supported())
-        if accelerator != "auto":
-            return False
+        return _cuda_available() and bool(torch.cuda.is_bf16_supported())
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
@@ -169,8 +171,7 @@ def resolve_precision(precision: str, accelerator: str = "cpu") -> str:
         return str(precision)
     if native_bf16(accelerator):
         return "bf16-mixed"
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available())
-    return "16-mixed" if gpu else "32-true"
+    return "16-mixed" if uses_gpu(accelerator) else "32-true"
 
 
 def resolve_compute_dtype(dtype: str, accelerator: str = "cpu") -> str:
