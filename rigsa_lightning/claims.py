@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rigsa_lightning import matching
 from rigsa_lightning.forgetting import items as item_records
 
 CHANCE = 0.1
@@ -247,8 +248,11 @@ def _claims_forgetting(
     changes: Mapping[str, dict[tuple[str, str], list[dict[int, float]]]],
     iters: int,
 ) -> list[Claim]:
-    """Claims 3 (RIGSA forgets less than QLoRA) and 4 (comparable to random masking): hierarchical bootstrap of
-    the difference in forgetting over seeds and items, per measure, then the verdicts."""
+    """Claims 3 (RIGSA forgets less than QLoRA) and 4 (comparable to random masking), at matched accuracy.
+
+    The end-of-training numbers (hierarchical bootstrap of the difference over seeds and items, per measure) decide
+    when every compared run stopped at the same ``stop_at.val_acc`` target; otherwise the forgetting curves decide,
+    read at the highest validation accuracy every compared run reaches (:mod:`rigsa_lightning.matching`)."""
     c3 = Claim(3, "RIGSA forgets less than QLoRA, particularly on GSM8k (more forgetting = positive below).")
     c4 = Claim(
         4,
@@ -256,30 +260,101 @@ def _claims_forgetting(
         f"±{100 * EQUIVALENCE_MARGINS['acc']:.0f} pp accuracy, ±{EQUIVALENCE_MARGINS['margin']} nats margin, "
         f"±{EQUIVALENCE_MARGINS['gold_nll']} nats NLL).",
     )
-    votes3: dict[tuple[str, str], str] = {}
-    votes4: dict[tuple[str, str], str] = {}
+    for other, claim in (("qlora", c3), ("random_mask", c4)):
+        votes = _final_votes(changes["rigsa"], changes[other], other, claim, iters)
+        claim.runs = [j.rel for m in ("rigsa", other) for j in runs[m]]
+        compared = runs["rigsa"] + runs[other]
+        target = matching.matched_by_stop(compared) if runs["rigsa"] and runs[other] else None
+        if target is not None:
+            claim.measured.insert(0, f"matched accuracy: every run stopped at val acc ≥ {100 * target:.0f} %")
+        elif compared and votes:
+            claim.measured.append(
+                "end-of-training accuracy NOT matched (val acc "
+                + ", ".join(f"{LABELS[m]} {_val_accuracies(runs[m])}" for m in ("rigsa", other))
+                + "): the numbers above are not a matched comparison"
+            )
+            votes, why = _curve_votes(runs["rigsa"], runs[other], other, claim)
+            if why:
+                claim.verdict = f"inconclusive at this scale ({why})"
+                continue
+        if other == "qlora":
+            claim.verdict = _less_forgetting_verdict(votes, primary=("gsm8k", "gold_nll"))
+        else:
+            # at the stop target: every measure RIGSA has; from the curves: every curve measure they share
+            expected = list(changes["rigsa"]) if target is not None else list(votes)
+            claim.verdict = _comparable_verdict(votes, expected=expected)
+    return [c3, c4]
+
+
+def _final_votes(
+    rigsa: Mapping[tuple[str, str], list[dict[int, float]]],
+    others: Mapping[tuple[str, str], list[dict[int, float]]],
+    other: str,
+    claim: Claim,
+    iters: int,
+) -> dict[tuple[str, str], str]:
+    """The end-of-training comparison, per measure: a line on ``claim`` and a vote (hierarchical bootstrap)."""
+    votes: dict[tuple[str, str], str] = {}
     for k, (task, name, sign, text) in enumerate(MEASURES):
         scale = 100.0 if name == "acc" else 1.0
-        r = changes["rigsa"].get((task, name), [])
-        for other, claim, votes in (("qlora", c3, votes3), ("random_mask", c4, votes4)):
-            o = changes[other].get((task, name), [])
-            if not r or not o:
-                continue
-            diff = hierarchical_difference(
-                [{d: sign * v for d, v in x.items()} for x in r],
-                [{d: sign * v for d, v in x.items()} for x in o],
-                iters=iters,
-                seed=k,
-            )
-            claim.measured.append(
-                f"{text}: forgetting RIGSA − {LABELS[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
-            )
-            votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
-    c3.runs = [j.rel for m in ("rigsa", "qlora") for j in runs[m]]
-    c4.runs = [j.rel for m in ("rigsa", "random_mask") for j in runs[m]]
-    c3.verdict = _less_forgetting_verdict(votes3, primary=("gsm8k", "gold_nll"))
-    c4.verdict = _comparable_verdict(votes4, expected=list(changes["rigsa"]))  # every measure RIGSA has
-    return [c3, c4]
+        r, o = rigsa.get((task, name), []), others.get((task, name), [])
+        if not r or not o:
+            continue
+        diff = hierarchical_difference(
+            [{d: sign * v for d, v in x.items()} for x in r],
+            [{d: sign * v for d, v in x.items()} for x in o],
+            iters=iters,
+            seed=k,
+        )
+        claim.measured.append(
+            f"{text}: forgetting RIGSA − {LABELS[other]} {diff.text(scale, 1 if scale > 1 else 3, True)} ({diff.n})"
+        )
+        votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
+    return votes
+
+
+def _curve_votes(
+    rigsa: Sequence[Any], others: Sequence[Any], other: str, claim: Claim
+) -> tuple[dict[tuple[str, str], str], str]:
+    """The matched-accuracy comparison from the forgetting curves: lines on ``claim``, the votes, and why there is
+    none ("" when there is)."""
+    curves = {
+        id(j): matching.final_phase(j.metrics.get("forget_curve") or [], j.config) for j in (*rigsa, *others)
+    }
+    if any(not c for c in curves.values()):
+        return {}, "accuracy not matched and a run has no forgetting curve"
+    level = matching.matched_level(list(curves.values()))
+    claim.measured.append(
+        f"matched accuracy from the forgetting curves: val acc {100 * level:.1f} % (the highest level every run "
+        "reaches in its last training phase)"
+    )
+    if level < 2 * CHANCE:
+        return {}, f"accuracy not matched and a method never left chance: matched level {100 * level:.1f} %"
+    votes: dict[tuple[str, str], str] = {}
+    for key, sign, text in matching.CURVE_MEASURES:
+        at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
+        if any(v is None for group in at for v in group):
+            continue
+        signed = [[v.signed(sign) for v in group] for group in at]
+        value, lo, hi = matching.matched_difference(signed[0], signed[1])
+        diff = Interval(value, lo, hi, f"{len(rigsa)} vs {len(others)} runs, curve items")
+        claim.measured.append(
+            f"{text} at val acc {100 * level:.1f} %: forgetting RIGSA − {LABELS[other]} "
+            f"{diff.text(1.0, 3, True)} ({diff.n})"
+        )
+        task, name = key.split("/")
+        votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
+    return votes, "" if votes else "accuracy not matched and the curves lack a common measure"
+
+
+def _val_accuracies(jobs: Sequence[Any]) -> str:
+    """The runs' final validation accuracies: "56.0 %", or their range over seeds ("56.0–61.5 %")."""
+    accs = [j.metrics.get("final_val/acc", j.metrics.get("textual_mnist/acc")) for j in jobs]
+    accs = sorted(100 * float(a) for a in accs if isinstance(a, (int, float)))
+    if not accs:
+        return "unknown"
+    low, high = f"{accs[0]:.1f}", f"{accs[-1]:.1f}"
+    return f"{low} %" if low == high else f"{low}–{high} %"
 
 
 def _vote(other: str, diff: Any, margin: float) -> str:

@@ -39,10 +39,23 @@ def test_hierarchical_difference_detects_a_shift_and_not_noise():
     assert same.lo < 0 < same.hi
 
 
-def _job(root: Path, name: str, method: str, seed: int, acc: float, shift: float, nll_shift: float) -> None:
+def _job(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    acc: float,
+    shift: float,
+    nll_shift: float,
+    stopped: bool = True,
+    curve: list[dict[str, float]] | None = None,
+    config: str = "",
+) -> None:
+    """A completed job folder: metrics (stopped at the 80 % target unless ``stopped=False``), per-item records
+    whose PIQA margins move by ``shift`` and GSM8k NLL by ``nll_shift``, and optionally a forgetting curve."""
     job = root / f"{name}_s{seed}"
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "config.yaml").write_text("")
+    (job / ".hydra" / "config.yaml").write_text(config)
     (job / ".hydra" / "overrides.yaml").write_text(f"- experiment={name}\n")
     metrics = {
         "method": method,
@@ -52,7 +65,12 @@ def _job(root: Path, name: str, method: str, seed: int, acc: float, shift: float
         "textual_mnist/acc": acc,
         "textual_mnist/n": 300.0,
         "textual_mnist/zero_shot_acc": 0.07,
+        "final_val/acc": acc,
     }
+    if method != "none":
+        metrics.update({"stop_at/target": 0.8, "stop_at/reached": float(stopped)})
+    if curve is not None:
+        metrics["forget_curve"] = curve
     (job / "metrics.json").write_text(json.dumps(metrics))
     rng = np.random.default_rng(seed + 100 * len(name))
     docs = list(range(0, 400, 2))
@@ -116,3 +134,64 @@ def _jobs(root: Path):
     from rigsa_lightning.report import find_job_dirs, load_job
 
     return [j for j in (load_job(p, root) for p in find_job_dirs(root)) if j.status == "completed"]
+
+
+def _curve(final_acc: float, nll_per_acc: float, pruned: bool) -> list[dict[str, float]]:
+    """A curve climbing to ``final_acc``, its GSM8k NLL change proportional to the accuracy gained; a pruned run
+    first has a discarded round that reaches 0.9 with a huge change (it must not count)."""
+    points = []
+    if pruned:
+        points += [{"epoch": 0.0, "val_acc": 0.9, "gsm8k/gold_nll": 5.0}]
+    start = 2.0 if pruned else 0.0
+    for k, acc in enumerate(np.linspace(0.1, final_acc, 5)):
+        nll = nll_per_acc * acc
+        points.append(
+            {
+                "epoch": start + 0.5 * k,
+                "val_acc": float(acc),
+                "gsm8k/gold_nll": nll,
+                "gsm8k/gold_nll_ci_lo": nll - 0.01,
+                "gsm8k/gold_nll_ci_hi": nll + 0.01,
+            }
+        )
+    return points
+
+
+PRUNED = "pruning:\n  enabled: true\n  rounds: 2\n  epochs_per_round: 1\n"
+
+
+def test_unmatched_accuracy_is_compared_on_the_curves(tmp_path: Path):
+    """RIGSA stops short of the target (60 %), QLoRA reaches it: the end-of-training numbers (where QLoRA,
+    trained further, forgets more) do not decide; the curves at 60 % do -- and there RIGSA forgets more."""
+    root = tmp_path / "study"
+    for seed in range(2):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.6, -0.02, 0.01, False, _curve(0.6, 1.0, True), PRUNED)
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.30, 0.20, True, _curve(0.8, 0.2, False))
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=300)}
+    text = "\n".join(claims[3].measured)
+    assert "NOT matched" in text and "RIGSA 60.0 %" in text and "QLoRA 80.0 %" in text
+    assert "val acc 60.0 %" in text  # the common level: RIGSA's peak in its final phase (not round 1's 90 %)
+    # at 60 %: RIGSA 0.6 vs QLoRA 0.12 nats -> RIGSA forgets more: the paper's claim is contradicted
+    line = next(
+        m for m in claims[3].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc")
+    )
+    assert "+0.480" in line
+    assert claims[3].verdict == "contradicted"
+
+
+def test_unmatched_accuracy_without_curves_or_learning_is_inconclusive(tmp_path: Path):
+    root = tmp_path / "nocurve"
+    _job(root, "rigsa_paper", "rigsa", 0, 0.6, -0.02, 0.01, False)
+    _job(root, "qlora_r16", "qlora", 0, 0.8, -0.30, 0.20, True)
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
+    assert (
+        claims[3].verdict
+        == "inconclusive at this scale (accuracy not matched and a run has no forgetting curve)"
+    )
+    root = tmp_path / "chance"
+    _job(root, "rigsa_paper", "rigsa", 0, 0.12, 0.0, 0.0, False, _curve(0.12, 1.0, False))
+    _job(root, "qlora_r16", "qlora", 0, 0.8, -0.30, 0.20, True, _curve(0.8, 0.2, False))
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
+    assert claims[3].verdict.startswith(
+        "inconclusive at this scale (accuracy not matched and a method never left"
+    )

@@ -106,7 +106,10 @@ def test_lr_search_and_paper_scale_compose() -> None:
     # the same number of pilots per method, one row per method x learning rate in the report
     assert str(lr.hydra.sweeper.params["adapter.lr"]) == "3.0e-4,1.0e-3,3.0e-3"
     assert lr.name == "qlora_lr0.0002" and lr.eval.enabled is False and lr.stop_at.val_acc is None
-    assert lr.skip_completed is True and lr.hydra.sweep.dir == "outputs/study/lr_search"
+    assert lr.skip_completed is True and lr.hydra.sweep.dir == "outputs/study/lr_search_1k"
+    # the budget: one phase of the study (its 1000 examples, 1 epoch, no pruning), validated at half and end
+    assert lr.data.train_size == 1000 and lr.pruning.rounds == 0 and lr.pruning.final_epochs == 1
+    assert lr.trainer.val_check_interval == 0.5 and lr.trainer.check_val_every_n_epoch == 1
     # the paper's scale: the same study settings on the paper's model, data and full benchmarks
     assert paper.model.name_or_path == "HuggingFaceTB/SmolLM2-1.7B-Instruct" and paper.data.source == "mnist"
     assert paper.eval.limit is None and paper.eval.require_benchmarks is True

@@ -1,0 +1,147 @@
+"""Forgetting at matched Textual MNIST accuracy (issue 16): the comparison the paper's claims need.
+
+A method that has barely learned has barely forgotten, so forgetting is compared where the methods reach the same
+validation accuracy:
+
+* **At the stop target.** When every compared run reached the same ``stop_at.val_acc`` (``stop_at/reached``), the
+  end-of-training forgetting numbers are already matched: the claims use them as they are.
+* **Along the curves.** Otherwise (a method never reached the target within the budget), each run's forgetting
+  curve (``metrics.json`` ``forget_curve``: one point per validation) is read at the highest accuracy level every
+  compared run reaches, :func:`matched_level`, by linear interpolation between the two validations around it.
+
+Only a run's last training phase counts: RIGSA and the random mask rewind ΔW, the gates and the optimizer before
+each phase, so the curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rigsa_lightning.config import get
+
+#: The curve's continuous measures: (curve key, sign such that positive = more forgetting, label).
+CURVE_MEASURES: tuple[tuple[str, float, str], ...] = (
+    ("gsm8k/gold_nll", 1.0, "GSM8k Δ reference NLL/token (nats)"),
+    ("piqa/margin", -1.0, "PIQA Δ gold margin (nats)"),
+    ("hellaswag/margin", -1.0, "HellaSwag Δ gold margin (nats)"),
+)
+
+
+@dataclass
+class CurveValue:
+    """A curve measure read at one accuracy level: the paired mean change and its item 95% CI."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def signed(self, sign: float) -> CurveValue:
+        """The value times ``sign`` (its CI bounds swap for a negative sign)."""
+        lo, hi = sorted((sign * self.lo, sign * self.hi))
+        return CurveValue(sign * self.value, lo, hi)
+
+
+def stopped_at_target(metrics: Mapping[str, Any]) -> float | None:
+    """The ``stop_at.val_acc`` target this run reached (None when it had none or did not reach it)."""
+    target = metrics.get("stop_at/target")
+    if not isinstance(target, (int, float)) or not metrics.get("stop_at/reached"):
+        return None
+    return float(target)
+
+
+def matched_by_stop(runs: Sequence[Any]) -> float | None:
+    """The common stop target when every run (report ``Job``) reached the same one, else None."""
+    targets = {stopped_at_target(j.metrics) for j in runs}
+    if not runs or len(targets) != 1:
+        return None
+    return next(iter(targets))
+
+
+def final_phase(
+    points: Sequence[Mapping[str, float]], config: Mapping[str, Any]
+) -> list[Mapping[str, float]]:
+    """The curve points of the run's last training phase: after the last prune (epoch >= rounds x
+    epochs_per_round) for a pruned run, every point otherwise."""
+    rounds = get(config, "pruning.rounds", 0) or 0
+    if not get(config, "pruning.enabled", False) or rounds <= 0:
+        return list(points)
+    start = rounds * (get(config, "pruning.epochs_per_round", 1) or 1)
+    return [p for p in points if p.get("epoch", 0) >= start]
+
+
+def peak_accuracy(points: Sequence[Mapping[str, float]]) -> float:
+    """The highest validation accuracy along a curve (nan when it has no point)."""
+    accs = [p["val_acc"] for p in points if p.get("val_acc") == p.get("val_acc")]
+    return max(accs) if accs else math.nan
+
+
+def matched_level(curves: Sequence[Sequence[Mapping[str, float]]]) -> float:
+    """The highest validation accuracy every curve reaches: the smallest of their peaks (nan without curves)."""
+    peaks = [peak_accuracy(c) for c in curves]
+    if not peaks or any(p != p for p in peaks):
+        return math.nan
+    return min(peaks)
+
+
+def value_at(points: Sequence[Mapping[str, float]], level: float, key: str) -> CurveValue | None:
+    """Measure ``key`` (e.g. ``gsm8k/gold_nll``) where the curve first reaches validation accuracy ``level``.
+
+    Linear interpolation (value and CI bounds) between the last point below ``level`` and the first at or above it;
+    the first point itself when it already reaches ``level``; None when the curve never reaches it or lacks the
+    measure."""
+    previous: Mapping[str, float] | None = None
+    for point in points:
+        if key not in point:
+            return None
+        if point["val_acc"] >= level:
+            if previous is None or previous["val_acc"] >= level:
+                return CurveValue(*(_field(point, key, s) for s in ("", "_ci_lo", "_ci_hi")))
+            w = (level - previous["val_acc"]) / (point["val_acc"] - previous["val_acc"])
+            return CurveValue(
+                *(
+                    (1 - w) * _field(previous, key, s) + w * _field(point, key, s)
+                    for s in ("", "_ci_lo", "_ci_hi")
+                )
+            )
+        previous = point
+    return None
+
+
+def _field(point: Mapping[str, float], key: str, suffix: str) -> float:
+    return float(point.get(key + suffix, point[key]))
+
+
+def matched_difference(
+    first: Sequence[CurveValue], second: Sequence[CurveValue]
+) -> tuple[float, float, float]:
+    """Mean of ``first`` minus mean of ``second`` (runs of two methods at one accuracy level) with a 95% CI.
+
+    The half-width adds in quadrature the items' part (each run's item CI, averaged within its method) and, when
+    both methods have at least two runs, the seeds' part (Welch's t interval of the run means). An approximation:
+    the curve keeps each point's CI, not its per-item records."""
+    if not first or not second:
+        return math.nan, math.nan, math.nan
+    a, b = [v.value for v in first], [v.value for v in second]
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    item_a = math.sqrt(sum(((v.hi - v.lo) / 2) ** 2 for v in first)) / len(first)
+    item_b = math.sqrt(sum(((v.hi - v.lo) / 2) ** 2 for v in second)) / len(second)
+    half_sq = item_a**2 + item_b**2
+    if len(a) >= 2 and len(b) >= 2:
+        half_sq += _welch_half(a, b) ** 2
+    half = math.sqrt(half_sq)
+    return diff, diff - half, diff + half
+
+
+def _welch_half(a: Sequence[float], b: Sequence[float]) -> float:
+    """Half-width of Welch's 95% t interval for the difference of two means."""
+    from scipy.stats import t as student_t
+
+    va = sum((x - sum(a) / len(a)) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - sum(b) / len(b)) ** 2 for x in b) / (len(b) - 1) / len(b)
+    if va + vb == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(student_t.ppf(0.975, df)) * math.sqrt(va + vb)

@@ -1,0 +1,91 @@
+"""Forgetting at matched accuracy (issue 16): reading the forgetting curves at a common validation accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy.stats import t as student_t
+
+from rigsa_lightning.matching import (
+    CurveValue,
+    final_phase,
+    matched_by_stop,
+    matched_difference,
+    matched_level,
+    peak_accuracy,
+    value_at,
+)
+
+
+def _pt(epoch: float, acc: float, nll: float, half: float = 0.1) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "val_acc": acc,
+        "gsm8k/gold_nll": nll,
+        "gsm8k/gold_nll_ci_lo": nll - half,
+        "gsm8k/gold_nll_ci_hi": nll + half,
+    }
+
+
+def test_value_at_interpolates_between_the_validations_around_the_level():
+    points = [_pt(0, 0.2, 0.0), _pt(1, 0.6, 0.4), _pt(2, 0.9, 1.0)]
+    v = value_at(points, 0.7, "gsm8k/gold_nll")
+    # a third of the way from (0.6, 0.4) to (0.9, 1.0)
+    assert (v.value, v.lo, v.hi) == pytest.approx((0.6, 0.5, 0.7))
+    exact = value_at(points, 0.6, "gsm8k/gold_nll")
+    assert exact.value == pytest.approx(0.4)  # a point at the level is read as it is
+    first = value_at(points, 0.1, "gsm8k/gold_nll")
+    assert first.value == 0.0  # the first point already reaches it
+    assert value_at(points, 0.95, "gsm8k/gold_nll") is None  # never reached
+    assert value_at(points, 0.5, "piqa/margin") is None  # measure not on the curve
+
+
+def test_value_at_takes_the_first_crossing():
+    points = [_pt(0, 0.3, 0.1), _pt(1, 0.8, 0.5), _pt(2, 0.5, 0.9), _pt(3, 0.85, 1.2)]
+    assert value_at(points, 0.8, "gsm8k/gold_nll").value == pytest.approx(0.5)
+
+
+def test_final_phase_drops_the_rounds_before_the_last_rewind():
+    points = [_pt(0, 0.5, 0.3), _pt(1, 0.6, 0.4), _pt(2, 0.2, 0.05), _pt(2.5, 0.4, 0.1)]
+    pruned = {"pruning": {"enabled": True, "rounds": 2, "epochs_per_round": 1}}
+    assert [p["epoch"] for p in final_phase(points, pruned)] == [2, 2.5]
+    assert final_phase(points, {"pruning": {"enabled": False, "rounds": 0}}) == points
+    assert final_phase(points, {}) == points
+    assert peak_accuracy(final_phase(points, pruned)) == 0.4
+    assert matched_level([final_phase(points, pruned), points]) == 0.4
+    assert math.isnan(matched_level([points, []]))
+
+
+def test_matched_difference_items_only_then_with_seeds():
+    # one run each: the items' half-widths in quadrature
+    d, lo, hi = matched_difference([CurveValue(1.0, 0.7, 1.3)], [CurveValue(0.2, 0.0, 0.4)])
+    assert d == pytest.approx(0.8) and hi - d == pytest.approx(math.hypot(0.3, 0.2)) and d - lo == hi - d
+    # two runs each: + Welch's t half-width of the run means
+    a = [CurveValue(1.0, 0.9, 1.1), CurveValue(1.4, 1.3, 1.5)]
+    b = [CurveValue(0.0, -0.1, 0.1), CurveValue(0.2, 0.1, 0.3)]
+    d, lo, hi = matched_difference(a, b)
+    va, vb = 0.08 / 2, 0.02 / 2  # sample variances / n
+    df = (va + vb) ** 2 / (va**2 + vb**2)
+    welch = student_t.ppf(0.975, df) * math.sqrt(va + vb)
+    items = math.sqrt(2 * (math.sqrt(2 * 0.01) / 2) ** 2)
+    assert d == pytest.approx(1.1) and hi - d == pytest.approx(math.hypot(welch, items))
+    assert all(math.isnan(x) for x in matched_difference([], b))
+
+
+def test_signed_swaps_the_bounds():
+    v = CurveValue(0.5, 0.2, 0.9).signed(-1.0)
+    assert (v.value, v.lo, v.hi) == (-0.5, -0.9, -0.2)
+
+
+def test_matched_by_stop_needs_every_run_at_the_same_target():
+    class J:
+        def __init__(self, target: float | None, reached: float) -> None:
+            self.metrics = {"stop_at/target": target, "stop_at/reached": reached}
+
+    assert matched_by_stop([J(0.8, 1.0), J(0.8, 1.0)]) == 0.8
+    assert matched_by_stop([J(0.8, 1.0), J(0.8, 0.0)]) is None
+    assert matched_by_stop([J(0.8, 1.0), J(0.7, 1.0)]) is None
+    assert matched_by_stop([J(None, 0.0)]) is None
+    assert matched_by_stop([]) is None
