@@ -131,3 +131,32 @@ def test_skip_completed_leaves_a_diverged_job_alone(tmp_path: Path) -> None:
     assert res.returncode == 0, tail(res)
     assert "diverged (non-finite training state" in res.stdout + res.stderr
     assert (run_dir / "failed.json").read_text() == failed and not (run_dir / "metrics.json").exists()
+
+
+def test_study_runs_each_method_at_its_searched_learning_rate() -> None:
+    """lr_by_method sets adapter.lr per method in one sweep; the command line still wins."""
+    from hydra import compose, initialize_config_dir
+
+    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.options import check_options
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+
+        def lr(*overrides: str) -> float:
+            cfg = compose(config_name="train", overrides=["+sweep=study", *overrides])
+            check_options(cfg)
+            return cfg.adapter.lr
+
+        table = compose(config_name="train", overrides=["+sweep=study"]).lr_by_method
+        for experiment, method in [
+            ("rigsa_paper", "rigsa"),
+            ("random_mask_paper", "random_mask"),
+            ("qlora_r16", "qlora"),
+            ("lora_r16", "lora"),
+            ("full_ft", "full"),
+            ("rigsa_50", "rigsa"),
+            ("zero_shot", "none"),
+        ]:
+            assert lr(f"experiment={experiment}") == table[method], experiment
+        assert len({table.rigsa, table.qlora, table.full}) > 1  # not one rate for all
+        assert lr("experiment=qlora_r16", "adapter.lr=7e-4") == 7e-4
