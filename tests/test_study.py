@@ -105,7 +105,11 @@ def test_lr_search_and_paper_scale_compose() -> None:
         paper = compose(config_name="train", overrides=["+sweep=paper"], return_hydra_config=True)
     # the same number of pilots per method, one row per method x learning rate in the report
     assert str(lr.hydra.sweeper.params["adapter.lr"]) == "3.0e-4,1.0e-3,3.0e-3"
-    assert lr.name == "qlora_lr0.0002" and lr.eval.enabled is False and lr.stop_at.val_acc is None
+    assert (
+        lr.name == f"qlora_lr{lr.lr_by_method.qlora}"
+        and lr.eval.enabled is False
+        and lr.stop_at.val_acc is None
+    )
     assert lr.skip_completed is True and lr.hydra.sweep.dir == "outputs/study/lr_search_1k"
     # the budget: one phase of the study (its 1000 examples, 1 epoch, no pruning), validated at half and end
     assert lr.data.train_size == 1000 and lr.pruning.rounds == 0 and lr.pruning.final_epochs == 1
