@@ -178,8 +178,9 @@ class ArchiveCallback(Callback):
         try:
             from rigsa_lightning.report.archive import copy_job, is_completed
 
-            job = Path(str(config.hydra.runtime.output_dir))
-            sweep = Path(str(config.hydra.sweep.dir))
+            # Hydra gives the job's folder absolute and the sweep's as written (often relative to the launch dir)
+            job = Path(str(config.hydra.runtime.output_dir)).resolve()
+            sweep = Path(str(config.hydra.sweep.dir)).resolve()
             if is_completed(job):
                 copy_job(job, self.folder / job.relative_to(sweep))
                 log.info("archive: saved %s to %s", job.name, self.folder)

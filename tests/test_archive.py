@@ -80,7 +80,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert "restored 1 completed job(s): qlora_r16_s1" in capsys.readouterr().out
 
 
-def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path) -> None:
+def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
     from rigsa_lightning.sweep_callback import ArchiveCallback
@@ -97,4 +97,12 @@ def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path)
         callback.on_job_end(cfg, job_return=None)
     assert (archive / "qlora_r16_s0" / "metrics.json").is_file()
     assert not (archive / "qlora_r16_s1").exists()
+    # as Hydra gives them: the sweep folder relative to the launch folder, the job's absolute
+    monkeypatch.chdir(tmp_path)
+    job = _job(sweep, "rigsa_paper_s1", completed=True)
+    cfg = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": "sweep"}, "runtime": {"output_dir": str(job.resolve())}}}
+    )
+    callback.on_job_end(cfg, job_return=None)
+    assert (archive / "rigsa_paper_s1" / "metrics.json").is_file()
     ArchiveCallback(None).on_multirun_start(OmegaConf.create({}))  # disabled: nothing happens
