@@ -75,3 +75,19 @@ def test_written_table(tmp_path: Path, capsys) -> None:
     assert "| 40.0 | 10 | **yes** |" in md and "| best so far |" not in md
     main([str(tmp_path)])
     assert "# Learning-rate search" in capsys.readouterr().out
+
+
+def test_validations_along_training_and_a_moved_grid(tmp_path: Path) -> None:
+    """The table shows every validation of a pilot (still climbing?), and a method whose grid was moved (1e-3, 1e-2
+    instead of 1e-3, 3e-3) is complete once it has as many completed rates as the grid."""
+    _job(tmp_path, "rigsa", 0.001, 0.185)
+    _job(tmp_path, "rigsa", 0.01, 0.40)
+    (tmp_path / "rigsa_lr0.01" / "csv").mkdir()
+    (tmp_path / "rigsa_lr0.01" / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss_step,val/acc,val/loss\n0,4,1.2,,\n0,61,,0.12,1.15\n0,99,1.1,,\n0,124,,0.4,1.0\n"
+    )
+    rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
+    assert [r["val_along"] for r in rows] == ["", "0.120 0.400"]
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| rigsa | 0.01 | completed | 40.0 [33.5, 46.9] | 12.0 → 40.0 | 50.0 | 10 | **yes** |" in md
+    assert "| rigsa | 0.001 | completed | 18.5 [" in md and "| — | 50.0 | 10 |  |" in md

@@ -22,7 +22,29 @@ from rigsa_lightning.claims import wilson
 from rigsa_lightning.config import get
 from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
 
-COLUMNS = ("method", "name", "lr", "status", "val_acc", "val_lo", "val_hi", "n_val", "test_acc", "train_min")
+COLUMNS = (
+    "method",
+    "name",
+    "lr",
+    "status",
+    "val_acc",
+    "val_lo",
+    "val_hi",
+    "n_val",
+    "val_along",
+    "test_acc",
+    "train_min",
+)
+
+
+def val_along(job: Job) -> list[float]:
+    """Every validation accuracy of the run in order (``csv/metrics.csv``'s ``val/acc``; empty without it): is it
+    still climbing at the end of the budget?"""
+    path = Path(job.path) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]
 
 
 def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -44,6 +66,7 @@ def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 "val_lo": ci.lo if ci else math.nan,
                 "val_hi": ci.hi if ci else math.nan,
                 "n_val": n_val,
+                "val_along": " ".join(f"{v:.3f}" for v in val_along(job)),
                 "test_acc": float(m.get("textual_mnist/acc", math.nan)),
                 "train_min": float(m.get("time/train_s", math.nan)) / 60,
             }
@@ -94,16 +117,18 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[flo
         f"Command: `{command}`" if command else "",
         "",
         "Selection: the highest final validation accuracy per method (ties: the smaller rate); 95 % Wilson "
-        "intervals over the validation images. A method with rates still to run shows its best so far (the search is "
-        "resumable); train times include any other load on the machine.",
+        "intervals over the validation images; every validation of the run in order beside it. A method with fewer "
+        "completed rates than the grid has (the same number of pilots per method) shows its best so far (the search "
+        "is resumable); train times include any other load on the machine.",
         "",
-        "| method | learning rate | status | val acc (%) [95 % CI] | test acc (%) | train (min) | selected |",
-        "|---|---|---|---|---|---|---|",
+        "| method | learning rate | status | val acc (%) [95 % CI] | val acc along training (%) | test acc (%) "
+        "| train (min) | selected |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     pending = {r["method"] for r in rows if r["status"] != "completed"}
     for method in {r["method"] for r in rows}:
         done = {r["lr"] for r in rows if r["method"] == method and r["status"] == "completed"}
-        if rates and not set(rates) <= done:
+        if rates and len(done) < len(rates):
             pending.add(method)
     for r in rows:
         val = (
@@ -113,8 +138,9 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[flo
         )
         chosen = best.get(r["method"]) is r
         train = "—" if math.isnan(r["train_min"]) else f"{r['train_min']:.0f}"
+        along = " → ".join(_pct(float(v)) for v in r["val_along"].split()) or "—"
         lines.append(
-            f"| {r['method']} | {r['lr']:g} | {r['status']} | {val} | {_pct(r['test_acc'])} | {train} | "
+            f"| {r['method']} | {r['lr']:g} | {r['status']} | {val} | {along} | {_pct(r['test_acc'])} | {train} | "
             f"{('best so far' if r['method'] in pending else '**yes**') if chosen else ''} |"
         )
     return "\n".join(lines) + "\n"
