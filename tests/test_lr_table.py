@@ -26,6 +26,7 @@ def _job(root: Path, method: str, lr: float, val: float | None, test: float = 0.
             "name": f"{method}_lr{lr}",
             "final_val/acc": val,
             "textual_mnist/acc": test,
+            "final_val/loss": 1.25,
             "time/train_s": 600.0,
         }
         (job / "metrics.json").write_text(json.dumps(metrics))
@@ -67,7 +68,7 @@ def test_written_table(tmp_path: Path, capsys) -> None:
     _job(tmp_path, "random_mask", 0.003, None)
     out = write_lr_table(tmp_path)
     md = out["md"].read_text()
-    assert "| random_mask | 0.001 | completed | 42.0 [" in md and "| 40.0 | 10 | best so far |" in md
+    assert "| random_mask | 0.001 | completed | 42.0 [" in md and "| 1.250 | 40.0 | 10 | best so far |" in md
     assert "| random_mask | 0.003 | incomplete | — |" in md
     assert out["csv"].read_text().splitlines()[0].startswith("method,name,lr,status,val_acc")
     _job(tmp_path, "random_mask", 0.003, 0.30)  # the search completes: the selection is final
@@ -89,5 +90,7 @@ def test_validations_along_training_and_a_moved_grid(tmp_path: Path) -> None:
     rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
     assert [r["val_along"] for r in rows] == ["", "0.120 0.400"]
     md = write_lr_table(tmp_path)["md"].read_text()
-    assert "| rigsa | 0.01 | completed | 40.0 [33.5, 46.9] | 12.0 → 40.0 | 50.0 | 10 | **yes** |" in md
-    assert "| rigsa | 0.001 | completed | 18.5 [" in md and "| — | 50.0 | 10 |  |" in md
+    assert (
+        "| rigsa | 0.01 | completed | 40.0 [33.5, 46.9] | 12.0 → 40.0 | 1.250 | 50.0 | 10 | **yes** |" in md
+    )
+    assert "| rigsa | 0.001 | completed | 18.5 [" in md and "| — | 1.250 | 50.0 | 10 |  |" in md

@@ -32,6 +32,7 @@ COLUMNS = (
     "val_hi",
     "n_val",
     "val_along",
+    "val_loss",
     "test_acc",
     "train_min",
 )
@@ -67,6 +68,7 @@ def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 "val_hi": ci.hi if ci else math.nan,
                 "n_val": n_val,
                 "val_along": " ".join(f"{v:.3f}" for v in val_along(job)),
+                "val_loss": float(m.get("final_val/loss", math.nan)),
                 "test_acc": float(m.get("textual_mnist/acc", math.nan)),
                 "train_min": float(m.get("time/train_s", math.nan)) / 60,
             }
@@ -117,13 +119,14 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[flo
         f"Command: `{command}`" if command else "",
         "",
         "Selection: the highest final validation accuracy per method (ties: the smaller rate); 95 % Wilson "
-        "intervals over the validation images; every validation of the run in order beside it. A method with fewer "
+        "intervals over the validation images; every validation of the run in order and the final validation loss "
+        "beside it (shown, not used to select). A method with fewer "
         "completed rates than the grid has (the same number of pilots per method) shows its best so far (the search "
         "is resumable); train times include any other load on the machine.",
         "",
-        "| method | learning rate | status | val acc (%) [95 % CI] | val acc along training (%) | test acc (%) "
-        "| train (min) | selected |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | learning rate | status | val acc (%) [95 % CI] | val acc along training (%) | val loss "
+        "| test acc (%) | train (min) | selected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     pending = {r["method"] for r in rows if r["status"] != "completed"}
     for method in {r["method"] for r in rows}:
@@ -138,9 +141,11 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[flo
         )
         chosen = best.get(r["method"]) is r
         train = "—" if math.isnan(r["train_min"]) else f"{r['train_min']:.0f}"
+        loss = "—" if math.isnan(r["val_loss"]) else f"{r['val_loss']:.3f}"
         along = " → ".join(_pct(float(v)) for v in r["val_along"].split()) or "—"
         lines.append(
-            f"| {r['method']} | {r['lr']:g} | {r['status']} | {val} | {along} | {_pct(r['test_acc'])} | {train} | "
+            f"| {r['method']} | {r['lr']:g} | {r['status']} | {val} | {along} | {loss} | {_pct(r['test_acc'])} "
+            f"| {train} | "
             f"{('best so far' if r['method'] in pending else '**yes**') if chosen else ''} |"
         )
     return "\n".join(lines) + "\n"
