@@ -331,7 +331,10 @@ def _curve_votes(
     if level < 2 * CHANCE:
         return {}, f"accuracy not matched and a method never left chance: matched level {100 * level:.1f} %"
     votes: dict[tuple[str, str], str] = {}
-    for key, sign, text in matching.CURVE_MEASURES:
+    for task, name, sign, text in MEASURES:
+        if name == "acc":  # the curve scores the continuous measures only (no accuracies)
+            continue
+        key = f"{task}/{name}"
         at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
         if any(v is None for group in at for v in group):
             continue
@@ -342,7 +345,6 @@ def _curve_votes(
             f"{text} at val acc {100 * level:.1f} %: forgetting RIGSA − {LABELS[other]} "
             f"{diff.text(1.0, 3, True)} ({diff.n})"
         )
-        task, name = key.split("/")
         votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
     return votes, "" if votes else "accuracy not matched and the curves lack a common measure"
 

@@ -22,13 +22,6 @@ from typing import Any
 
 from rigsa_lightning.config import get
 
-#: The curve's continuous measures: (curve key, sign such that positive = more forgetting, label).
-CURVE_MEASURES: tuple[tuple[str, float, str], ...] = (
-    ("gsm8k/gold_nll", 1.0, "GSM8k Δ reference NLL/token (nats)"),
-    ("piqa/margin", -1.0, "PIQA Δ gold margin (nats)"),
-    ("hellaswag/margin", -1.0, "HellaSwag Δ gold margin (nats)"),
-)
-
 
 @dataclass
 class CurveValue:
