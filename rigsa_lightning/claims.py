@@ -88,9 +88,6 @@ def wilson(successes: float, n: int, z: float = 1.96) -> Interval:
     return Interval(p, centre - half, centre + half, f"{n} items")
 
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def t_interval(values: Sequence[float]) -> Interval:
     """Mean with a 95% t-interval over seeds (a zero-width interval for one seed: see the item CI then)."""
     vals = [float(v) for v in values if v == v]
@@ -100,14 +97,7 @@ def t_interval(values: Sequence[float]) -> Interval:
     if len(vals) == 1:
         return Interval(mean, mean, mean, "1 seed")
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    df = len(vals) - 1
-    if df in _T975:
-        quantile = _T975[df]
-    else:
-        from scipy.stats import t as student_t
-
-        quantile = float(student_t.ppf(0.975, df))
-    half = quantile * sd / math.sqrt(len(vals))
+    half = matching.t975(len(vals) - 1) * sd / math.sqrt(len(vals))
     return Interval(mean, mean - half, mean + half, f"{len(vals)} seeds")
 
 

@@ -128,13 +128,23 @@ def matched_difference(
     return diff, diff - half, diff + half
 
 
-def _welch_half(a: Sequence[float], b: Sequence[float]) -> float:
-    """Half-width of Welch's 95% t interval for the difference of two means."""
+def t975(df: float) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (a 95% two-sided interval's multiplier).
+
+    The one quantile every interval of the claims uses: over seeds (integer df) and Welch's (fractional df).
+    """
     from scipy.stats import t as student_t
 
+    if not df > 0:
+        raise ValueError(f"t975: degrees of freedom must be > 0, got {df}")
+    return float(student_t.ppf(0.975, df))
+
+
+def _welch_half(a: Sequence[float], b: Sequence[float]) -> float:
+    """Half-width of Welch's 95% t interval for the difference of two means."""
     va = sum((x - sum(a) / len(a)) ** 2 for x in a) / (len(a) - 1) / len(a)
     vb = sum((x - sum(b) / len(b)) ** 2 for x in b) / (len(b) - 1) / len(b)
     if va + vb == 0:
         return 0.0
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return float(student_t.ppf(0.975, df)) * math.sqrt(va + vb)
+    return t975(df) * math.sqrt(va + vb)

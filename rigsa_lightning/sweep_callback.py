@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("rigsa_lightning.sweep_callback")
 
@@ -76,6 +76,23 @@ def sweep_jobs(params: Any) -> int:
     return total
 
 
+def sweep_params(config: DictConfig) -> dict[str, str]:
+    """The grid a multirun actually sweeps: ``hydra.sweeper.params`` narrowed or widened by the command line.
+
+    Hydra's basic sweeper lets a command-line override replace a swept key (``experiment=qlora_r16`` runs one
+    experiment of the study), and a comma-separated command-line value sweeps a key of its own.
+    """
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    task_overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    for override in task_overrides:
+        key, sep, value = str(override).lstrip("+~").partition("=")
+        if not sep or value[:1] in "[{":  # a list or dict value is one value, not a sweep
+            continue
+        if key in params or "," in value:
+            params[key] = value
+    return params
+
+
 class StudyEstimateCallback(Callback):
     """Print at the start of a study how many jobs are left and their estimated time.
 
@@ -96,7 +113,7 @@ class StudyEstimateCallback(Callback):
         import statistics
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        params = config.hydra.sweeper.get("params") or {}
+        params = sweep_params(config)
         total = sweep_jobs(params)
         grid = {k: {v.strip() for v in str(val).split(",")} for k, val in params.items()}
         times = []

@@ -14,6 +14,7 @@ from rigsa_lightning.matching import (
     matched_difference,
     matched_level,
     peak_accuracy,
+    t975,
     value_at,
 )
 
@@ -89,3 +90,13 @@ def test_matched_by_stop_needs_every_run_at_the_same_target():
     assert matched_by_stop([J(0.8, 1.0), J(0.7, 1.0)]) is None
     assert matched_by_stop([J(None, 0.0)]) is None
     assert matched_by_stop([]) is None
+
+
+def test_t975_is_the_one_quantile_for_seed_and_welch_intervals():
+    # textbook values (3 decimals) for integer df; Welch's fractional df interpolates between them
+    for df, table in [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)]:
+        assert t975(df) == pytest.approx(table, abs=5e-4)
+    assert t975(2) > t975(2.5) > t975(3)
+    assert t975(1e7) == pytest.approx(1.95996, abs=1e-4)  # the normal limit
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t975(0)

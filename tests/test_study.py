@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rigsa_lightning.sweep_callback import StudyEstimateCallback, sweep_jobs
+from rigsa_lightning.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
 from tests.test_resume import SMALL, run_cli, tail
 
 
@@ -50,7 +50,8 @@ def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog
     assert sweep_jobs({"experiment": "a,b,c", "seed": "0,1,2"}) == 9
     assert sweep_jobs({"experiment": "a", "seed": 0}) == 1
     for name, total_s in (("a_s0", 600.0), ("b_s0", 1200.0)):
-        (tmp_path / name).mkdir()
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- experiment={name[0]}\n- seed=0\n")
         (tmp_path / name / "metrics.json").write_text(
             json.dumps({"status": "completed", "time/total_s": total_s})
         )
@@ -73,6 +74,14 @@ def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog
         cb.on_multirun_start(cfg)
     assert cb.estimate == {"jobs": 6.0, "done": 2.0, "minutes_per_job": 15.0, "minutes_left": 60.0}
     assert "estimated 1.0 h left" in caplog.text
+    # the command line narrows the grid (one experiment, two seeds) and sweeps a key of its own (two rates)
+    cfg.hydra.overrides = {
+        "task": ["experiment=a", "adapter.lr=1e-3,1e-2", "eval.tasks=[piqa,gsm8k]", "+x=1"]
+    }
+    assert sweep_params(cfg) == {"experiment": "a", "seed": "0,1", "adapter.lr": "1e-3,1e-2"}
+    cb.on_multirun_start(cfg)
+    # only a_s0 is a point of the narrowed grid: 1 of 4 done, at its own 10 min
+    assert cb.estimate == {"jobs": 4.0, "done": 1.0, "minutes_per_job": 10.0, "minutes_left": 30.0}
 
 
 def test_study_configs_compose() -> None:
