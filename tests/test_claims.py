@@ -198,3 +198,14 @@ def test_unmatched_accuracy_without_curves_or_learning_is_inconclusive(tmp_path:
     assert claims[3].verdict.startswith(
         "inconclusive at this scale (accuracy not matched and a method never left"
     )
+
+
+def test_a_study_still_running_says_which_method_is_missing(tmp_path: Path):
+    root = tmp_path / "partial"
+    _job(root, "rigsa_paper", "rigsa", 0, 0.8, -0.02, 0.01)
+    _job(root, "qlora_r16", "qlora", 0, 0.8, -0.30, 0.20)
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
+    assert claims[3].verdict == "supported"  # the pair that has finished is compared
+    assert claims[4].verdict == "inconclusive at this scale (no completed random mask run)"
+    assert claims[4].measured == ["no completed random mask run yet"] and claims[4].runs == ["rigsa_paper_s0"]
+    assert claims[2].verdict != "supported" and "random mask: no completed run" in claims[2].measured
