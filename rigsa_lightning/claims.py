@@ -279,7 +279,18 @@ def _claims_forgetting(
             # at the stop target: every measure RIGSA has; from the curves: every curve measure they share
             expected = list(changes["rigsa"]) if target is not None else list(votes)
             claim.verdict = _comparable_verdict(votes, expected=expected)
+        claim.verdict += _seed_caveat(runs["rigsa"], runs[other], other, claim.verdict)
     return [c3, c4]
+
+
+def _seed_caveat(rigsa: Sequence[Any], others: Sequence[Any], other: str, verdict: str) -> str:
+    """The qualifier of a decided verdict whose methods have fewer than 2 seeds: its CI covers the items only."""
+    if verdict.startswith("inconclusive") or (len(rigsa) >= 2 and len(others) >= 2):
+        return ""
+    return (
+        f" (preliminary: {len(rigsa)} RIGSA seed(s) vs {len(others)} {LABELS[other]}: the CI covers the items, "
+        "not the variation between seeds)"
+    )
 
 
 def _final_votes(
