@@ -354,6 +354,18 @@ def test_all_failed_still_reports(tmp_path: Path) -> None:
     assert _read_csv(out["results_csv"]) == []
     md = out["results_md"].read_text()
     assert "No job completed" in md and "boom" in md
+    assert f"Folder: `{root.resolve()}`" in md  # outside the working directory: the full path
+
+
+def test_report_inside_the_project_names_a_relative_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "docs" / "sweep"
+    _write_job(root, "0_rigsa_50", ["experiment=rigsa_50"], "", {"failed.json": {"status": "failed"}})
+    monkeypatch.chdir(tmp_path)
+    md = build_report("docs/sweep")["results_md"].read_text()
+    assert "Folder: `docs/sweep`" in md and "Rebuild: `python -m rigsa_lightning.report docs/sweep`" in md
+    assert str(tmp_path) not in md
 
 
 def test_empty_folder_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

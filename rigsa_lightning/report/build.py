@@ -74,6 +74,15 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------- jobs
+def _shown_path(folder: Path) -> Path:
+    """``folder`` relative to the working directory when it lies inside it (a committed report names no machine's
+    absolute path), else as it is."""
+    try:
+        return folder.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return folder
+
+
 def _load_sweep(folder: str | Path) -> tuple[Path, list[Job]]:
     """The resolved sweep folder and its jobs (ConfigError when it is not a folder or holds no job folder)."""
     folder = Path(folder).expanduser().resolve()
@@ -248,7 +257,8 @@ def _header_lines(folder: Path, title: str, jobs: list[Job]) -> list[str]:
     failed = [j for j in jobs if j.status == "failed"]
     incomplete = [j for j in jobs if j.status == "incomplete"]
     md: list[str] = [f"# Sweep report: `{title}`", ""]
-    md.append(f"Folder: `{folder}`  ")
+    shown = _shown_path(folder)
+    md.append(f"Folder: `{shown}`  ")
     command = _sweep_command(folder)
     if command:
         md.append(f"Command: `{command}`  ")
@@ -257,7 +267,7 @@ def _header_lines(folder: Path, title: str, jobs: list[Job]) -> list[str]:
         md.append(f"Grid (hydra.sweeper.params): {grid}  ")
     md.append(
         f"Jobs: {len(jobs)} — {len(completed)} completed, {len(failed)} failed, {len(incomplete)} incomplete. "
-        f"Rebuild: `python -m rigsa_lightning.report {folder}`"
+        f"Rebuild: `python -m rigsa_lightning.report {shown}`"
     )
     md.append("")
     return md
