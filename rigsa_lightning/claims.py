@@ -251,14 +251,13 @@ def _claims_forgetting(
         f"±{EQUIVALENCE_MARGINS['gold_nll']} nats NLL).",
     )
     for other, claim in (("qlora", c3), ("random_mask", c4)):
+        claim.runs = [j.rel for m in ("rigsa", other) for j in runs[m]]
         missing = [LABELS[m] for m in ("rigsa", other) if not runs[m]]
         if missing:  # a study still running: say which side is missing, not "no records"
-            claim.runs = [j.rel for m in ("rigsa", other) for j in runs[m]]
             claim.measured.append(f"no completed {' or '.join(missing)} run yet")
             claim.verdict = f"inconclusive at this scale (no completed {' or '.join(missing)} run)"
             continue
         votes = _final_votes(changes["rigsa"], changes[other], other, claim, iters)
-        claim.runs = [j.rel for m in ("rigsa", other) for j in runs[m]]
         compared = runs["rigsa"] + runs[other]
         target = matching.matched_by_stop(compared) if runs["rigsa"] and runs[other] else None
         if target is not None:

@@ -84,13 +84,23 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
     """
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
     task_overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-    for override in task_overrides:
-        key, sep, value = str(override).lstrip("+~").partition("=")
-        if not sep or value[:1] in "[{":  # a list or dict value is one value, not a sweep
+    for pair in filter(None, map(_override_pair, task_overrides)):
+        key, value = pair
+        if value[:1] in "[{":  # a list or dict value is one value, not a sweep
             continue
         if key in params or "," in value:
             params[key] = value
     return params
+
+
+def _override_pair(override: Any) -> tuple[str, str] | None:
+    """``(key, value)`` of a Hydra override ``key=value`` / ``+key=value`` / ``++key=value``; None for a deletion
+    (``~key``) or an override without a value."""
+    text = str(override)
+    key, sep, value = text.lstrip("+").partition("=")
+    if not sep or text.startswith("~"):
+        return None
+    return key, value
 
 
 class StudyEstimateCallback(Callback):
@@ -154,11 +164,7 @@ def _in_grid(job_dir: Path, grid: dict[str, set[str]]) -> bool:
     import yaml
 
     try:
-        given = dict(
-            str(o).lstrip("+").split("=", 1)
-            for o in yaml.safe_load(overrides.read_text()) or []
-            if "=" in str(o)
-        )
+        given = dict(filter(None, map(_override_pair, yaml.safe_load(overrides.read_text()) or [])))
     except (OSError, ValueError, yaml.YAMLError):
         return True
     return all(given.get(k) in values for k, values in grid.items() if k in given)
