@@ -268,7 +268,7 @@ def _claims_forgetting(
                 + ", ".join(f"{LABELS[m]} {_val_accuracies(runs[m])}" for m in ("rigsa", other))
                 + "): the numbers above are not a matched comparison"
             )
-            votes, why = _curve_votes(runs["rigsa"], runs[other], other, claim)
+            votes, why = _curve_votes(runs["rigsa"], runs[other], other, claim, iters)
             if why:
                 claim.verdict = f"inconclusive at this scale ({why})"
                 continue
@@ -320,10 +320,14 @@ def _final_votes(
 
 
 def _curve_votes(
-    rigsa: Sequence[Any], others: Sequence[Any], other: str, claim: Claim
+    rigsa: Sequence[Any], others: Sequence[Any], other: str, claim: Claim, iters: int
 ) -> tuple[dict[tuple[str, str], str], str]:
     """The matched-accuracy comparison from the forgetting curves: lines on ``claim``, the votes, and why there is
-    none ("" when there is)."""
+    none ("" when there is).
+
+    Per measure, the hierarchical bootstrap of the per-item changes at the matched level when every run kept its
+    curve's per-item records (``forgetting_items/curve/``); otherwise an approximation from each curve point's own
+    CI (:func:`rigsa_lightning.matching.matched_difference`)."""
     curves = {
         id(j): matching.final_phase(j.metrics.get("forget_curve") or [], j.config) for j in (*rigsa, *others)
     }
@@ -336,23 +340,66 @@ def _curve_votes(
     )
     if level < 2 * CHANCE:
         return {}, f"accuracy not matched and a method never left chance: matched level {100 * level:.1f} %"
+    records = {id(j): _curve_records(j) for j in (*rigsa, *others)}
     votes: dict[tuple[str, str], str] = {}
-    for task, name, sign, text in MEASURES:
-        if name == "acc":  # the curve scores the continuous measures only (no accuracies)
+    for k, (task, name, sign, text) in enumerate(MEASURES):
+        if name == "acc":  # 0/1 outcomes on the curve's few items are too coarse: continuous measures only
             continue
-        key = f"{task}/{name}"
-        at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
-        if any(v is None for group in at for v in group):
-            continue
-        signed = [[v.signed(sign) for v in group] for group in at]
-        value, lo, hi = matching.matched_difference(signed[0], signed[1])
-        diff = Interval(value, lo, hi, f"{len(rigsa)} vs {len(others)} runs, curve items")
+        per_item = [
+            [_changes_at(curves[id(j)], records[id(j)], level, task, name) for j in group]
+            for group in (rigsa, others)
+        ]
+        if all(per_item[0]) and all(per_item[1]):
+            diff = hierarchical_difference(
+                *[[{d: sign * v for d, v in run.items()} for run in group] for group in per_item],  # type: ignore[union-attr]
+                iters=iters,
+                seed=k,
+            )
+            diff.n += " at the level, paired bootstrap"
+        else:
+            key = f"{task}/{name}"
+            at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
+            if any(v is None for group in at for v in group):
+                continue
+            signed = [[v.signed(sign) for v in group] for group in at]  # type: ignore[union-attr]
+            value, lo, hi = matching.matched_difference(signed[0], signed[1])
+            diff = Interval(
+                value, lo, hi, f"{len(rigsa)} vs {len(others)} runs, CI from each curve point's CI"
+            )
         claim.measured.append(
             f"{text} at val acc {100 * level:.1f} %: forgetting RIGSA − {LABELS[other]} "
             f"{diff.text(1.0, 3, True)} ({diff.n})"
         )
         votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
     return votes, "" if votes else "accuracy not matched and the curves lack a common measure"
+
+
+def _curve_records(job: Any) -> tuple[dict[str, Any], dict[int, dict[str, Any]]] | None:
+    """A run's curve per-item records: the base's and one per validation step (None when it kept none)."""
+    folder = Path(job.path) / item_records.CURVE_ITEMS
+    before = folder / "before.json.gz"
+    if not before.is_file():
+        return None
+    steps = {
+        int(f.name[len("step") : -len(".json.gz")]): item_records.load_records(f)
+        for f in folder.glob("step*.json.gz")
+    }
+    return item_records.load_records(before), steps
+
+
+def _changes_at(
+    curve: Sequence[Mapping[str, float]],
+    records: tuple[dict[str, Any], dict[int, dict[str, Any]]] | None,
+    level: float,
+    task: str,
+    name: str,
+) -> dict[int, float] | None:
+    """One run's per-item changes of ``task``/``name`` where its curve reaches ``level`` (None without records)."""
+    if records is None:
+        return None
+    before, steps = records
+    changes = {step: paired_changes(before, after, task, name) for step, after in steps.items()}
+    return matching.items_at(curve, level, {s: c for s, c in changes.items() if c}) or None
 
 
 def _val_accuracies(jobs: Sequence[Any]) -> str:

@@ -7,7 +7,8 @@ validation accuracy:
   end-of-training forgetting numbers are already matched: the claims use them as they are.
 * **Along the curves.** Otherwise (a method never reached the target within the budget), each run's forgetting
   curve (``metrics.json`` ``forget_curve``: one point per validation) is read at the highest accuracy level every
-  compared run reaches, :func:`matched_level`, by linear interpolation between the two validations around it.
+  compared run reaches, :func:`matched_level`, by linear interpolation between the two validations around it:
+  the curve's values (:func:`value_at`) or, where the run kept them, its per-item records (:func:`items_at`).
 
 Only a run's last training phase counts: RIGSA and the random mask rewind ΔW, the gates and the optimizer before
 each phase, so the curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`).
@@ -79,28 +80,62 @@ def matched_level(curves: Sequence[Sequence[Mapping[str, float]]]) -> float:
     return min(peaks)
 
 
+def crossing(
+    points: Sequence[Mapping[str, float]], level: float
+) -> tuple[Mapping[str, float] | None, Mapping[str, float], float] | None:
+    """Where a curve first reaches validation accuracy ``level``: ``(previous, point, w)`` with ``point`` the first
+    validation at or above it, ``previous`` the one before (None when ``point`` is read as it is: it is the first or
+    the one before was already at the level) and ``w`` the interpolation weight of ``point`` (1 when read as it
+    is); None when the curve never reaches ``level``."""
+    previous: Mapping[str, float] | None = None
+    for point in points:
+        if point["val_acc"] >= level:
+            if previous is None or previous["val_acc"] >= level:
+                return None, point, 1.0
+            return previous, point, (level - previous["val_acc"]) / (point["val_acc"] - previous["val_acc"])
+        previous = point
+    return None
+
+
 def value_at(points: Sequence[Mapping[str, float]], level: float, key: str) -> CurveValue | None:
     """Measure ``key`` (e.g. ``gsm8k/gold_nll``) where the curve first reaches validation accuracy ``level``.
 
     Linear interpolation (value and CI bounds) between the last point below ``level`` and the first at or above it;
     the first point itself when it already reaches ``level``; None when the curve never reaches it or lacks the
     measure."""
-    previous: Mapping[str, float] | None = None
-    for point in points:
-        if key not in point:
-            return None
-        if point["val_acc"] >= level:
-            if previous is None or previous["val_acc"] >= level:
-                return CurveValue(*(_field(point, key, s) for s in ("", "_ci_lo", "_ci_hi")))
-            w = (level - previous["val_acc"]) / (point["val_acc"] - previous["val_acc"])
-            return CurveValue(
-                *(
-                    (1 - w) * _field(previous, key, s) + w * _field(point, key, s)
-                    for s in ("", "_ci_lo", "_ci_hi")
-                )
-            )
-        previous = point
-    return None
+    found = crossing(points, level)
+    if found is None or any(p is not None and key not in p for p in found[:2]):
+        return None
+    previous, point, w = found
+    return CurveValue(
+        *(
+            w * _field(point, key, s) + (1 - w) * (_field(previous, key, s) if previous is not None else 0.0)
+            for s in ("", "_ci_lo", "_ci_hi")
+        )
+    )
+
+
+def items_at(
+    points: Sequence[Mapping[str, float]],
+    level: float,
+    changes: Mapping[int, Mapping[int, float]],
+) -> dict[int, float] | None:
+    """Per-item paired changes where the curve first reaches ``level``: ``changes`` maps a validation's step to its
+    ``{doc_id: change}``; each item is interpolated like :func:`value_at` (so their mean is the curve's value there).
+    None when the curve never reaches ``level`` or a needed step has no records."""
+    found = crossing(points, level)
+    if found is None:
+        return None
+    previous, point, w = found
+    cur = changes.get(int(point["step"]))
+    if cur is None:
+        return None
+    if previous is None:
+        return dict(cur)
+    prev = changes.get(int(previous["step"]))
+    if prev is None:
+        return None
+    return {d: w * cur[d] + (1 - w) * prev[d] for d in cur if d in prev}
 
 
 def _field(point: Mapping[str, float], key: str, suffix: str) -> float:

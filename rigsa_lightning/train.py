@@ -141,7 +141,7 @@ def _evaluate_before(
     )
     curve_eval.verbose = False
     curve_eval.evaluate(prepared.model, "before")
-    return ForgettingCurve(curve_eval)
+    return ForgettingCurve(curve_eval, run_dir=Path(cfg.paths.run_dir))
 
 
 def _fit(

@@ -212,3 +212,68 @@ def test_a_study_still_running_says_which_method_is_missing(tmp_path: Path):
     assert claims[4].verdict == "inconclusive at this scale (no completed random mask run)"
     assert claims[4].measured == ["no completed random mask run yet"] and claims[4].runs == ["rigsa_paper_s0"]
     assert claims[2].verdict != "supported" and "random mask: no completed run" in claims[2].measured
+
+
+def _curve_with_items(
+    root: Path, job: str, offsets: list[float], spread: np.ndarray, accs: list[float]
+) -> list[dict[str, float]]:
+    """A run's curve whose GSM8k NLL change at validation k is ``spread[item] + offsets[k]`` (the items' own effect,
+    shared by every method), with the per-item records the curve keeps and each point's own item CI, as
+    :class:`~rigsa_lightning.forgetting.curve.ForgettingCurve` writes them."""
+    from rigsa_lightning.forgetting.paired import paired_bootstrap
+
+    docs = list(range(len(spread)))
+    base = [1.0 + 0.01 * d for d in docs]
+    items.save_records(
+        items.curve_items_path(root / job, None), {"gsm8k": {"doc_id": docs, "gold_nll": base}}
+    )
+    points = []
+    for k, (offset, acc) in enumerate(zip(offsets, accs, strict=True)):
+        after = [b + s + offset for b, s in zip(base, spread, strict=True)]
+        items.save_records(
+            items.curve_items_path(root / job, 10 * (k + 1)), {"gsm8k": {"doc_id": docs, "gold_nll": after}}
+        )
+        ci = paired_bootstrap(base, after, iters=400)
+        points.append(
+            {
+                "step": 10.0 * (k + 1),
+                "epoch": float(k),
+                "val_acc": acc,
+                "gsm8k/gold_nll": ci.mean,
+                "gsm8k/gold_nll_ci_lo": ci.lo,
+                "gsm8k/gold_nll_ci_hi": ci.hi,
+            }
+        )
+    return points
+
+
+def test_curves_with_per_item_records_are_compared_item_by_item(tmp_path: Path):
+    """Both methods' curve items move with the items' own (large) effect, RIGSA's by 0.1 nats less at 60 %.
+    Paired item by item the 0.1 is clear; from the curve points' own CIs (the fallback without records) it drowns."""
+    spread = np.random.default_rng(7).normal(0, 1.0, 40)
+    root = tmp_path / "study"
+    for seed in range(2):
+        rigsa = _curve_with_items(root, f"rigsa_paper_s{seed}", [0.2, 0.4, 0.6], spread, [0.2, 0.4, 0.6])
+        # QLoRA reaches 60 % at its 2nd validation (read as it is: 0.7) and goes on to 80 %
+        qlora = _curve_with_items(root, f"qlora_r16_s{seed}", [0.3, 0.7, 0.9], spread, [0.2, 0.6, 0.8])
+        _job(root, "rigsa_paper", "rigsa", seed, 0.6, -0.02, 0.01, False, rigsa)
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.30, 0.20, True, qlora)
+
+    def gsm8k_line(claim):
+        return next(
+            m for m in claim.measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 60.0")
+        )
+
+    paired = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[3]
+    line = gsm8k_line(paired)
+    assert "-0.100 [-0.100, -0.100]" in line  # the same items, a constant gap: no uncertainty left
+    assert "2 vs 2 runs x 40 items at the level, paired bootstrap" in line
+    assert paired.verdict == "supported"
+    # without one run's records: every run falls back to the curve points' own CIs, which straddle 0 here
+    for f in (root / "qlora_r16_s1" / items.CURVE_ITEMS).iterdir():
+        f.unlink()
+    fallback = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[3]
+    line = gsm8k_line(fallback)
+    assert "-0.100 [" in line and "CI from each curve point's CI" in line
+    lo, hi = (float(x) for x in line.split("[")[1].split("]")[0].split(","))
+    assert lo < -0.2 and hi > 0.0 and fallback.verdict == "inconclusive at this scale"

@@ -273,6 +273,16 @@ def test_forgetting_curve_along_training(tmp_path, forgetting_data):
         for name in ("piqa/margin", "gsm8k/gold_nll", "piqa/acc"):
             assert point[f"{name}_ci_lo"] <= point[name] <= point[f"{name}_ci_hi"], (name, point)
     assert "forgetting curve @ step" in res.stdout + res.stderr
+    # each point's per-item records are kept: paired with the base's, their mean change is the point's value
+    from rigsa_lightning.forgetting import items
+
+    run = only_run_dir(tmp_path)
+    before = items.load_records(items.curve_items_path(run, None))
+    for point in curve:
+        after = items.load_records(items.curve_items_path(run, int(point["step"])))
+        for task, name, n in (("piqa", "margin", 5), ("gsm8k", "gold_nll", 2)):
+            b, a = items.paired(before[task], after[task], name)
+            assert len(b) == n and float((a - b).mean()) == pytest.approx(point[f"{task}/{name}"])
     # a bad curve option is named as such, before anything loads
     (tmp_path / "bad").mkdir()
     bad = run_cli([*args, "eval.curve.limit={piqa: 0}"], tmp_path / "bad")

@@ -10,6 +10,7 @@ from scipy.stats import t as student_t
 from rigsa_lightning.matching import (
     CurveValue,
     final_phase,
+    items_at,
     matched_by_stop,
     matched_difference,
     matched_level,
@@ -100,3 +101,18 @@ def test_t975_is_the_one_quantile_for_seed_and_welch_intervals():
     assert t975(1e7) == pytest.approx(1.95996, abs=1e-4)  # the normal limit
     with pytest.raises(ValueError, match="degrees of freedom"):
         t975(0)
+
+
+def test_items_at_interpolates_each_item_like_the_curve_value():
+    points = [_pt(0, 0.2, 0.0), _pt(1, 0.6, 0.4), _pt(2, 0.9, 1.0)]
+    changes = {0: {1: -0.1, 2: 0.1}, 10: {1: 0.2, 2: 0.6}, 20: {1: 0.8, 2: 1.2}}
+    at = items_at(points, 0.7, changes)
+    # a third of the way from step 10 to step 20, item by item; their mean is value_at's value there
+    assert at == pytest.approx({1: 0.4, 2: 0.8})
+    assert sum(at.values()) / 2 == pytest.approx(value_at(points, 0.7, "gsm8k/gold_nll").value)
+    assert items_at(points, 0.1, changes) == changes[0]  # the first point already reaches it: read as it is
+    assert items_at(points, 0.95, changes) is None  # never reached
+    assert items_at(points, 0.7, {0: changes[0], 10: changes[10]}) is None  # a needed step has no records
+    assert (
+        items_at(points, 0.5, {k: v for k, v in changes.items() if k != 20}) is not None
+    )  # not needed there

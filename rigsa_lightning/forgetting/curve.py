@@ -4,16 +4,21 @@ At every validation, :class:`ForgettingCurve` scores the cheap continuous measur
 the PIQA / HellaSwag gold margins and the GSM8k reference-solution NLL, no generation — and pairs them item by item
 with the base model's (its own ``before`` stage). Each point holds the step, epoch, validation accuracy and, per
 measure, the paired mean change with its 95% bootstrap CI; the points go to the loggers (``curve/...`` at the
-step), to ``metrics.json`` (``forget_curve``) and from there to the sweep report.
+step), to ``metrics.json`` (``forget_curve``) and from there to the sweep report. With a run folder, each point's
+per-item records are kept too (``forgetting_items/curve/step<N>.json.gz``, with the base's ``before.json.gz``), so
+that two methods can be compared item by item at a common accuracy (:func:`rigsa_lightning.claims` pairs them).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from rigsa_lightning.forgetting import items
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,13 @@ def curve_eval_cfg(eval_cfg: Any) -> dict[str, Any] | None:
 
 
 class ForgettingCurve(L.Callback):
-    """Score the curve's evaluator at every validation (after its ``before`` stage on the base model)."""
+    """Score the curve's evaluator at every validation (after its ``before`` stage on the base model); with a
+    ``run_dir``, keep each stage's per-item records there (:func:`~rigsa_lightning.forgetting.items.curve_items_path`)."""
 
-    def __init__(self, evaluator: Any, metric: str = "val/acc") -> None:
+    def __init__(self, evaluator: Any, metric: str = "val/acc", run_dir: str | Path | None = None) -> None:
         self.evaluator = evaluator
         self.metric = metric
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.points: list[dict[str, float]] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -50,6 +57,8 @@ class ForgettingCurve(L.Callback):
             return
         value = trainer.callback_metrics.get(self.metric)
         metrics = self.evaluator.evaluate(pl_module.model, stage)
+        self._save_items("before", None)
+        self._save_items(stage, trainer.global_step)
         point: dict[str, float] = {
             "step": float(trainer.global_step),
             "epoch": float(trainer.current_epoch),
@@ -72,6 +81,15 @@ class ForgettingCurve(L.Callback):
         logged = {f"curve/{k}_delta": v for k, v in point.items() if k.endswith(("margin", "gold_nll"))}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
+
+    def _save_items(self, stage: str, step: int | None) -> None:
+        """Write the per-item records of one of the evaluator's stages (nothing without a run folder)."""
+        records = self.evaluator.stages.get(stage, {}).get("items")
+        if self.run_dir is None or not records:
+            return
+        path = items.curve_items_path(self.run_dir, step)
+        if step is not None or not path.is_file():
+            items.save_records(path, records)
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed points (a resumed run keeps its curve)."""

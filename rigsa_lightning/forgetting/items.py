@@ -11,6 +11,9 @@ Records (one compact ``<run_dir>/forgetting_items/<stage>.json.gz`` per stage), 
 * GSM8k: ``doc_id``, ``exact_match_strict-match`` / ``exact_match_flexible-extract`` (lm-eval's per-item metrics),
   ``answer_strict-match`` / ``answer_flexible-extract`` (the extracted answers), ``gold_nll`` (teacher-forced
   NLL per token of the reference solution under the same 5-shot prompt, nats) and ``gold_tokens``.
+
+The forgetting curve keeps the same records of its own small subset at every validation
+(``forgetting_items/curve/step<N>.json.gz``, the base model's in ``forgetting_items/curve/before.json.gz``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 #: Per-item values that are 0/1 outcomes (McNemar) and those that are continuous (bootstrap of the mean change).
 BINARY = ("acc", "acc_norm", "exact_match_strict-match", "exact_match_flexible-extract")
 CONTINUOUS = ("margin", "gold_nll")
+#: Where a run keeps its forgetting curve's per-item records (relative to the run folder).
+CURVE_ITEMS = Path("forgetting_items") / "curve"
+
+
+def curve_items_path(run_dir: str | os.PathLike, step: int | None) -> Path:
+    """``<run_dir>/forgetting_items/curve/step<step>.json.gz`` (``before.json.gz`` for None: the base model)."""
+    return Path(run_dir) / CURVE_ITEMS / ("before.json.gz" if step is None else f"step{int(step)}.json.gz")
 
 
 def choose_items(n_docs: int, size: int | None, seed: int) -> list[int]:
