@@ -326,9 +326,19 @@ def test_forgetting_curves_figure(tmp_path: Path) -> None:
             for k in range(1, 4)
         ]
         m = _metrics(method, name, 0, 0.7, forget_curve=curve)
-        _write_job(root, f"{i}_{name}", [f"experiment={name}"], "", {"metrics.json": m})
+        pruned = (
+            "pruning:\n  enabled: true\n  rounds: 1\n  epochs_per_round: 2\n" if method == "rigsa" else ""
+        )
+        _write_job(root, f"{i}_{name}", [f"experiment={name}"], pruned, {"metrics.json": m})
     out = build_report(root)
     assert out["figures"]["forgetting_curves"] is not None and out["figures"]["forgetting_curves"].is_file()
+    # RIGSA's points before its rewind (epochs 1; its last phase starts at epoch 2) are drawn apart, faded
+    from rigsa_lightning.report.build import _forget_curves
+    from rigsa_lightning.report.jobs import find_job_dirs, load_job
+
+    runs = {r.name: r for r in _forget_curves([load_job(p, root) for p in find_job_dirs(root)])}
+    assert runs["rigsa_50"].discarded == 1 and runs["qlora_r16"].discarded == 0
+    assert [p["epoch"] for p in runs["rigsa_50"].points[runs["rigsa_50"].discarded :]] == [2.0, 3.0]
     assert (
         "![Forgetting along training vs validation accuracy](forgetting_curves.png)"
         in out["results_md"].read_text()

@@ -14,6 +14,7 @@ from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.figures import (
     FIGURE_CAPTIONS,
     FIGURES,
+    CurveRun,
     forgetting_measures,
     plot_density_sweep,
     plot_forgetting_curves,
@@ -150,18 +151,24 @@ def _try_figure(
         figures[name] = None
 
 
-def _forget_curves(completed: list[Job]) -> list[tuple[Any, str, Any, list[dict[str, Any]]]]:
-    """``(method, name, seed, forget_curve)`` of every run that recorded a forgetting curve."""
-    return [
-        (
-            j.metrics.get("method"),
-            str(j.metrics.get("name")),
-            j.metrics.get("seed"),
-            j.metrics["forget_curve"],
-        )
-        for j in completed
-        if isinstance(j.metrics.get("forget_curve"), list) and j.metrics["forget_curve"]
-    ]
+def _forget_curves(completed: list[Job]) -> list[CurveRun]:
+    """Every run that recorded a forgetting curve, with how many of its points precede its last training phase."""
+    from rigsa_lightning.matching import final_phase
+
+    runs = []
+    for j in completed:
+        points = j.metrics.get("forget_curve")
+        if isinstance(points, list) and points:
+            runs.append(
+                CurveRun(
+                    j.metrics.get("method"),
+                    str(j.metrics.get("name")),
+                    j.metrics.get("seed"),
+                    points,
+                    len(points) - len(final_phase(points, j.config)),
+                )
+            )
+    return runs
 
 
 def _pruning_histories(completed: list[Job]) -> list[tuple[str, int, list[dict[str, Any]]]]:

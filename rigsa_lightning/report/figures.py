@@ -202,31 +202,54 @@ def plot_forgetting_vs_accuracy(
     return _save_png(fig, path)
 
 
-def plot_forgetting_curves(
-    curves: list[tuple[Any, str, Any, list[dict[str, Any]]]], path: Path, title: str
-) -> Path:
+@dataclass
+class CurveRun:
+    """One run's forgetting curve as plotted: its points, the first ``discarded`` of which belong to training phases
+    thrown away by a later rewind (RIGSA's and the random mask's prune rounds; 0 for a run without rounds)."""
+
+    method: Any
+    name: str
+    seed: Any
+    points: list[dict[str, Any]]
+    discarded: int = 0
+
+
+def plot_forgetting_curves(curves: list[CurveRun], path: Path, title: str) -> Path:
     """One line per run: the paired change of each continuous forgetting measure (y, with its 95% item CI) at every
     validation against the validation accuracy there (x), a colour per method: methods compared at every accuracy
-    level two of them pass through."""
+    level two of them pass through. A run's discarded phases are drawn faded and dashed, apart from its last phase
+    (the one the matched comparison reads)."""
     from matplotlib.lines import Line2D
 
     keys = sorted(
-        {k for _, _, _, pts in curves for p in pts for k in p if k.endswith(("/margin", "/gold_nll"))},
+        {k for run in curves for p in run.points for k in p if k.endswith(("/margin", "/gold_nll"))},
         key=lambda k: (list(BENCHMARKS).index(k.split("/")[0]) if k.split("/")[0] in BENCHMARKS else 99, k),
     )
     fig, axes = _new_figure(max(1, len(keys)))
     for ax, key in zip(axes, keys):
         task, measure = key.split("/")
-        for method, _name, _seed, pts in curves:
-            sel = [p for p in pts if _finite(_num(p.get(key))) and _finite(_num(p.get("val_acc")))]
-            if not sel:
-                continue
-            xs = [100 * p["val_acc"] for p in sel]
-            ys = [p[key] for p in sel]
-            lo = [p[key] - p.get(f"{key}_ci_lo", p[key]) for p in sel]
-            hi = [p.get(f"{key}_ci_hi", p[key]) - p[key] for p in sel]
-            color = _method_color(str(method))
-            ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker="o", markersize=4, capsize=2, alpha=0.8)
+        for run in curves:
+            color = _method_color(str(run.method))
+            phases = ((run.points[: run.discarded], 0.3, "--"), (run.points[run.discarded :], 0.85, "-"))
+            for pts, alpha, style in phases:
+                sel = [p for p in pts if _finite(_num(p.get(key))) and _finite(_num(p.get("val_acc")))]
+                if not sel:
+                    continue
+                xs = [100 * p["val_acc"] for p in sel]
+                ys = [p[key] for p in sel]
+                lo = [p[key] - p.get(f"{key}_ci_lo", p[key]) for p in sel]
+                hi = [p.get(f"{key}_ci_hi", p[key]) - p[key] for p in sel]
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[lo, hi],
+                    color=color,
+                    marker="o",
+                    markersize=4,
+                    capsize=2,
+                    alpha=alpha,
+                    ls=style,
+                )
         ax.axhline(0, color="black", linewidth=0.8, alpha=0.5, zorder=0)
         label = BENCHMARKS.get(task, task)
         what = (
@@ -237,9 +260,13 @@ def plot_forgetting_curves(
         ax.set_title(f"{label} Δ {what}", fontsize=10)
         ax.set_xlabel("validation accuracy at the point (%)")
         ax.set_ylabel(f"{label} Δ vs base (nats)")
-    methods = sorted({str(m) for m, _, _, _ in curves}, key=lambda m: METHOD_ORDER.get(m, 99))
+    methods = sorted({str(run.method) for run in curves}, key=lambda m: METHOD_ORDER.get(m, 99))
     handles = [Line2D([], [], color=_method_color(m), marker="o") for m in methods]
-    _legend_below(fig, handles, [METHOD_LABELS.get(m, m) for m in methods])
+    labels = [METHOD_LABELS.get(m, m) for m in methods]
+    if any(run.discarded for run in curves):
+        handles.append(Line2D([], [], color="grey", marker="o", ls="--", alpha=0.4))
+        labels.append("rounds discarded by a rewind")
+    _legend_below(fig, handles, labels)
     fig.suptitle(f"Forgetting along training (one line per run, 95% item CIs) — {title}", fontsize=11)
     return _save_png(fig, path)
 
