@@ -329,14 +329,24 @@ def _curve_votes(
     curve's per-item records (``forgetting_items/curve/``); otherwise an approximation from each curve point's own
     CI (:func:`rigsa_lightning.matching.matched_difference`)."""
     curves = {
-        id(j): matching.final_phase(j.metrics.get("forget_curve") or [], j.config) for j in (*rigsa, *others)
+        id(j): matching.compared_phase(
+            j.metrics.get("forget_curve") or [], j.config, j.metrics.get("textual_mnist/zero_shot_acc")
+        )
+        for j in (*rigsa, *others)
     }
     if any(not c for c in curves.values()):
         return {}, "accuracy not matched and a run has no forgetting curve"
     level = matching.matched_level(list(curves.values()))
+    from_start = [j.rel for j in (*rigsa, *others) if matching.reads_from_start(curves[id(j)], level)]
     claim.measured.append(
         f"matched accuracy from the forgetting curves: val acc {100 * level:.1f} % (the highest level every run "
         "reaches in its last training phase)"
+        + (
+            f"; read between the phase start (the rewound model = the base up to the gates' 1e-6: no change, at "
+            f"its zero-shot accuracy) and the first validation for {', '.join(from_start)}"
+            if from_start
+            else ""
+        )
     )
     if level < 2 * CHANCE:
         return {}, f"accuracy not matched and a method never left chance: matched level {100 * level:.1f} %"

@@ -11,7 +11,10 @@ validation accuracy:
   the curve's values (:func:`value_at`) or, where the run kept them, its per-item records (:func:`items_at`).
 
 Only a run's last training phase counts: RIGSA and the random mask rewind ΔW, the gates and the optimizer before
-each phase, so the curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`).
+each phase, so the curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`). That
+phase starts from a known point (:func:`phase_start`): the rewound model is the base model up to the gate's initial
+1e-6 scale, so a level below the phase's first validation is read between its start and that validation, not at the
+validation (which may sit far above the level: a fast learner's first validation after a rewind).
 """
 
 from __future__ import annotations
@@ -64,6 +67,51 @@ def final_phase(
         return list(points)
     start = rounds * (get(config, "pruning.epochs_per_round", 1) or 1)
     return [p for p in points if p.get("epoch", 0) >= start]
+
+
+#: Marks the start point :func:`phase_start` adds to a curve (no validation ran there).
+PHASE_START = "phase_start"
+
+
+def phase_start(config: Mapping[str, Any], start_acc: Any) -> dict[str, float] | None:
+    """The start of a pruned run's last phase as a curve point, or None when it is not known.
+
+    After a rewind to initialisation with the gates reset (``pruning.rewind=init``, ``pruning.reset_alpha``), the
+    model is the base model up to the gates' initial scale (``adapter.alpha_init``, 1e-6): every paired change is 0.
+    No validation runs there, so its accuracy is ``start_acc``, the base model's zero-shot *test* accuracy (the same
+    model, other images of the same distribution)."""
+    rewound = (
+        get(config, "pruning.enabled", False)
+        and (get(config, "pruning.rounds", 0) or 0) > 0
+        and get(config, "pruning.rewind", "init") == "init"
+        and get(config, "pruning.reset_alpha", True)
+    )
+    if not rewound or not isinstance(start_acc, (int, float)) or start_acc != start_acc:
+        return None
+    epoch = (get(config, "pruning.rounds", 0) or 0) * (get(config, "pruning.epochs_per_round", 1) or 1)
+    return {"epoch": float(epoch), "val_acc": float(start_acc), PHASE_START: 1.0}
+
+
+def compared_phase(
+    points: Sequence[Mapping[str, float]], config: Mapping[str, Any], start_acc: Any = None
+) -> list[Mapping[str, float]]:
+    """The points the matched comparison reads: :func:`final_phase`, preceded by :func:`phase_start` when it is known
+    and below the phase's first validation. The start point carries every measure of that validation at 0 (a
+    zero-width CI)."""
+    phase = final_phase(points, config)
+    start = phase_start(config, start_acc)
+    if not phase or start is None or start["val_acc"] >= phase[0]["val_acc"]:
+        return phase
+    for key in phase[0]:
+        if key not in ("step", "epoch", "val_acc"):
+            start[key] = 1.0 if key.endswith("_p") else 0.0
+    return [start, *phase]
+
+
+def reads_from_start(points: Sequence[Mapping[str, float]], level: float) -> bool:
+    """Whether ``level`` is read between the phase start (:func:`phase_start`) and the first validation."""
+    found = crossing(points, level)
+    return found is not None and found[0] is not None and bool(found[0].get(PHASE_START))
 
 
 def peak_accuracy(points: Sequence[Mapping[str, float]]) -> float:
@@ -127,11 +175,15 @@ def items_at(
     if found is None:
         return None
     previous, point, w = found
+    if point.get(PHASE_START):  # the level is at or below the start's accuracy: no change yet
+        return None
     cur = changes.get(int(point["step"]))
     if cur is None:
         return None
     if previous is None:
         return dict(cur)
+    if previous.get(PHASE_START):  # from the phase start, where every item's change is 0
+        return {d: w * c for d, c in cur.items()}
     prev = changes.get(int(previous["step"]))
     if prev is None:
         return None

@@ -277,3 +277,27 @@ def test_curves_with_per_item_records_are_compared_item_by_item(tmp_path: Path):
     assert "-0.100 [" in line and "CI from each curve point's CI" in line
     lo, hi = (float(x) for x in line.split("[")[1].split("]")[0].split(","))
     assert lo < -0.2 and hi > 0.0 and fallback.verdict == "inconclusive at this scale"
+
+
+def test_a_fast_learner_after_a_rewind_is_read_from_its_phase_start(tmp_path: Path):
+    """The random mask's last phase is at 60 % by its first validation; RIGSA peaks at 30 %. The random mask is read
+    at 30 % between its phase start (zero-shot 7 %, no change) and that validation -- not at 60 %."""
+    root = tmp_path / "study"
+    rigsa = [
+        {"epoch": 2.0 + 0.5 * k, "val_acc": acc, "gsm8k/gold_nll": 0.1, "piqa/margin": 0.0}
+        for k, acc in enumerate((0.2, 0.3))
+    ]
+    mask = [
+        {"epoch": 2.0 + 0.5 * k, "val_acc": acc, "gsm8k/gold_nll": nll, "piqa/margin": 0.0}
+        for k, (acc, nll) in enumerate(((0.60, 0.53), (0.80, 0.9)))
+    ]
+    _job(root, "rigsa_paper", "rigsa", 0, 0.3, 0.0, 0.0, False, rigsa, PRUNED)
+    _job(root, "random_mask_paper", "random_mask", 0, 0.8, 0.0, 0.0, True, mask, PRUNED)
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
+    text = "\n".join(claims[4].measured)
+    assert "val acc 30.0 %" in text and "first validation for random_mask_paper_s0" in text
+    line = next(
+        m for m in claims[4].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 30.0")
+    )
+    # random mask at 30 %: (0.30 - 0.07) / (0.60 - 0.07) of the way from 0 to 0.53 = 0.23; RIGSA 0.1
+    assert "-0.130" in line

@@ -8,13 +8,16 @@ import pytest
 from scipy.stats import t as student_t
 
 from rigsa_lightning.matching import (
+    PHASE_START,
     CurveValue,
+    compared_phase,
     final_phase,
     items_at,
     matched_by_stop,
     matched_difference,
     matched_level,
     peak_accuracy,
+    reads_from_start,
     t975,
     value_at,
 )
@@ -116,3 +119,31 @@ def test_items_at_interpolates_each_item_like_the_curve_value():
     assert (
         items_at(points, 0.5, {k: v for k, v in changes.items() if k != 20}) is not None
     )  # not needed there
+
+
+def test_a_rewound_phase_is_read_from_its_start_not_at_a_first_validation_far_above_the_level():
+    # rounds 0-1 discarded; the last phase's first validation is already at 60 %
+    points = [_pt(0, 0.3, 0.2), _pt(1, 0.5, 0.3), _pt(2, 0.6, 0.4), _pt(2.5, 0.8, 0.6)]
+    rewound = {"pruning": {"enabled": True, "rounds": 2, "epochs_per_round": 1, "rewind": "init"}}
+    phase = compared_phase(points, rewound, start_acc=0.1)
+    assert phase[0][PHASE_START] == 1.0 and phase[0]["val_acc"] == 0.1 and phase[1:] == points[2:]
+    assert phase[0]["gsm8k/gold_nll"] == phase[0]["gsm8k/gold_nll_ci_hi"] == 0.0
+    # 35 %: half-way from the start (10 %, no change) to the first validation (60 %, +0.4 [0.3, 0.5])
+    v = value_at(phase, 0.35, "gsm8k/gold_nll")
+    assert (v.value, v.lo, v.hi) == pytest.approx((0.2, 0.15, 0.25))
+    assert reads_from_start(phase, 0.35) and not reads_from_start(phase, 0.7)
+    at = items_at(phase, 0.35, {20: {1: 0.2, 2: 0.6}, 25: {1: 0.5, 2: 0.7}})
+    assert at == pytest.approx({1: 0.1, 2: 0.3})
+    # without the start the first validation would be read as it is (at 60 %, not 35 %)
+    assert value_at(final_phase(points, rewound), 0.35, "gsm8k/gold_nll").value == pytest.approx(0.4)
+    # no start where it is not known: no rewind to init, gates not reset, no pruning, or no zero-shot accuracy
+    for config in (
+        {"pruning": {**rewound["pruning"], "rewind": "none"}},
+        {"pruning": {**rewound["pruning"], "reset_alpha": False}},
+        {"pruning": {"enabled": False, "rounds": 0}},
+    ):
+        assert PHASE_START not in compared_phase(points, config, 0.1)[0]
+    assert compared_phase(points, rewound, None) == points[2:]
+    assert (
+        compared_phase(points, rewound, 0.7) == points[2:]
+    )  # the start would not be below the first validation
