@@ -329,9 +329,7 @@ def _curve_votes(
     curve's per-item records (``forgetting_items/curve/``); otherwise an approximation from each curve point's own
     CI (:func:`rigsa_lightning.matching.matched_difference`)."""
     curves = {
-        id(j): matching.compared_phase(
-            j.metrics.get("forget_curve") or [], j.config, j.metrics.get("textual_mnist/zero_shot_acc")
-        )
+        id(j): matching.compared_phase(j.metrics.get("forget_curve") or [], j.config, j.metrics)
         for j in (*rigsa, *others)
     }
     if any(not c for c in curves.values()):

@@ -10,8 +10,9 @@ validation accuracy:
   compared run reaches, :func:`matched_level`, by linear interpolation between the two validations around it:
   the curve's values (:func:`value_at`) or, where the run kept them, its per-item records (:func:`items_at`).
 
-Only a run's last training phase counts: RIGSA and the random mask rewind ΔW, the gates and the optimizer before
-each phase, so the curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`). That
+Only a run's last training phase counts: RIGSA rewinds ΔW, the gates and the optimizer after each prune, so the
+curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`; the random mask never
+prunes: its whole curve counts). That
 phase starts from a known point (:func:`phase_start`): the rewound model is the base model up to the gate's initial
 1e-6 scale, so a level below the phase's first validation is read between its start and that validation, not at the
 validation (which may sit far above the level: a fast learner's first validation after a rewind).
@@ -58,14 +59,18 @@ def matched_by_stop(runs: Sequence[Any]) -> float | None:
 
 
 def final_phase(
-    points: Sequence[Mapping[str, float]], config: Mapping[str, Any]
+    points: Sequence[Mapping[str, float]], history: Sequence[Mapping[str, Any]] | None
 ) -> list[Mapping[str, float]]:
-    """The curve points of the run's last training phase: after the last prune (epoch >= rounds x
-    epochs_per_round) for a pruned run, every point otherwise."""
-    rounds = get(config, "pruning.rounds", 0) or 0
-    if not get(config, "pruning.enabled", False) or rounds <= 0:
+    """The curve points of the run's last training phase: after its last prune, every point for a run that never
+    pruned.
+
+    ``history`` is the run's ``prune/history`` (``metrics.json``): what happened, not what the config says (the
+    random mask reads the pruning schedule for its density only and trains one phase). A prune at the end of epoch
+    ``e`` starts the next phase at epoch ``e + 1``."""
+    epochs = [float(r["epoch"]) for r in history or () if isinstance(r, Mapping) and "epoch" in r]
+    if not epochs:
         return list(points)
-    start = rounds * (get(config, "pruning.epochs_per_round", 1) or 1)
+    start = max(epochs) + 1
     return [p for p in points if p.get("epoch", 0) >= start]
 
 
@@ -73,33 +78,36 @@ def final_phase(
 PHASE_START = "phase_start"
 
 
-def phase_start(config: Mapping[str, Any], start_acc: Any) -> dict[str, float] | None:
+def phase_start(
+    config: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | None, start_acc: Any
+) -> dict[str, float] | None:
     """The start of a pruned run's last phase as a curve point, or None when it is not known.
 
-    After a rewind to initialisation with the gates reset (``pruning.rewind=init``, ``pruning.reset_alpha``), the
-    model is the base model up to the gates' initial scale (``adapter.alpha_init``, 1e-6): every paired change is 0.
-    No validation runs there, so its accuracy is ``start_acc``, the base model's zero-shot *test* accuracy (the same
-    model, other images of the same distribution)."""
+    After a prune (``history``, as in :func:`final_phase`) that rewinds to initialisation with the gates reset
+    (``pruning.rewind=init``, ``pruning.reset_alpha``), the model is the base model up to the gates' initial scale
+    (``adapter.alpha_init``, 1e-6): every paired change is 0. No validation runs there, so its accuracy is
+    ``start_acc``, the base model's zero-shot *test* accuracy (the same model, other images of the same
+    distribution)."""
+    epochs = [float(r["epoch"]) for r in history or () if isinstance(r, Mapping) and "epoch" in r]
     rewound = (
-        get(config, "pruning.enabled", False)
-        and (get(config, "pruning.rounds", 0) or 0) > 0
+        bool(epochs)
         and get(config, "pruning.rewind", "init") == "init"
-        and get(config, "pruning.reset_alpha", True)
+        and bool(get(config, "pruning.reset_alpha", True))
     )
     if not rewound or not isinstance(start_acc, (int, float)) or start_acc != start_acc:
         return None
-    epoch = (get(config, "pruning.rounds", 0) or 0) * (get(config, "pruning.epochs_per_round", 1) or 1)
-    return {"epoch": float(epoch), "val_acc": float(start_acc), PHASE_START: 1.0}
+    return {"epoch": max(epochs) + 1, "val_acc": float(start_acc), PHASE_START: 1.0}
 
 
 def compared_phase(
-    points: Sequence[Mapping[str, float]], config: Mapping[str, Any], start_acc: Any = None
+    points: Sequence[Mapping[str, float]], config: Mapping[str, Any], metrics: Mapping[str, Any]
 ) -> list[Mapping[str, float]]:
-    """The points the matched comparison reads: :func:`final_phase`, preceded by :func:`phase_start` when it is known
-    and below the phase's first validation. The start point carries every measure of that validation at 0 (a
-    zero-width CI)."""
-    phase = final_phase(points, config)
-    start = phase_start(config, start_acc)
+    """The points the matched comparison reads: :func:`final_phase` of the run (its ``metrics.json``: the prune
+    history and zero-shot accuracy), preceded by :func:`phase_start` when it is known and below the phase's first
+    validation. The start point carries every measure of that validation at 0 (a zero-width CI)."""
+    history = metrics.get("prune/history")
+    phase = final_phase(points, history)
+    start = phase_start(config, history, metrics.get("textual_mnist/zero_shot_acc"))
     if not phase or start is None or start["val_acc"] >= phase[0]["val_acc"]:
         return phase
     for key in phase[0]:

@@ -53,6 +53,7 @@ def _job(
     stopped: bool = True,
     curve: list[dict[str, float]] | None = None,
     config: str = "",
+    history: list[dict[str, float]] | None = None,
 ) -> None:
     """A completed job folder: metrics (stopped at the 80 % target unless ``stopped=False``), per-item records
     whose PIQA margins move by ``shift`` and GSM8k NLL by ``nll_shift``, and optionally a forgetting curve."""
@@ -74,6 +75,8 @@ def _job(
         metrics.update({"stop_at/target": 0.8, "stop_at/reached": float(stopped)})
     if curve is not None:
         metrics["forget_curve"] = curve
+    if history is not None:
+        metrics["prune/history"] = history
     (job / "metrics.json").write_text(json.dumps(metrics))
     rng = np.random.default_rng(seed + 100 * len(name))
     docs = list(range(0, 400, 2))
@@ -161,6 +164,8 @@ def _curve(final_acc: float, nll_per_acc: float, pruned: bool) -> list[dict[str,
 
 
 PRUNED = "pruning:\n  enabled: true\n  rounds: 2\n  epochs_per_round: 1\n"
+#: The prune/history of a run pruned after epochs 0 and 1 (its last phase starts at epoch 2).
+PRUNES = [{"round": 1.0, "epoch": 0.0}, {"round": 2.0, "epoch": 1.0}]
 
 
 def test_unmatched_accuracy_is_compared_on_the_curves(tmp_path: Path):
@@ -168,7 +173,19 @@ def test_unmatched_accuracy_is_compared_on_the_curves(tmp_path: Path):
     trained further, forgets more) do not decide; the curves at 60 % do -- and there RIGSA forgets more."""
     root = tmp_path / "study"
     for seed in range(2):
-        _job(root, "rigsa_paper", "rigsa", seed, 0.6, -0.02, 0.01, False, _curve(0.6, 1.0, True), PRUNED)
+        _job(
+            root,
+            "rigsa_paper",
+            "rigsa",
+            seed,
+            0.6,
+            -0.02,
+            0.01,
+            False,
+            _curve(0.6, 1.0, True),
+            PRUNED,
+            PRUNES,
+        )
         _job(root, "qlora_r16", "qlora", seed, 0.8, -0.30, 0.20, True, _curve(0.8, 0.2, False))
     claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=300)}
     text = "\n".join(claims[3].measured)
@@ -280,24 +297,33 @@ def test_curves_with_per_item_records_are_compared_item_by_item(tmp_path: Path):
 
 
 def test_a_fast_learner_after_a_rewind_is_read_from_its_phase_start(tmp_path: Path):
-    """The random mask's last phase is at 60 % by its first validation; RIGSA peaks at 30 %. The random mask is read
-    at 30 % between its phase start (zero-shot 7 %, no change) and that validation -- not at 60 %."""
+    """RIGSA's last phase is at 60 % by its first validation; QLoRA peaks at 30 %. RIGSA is read at 30 % between its
+    phase start (the rewound model: zero-shot 7 %, no change) and that validation -- not at 60 %. The random mask,
+    whose config carries the pruning schedule (for its density) but which never prunes, keeps its whole curve."""
     root = tmp_path / "study"
-    rigsa = [
-        {"epoch": 2.0 + 0.5 * k, "val_acc": acc, "gsm8k/gold_nll": 0.1, "piqa/margin": 0.0}
-        for k, acc in enumerate((0.2, 0.3))
-    ]
-    mask = [
-        {"epoch": 2.0 + 0.5 * k, "val_acc": acc, "gsm8k/gold_nll": nll, "piqa/margin": 0.0}
-        for k, (acc, nll) in enumerate(((0.60, 0.53), (0.80, 0.9)))
-    ]
-    _job(root, "rigsa_paper", "rigsa", 0, 0.3, 0.0, 0.0, False, rigsa, PRUNED)
-    _job(root, "random_mask_paper", "random_mask", 0, 0.8, 0.0, 0.0, True, mask, PRUNED)
+
+    def curve(start_epoch: float, accs: tuple[float, ...], nlls: tuple[float, ...]) -> list[dict[str, float]]:
+        return [
+            {"epoch": start_epoch + 0.5 * k, "val_acc": a, "gsm8k/gold_nll": n, "piqa/margin": 0.0}
+            for k, (a, n) in enumerate(zip(accs, nlls, strict=True))
+        ]
+
+    rigsa = curve(2.0, (0.6, 0.8), (0.53, 0.93))
+    _job(root, "rigsa_paper", "rigsa", 0, 0.8, 0.0, 0.0, True, rigsa, PRUNED, PRUNES)
+    _job(root, "qlora_r16", "qlora", 0, 0.3, 0.0, 0.0, False, curve(0.0, (0.2, 0.3), (0.1, 0.2)))
+    # the random mask peaks at 75 % in its first epochs (dropped as "rounds", its peak would be 60 %)
+    mask = curve(0.0, (0.2, 0.5, 0.75, 0.6, 0.6, 0.6), (0.01, 0.02, 0.5, 0.5, 0.5, 0.5))
+    _job(root, "random_mask_paper", "random_mask", 0, 0.6, 0.0, 0.0, False, mask, PRUNED)
     claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
-    text = "\n".join(claims[4].measured)
-    assert "val acc 30.0 %" in text and "first validation for random_mask_paper_s0" in text
+    text = "\n".join(claims[3].measured)
+    assert "val acc 30.0 %" in text and "first validation for rigsa_paper_s0" in text
     line = next(
-        m for m in claims[4].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 30.0")
+        m for m in claims[3].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 30.0")
     )
-    # random mask at 30 %: (0.30 - 0.07) / (0.60 - 0.07) of the way from 0 to 0.53 = 0.23; RIGSA 0.1
-    assert "-0.130" in line
+    # RIGSA at 30 %: (0.30 - 0.07) / (0.60 - 0.07) of the way from 0 to 0.53 = 0.23; QLoRA 0.2
+    assert "+0.030" in line
+    # claim 4 at 75 %: RIGSA 3/4 of the way from 0.53 (60 %) to 0.93 (80 %) = 0.83, the random mask 0.5
+    line4 = next(
+        m for m in claims[4].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 75.0")
+    )
+    assert "+0.330" in line4 and "random_mask_paper_s0" not in "\n".join(claims[4].measured)

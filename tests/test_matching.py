@@ -54,10 +54,13 @@ def test_value_at_takes_the_first_crossing():
 
 def test_final_phase_drops_the_rounds_before_the_last_rewind():
     points = [_pt(0, 0.5, 0.3), _pt(1, 0.6, 0.4), _pt(2, 0.2, 0.05), _pt(2.5, 0.4, 0.1)]
-    pruned = {"pruning": {"enabled": True, "rounds": 2, "epochs_per_round": 1}}
+    pruned = [
+        {"round": 1, "epoch": 0},
+        {"round": 2, "epoch": 1},
+    ]  # prune/history: prunes after epochs 0 and 1
     assert [p["epoch"] for p in final_phase(points, pruned)] == [2, 2.5]
-    assert final_phase(points, {"pruning": {"enabled": False, "rounds": 0}}) == points
-    assert final_phase(points, {}) == points
+    assert final_phase(points, []) == points
+    assert final_phase(points, None) == points  # no prune recorded (QLoRA, the random mask): one phase
     assert peak_accuracy(final_phase(points, pruned)) == 0.4
     assert matched_level([final_phase(points, pruned), points]) == 0.4
     assert math.isnan(matched_level([points, []]))
@@ -124,10 +127,11 @@ def test_items_at_interpolates_each_item_like_the_curve_value():
 def test_a_rewound_phase_is_read_from_its_start_not_at_a_first_validation_far_above_the_level():
     # rounds 0-1 discarded; the last phase's first validation is already at 60 %
     points = [_pt(0, 0.3, 0.2), _pt(1, 0.5, 0.3), _pt(2, 0.6, 0.4), _pt(2.5, 0.8, 0.6)]
-    rewound = {"pruning": {"enabled": True, "rounds": 2, "epochs_per_round": 1, "rewind": "init"}}
-    phase = compared_phase(points, rewound, start_acc=0.1)
+    config = {"pruning": {"enabled": True, "rounds": 2, "rewind": "init", "reset_alpha": True}}
+    metrics = {"prune/history": [{"epoch": 0}, {"epoch": 1}], "textual_mnist/zero_shot_acc": 0.1}
+    phase = compared_phase(points, config, metrics)
     assert phase[0][PHASE_START] == 1.0 and phase[0]["val_acc"] == 0.1 and phase[1:] == points[2:]
-    assert phase[0]["gsm8k/gold_nll"] == phase[0]["gsm8k/gold_nll_ci_hi"] == 0.0
+    assert phase[0]["epoch"] == 2.0 and phase[0]["gsm8k/gold_nll"] == phase[0]["gsm8k/gold_nll_ci_hi"] == 0.0
     # 35 %: half-way from the start (10 %, no change) to the first validation (60 %, +0.4 [0.3, 0.5])
     v = value_at(phase, 0.35, "gsm8k/gold_nll")
     assert (v.value, v.lo, v.hi) == pytest.approx((0.2, 0.15, 0.25))
@@ -135,15 +139,17 @@ def test_a_rewound_phase_is_read_from_its_start_not_at_a_first_validation_far_ab
     at = items_at(phase, 0.35, {20: {1: 0.2, 2: 0.6}, 25: {1: 0.5, 2: 0.7}})
     assert at == pytest.approx({1: 0.1, 2: 0.3})
     # without the start the first validation would be read as it is (at 60 %, not 35 %)
-    assert value_at(final_phase(points, rewound), 0.35, "gsm8k/gold_nll").value == pytest.approx(0.4)
-    # no start where it is not known: no rewind to init, gates not reset, no pruning, or no zero-shot accuracy
-    for config in (
-        {"pruning": {**rewound["pruning"], "rewind": "none"}},
-        {"pruning": {**rewound["pruning"], "reset_alpha": False}},
-        {"pruning": {"enabled": False, "rounds": 0}},
+    assert value_at(
+        final_phase(points, metrics["prune/history"]), 0.35, "gsm8k/gold_nll"
+    ).value == pytest.approx(0.4)
+    # no start where it is not known: no rewind to init, gates not reset, or no zero-shot accuracy
+    for other in (
+        {"pruning": {**config["pruning"], "rewind": "none"}},
+        {"pruning": {**config["pruning"], "reset_alpha": False}},
     ):
-        assert PHASE_START not in compared_phase(points, config, 0.1)[0]
-    assert compared_phase(points, rewound, None) == points[2:]
-    assert (
-        compared_phase(points, rewound, 0.7) == points[2:]
-    )  # the start would not be below the first validation
+        assert compared_phase(points, other, metrics) == points[2:]
+    assert compared_phase(points, config, {**metrics, "textual_mnist/zero_shot_acc": None}) == points[2:]
+    # the start would not be below the first validation
+    assert compared_phase(points, config, {**metrics, "textual_mnist/zero_shot_acc": 0.7}) == points[2:]
+    # a run that never pruned (the random mask reads the schedule for its density only): one phase, no start
+    assert compared_phase(points, config, {"textual_mnist/zero_shot_acc": 0.1}) == points

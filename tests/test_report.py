@@ -329,6 +329,8 @@ def test_forgetting_curves_figure(tmp_path: Path) -> None:
         pruned = (
             "pruning:\n  enabled: true\n  rounds: 1\n  epochs_per_round: 2\n" if method == "rigsa" else ""
         )
+        if method == "rigsa":  # pruned (and rewound) after epoch 1
+            m["prune/history"] = [{"round": 1, "epoch": 1}]
         _write_job(root, f"{i}_{name}", [f"experiment={name}"], pruned, {"metrics.json": m})
     out = build_report(root)
     assert out["figures"]["forgetting_curves"] is not None and out["figures"]["forgetting_curves"].is_file()
@@ -338,6 +340,8 @@ def test_forgetting_curves_figure(tmp_path: Path) -> None:
 
     runs = {r.name: r for r in _forget_curves([load_job(p, root) for p in find_job_dirs(root)])}
     assert runs["rigsa_50"].discarded == 1 and runs["qlora_r16"].discarded == 0
+    # its last phase starts from the base again (zero-shot 10 %, below its first validation there): drawn from it
+    assert runs["rigsa_50"].start_acc == 0.1 and runs["qlora_r16"].start_acc is None
     assert [p["epoch"] for p in runs["rigsa_50"].points[runs["rigsa_50"].discarded :]] == [2.0, 3.0]
     assert (
         "![Forgetting along training vs validation accuracy](forgetting_curves.png)"

@@ -212,6 +212,8 @@ class CurveRun:
     seed: Any
     points: list[dict[str, Any]]
     discarded: int = 0
+    #: Validation accuracy where the last phase starts from the base model again (a rewind), if known.
+    start_acc: float | None = None
 
 
 def plot_forgetting_curves(curves: list[CurveRun], path: Path, title: str) -> Path:
@@ -231,6 +233,19 @@ def plot_forgetting_curves(curves: list[CurveRun], path: Path, title: str) -> Pa
         for run in curves:
             color = _method_color(str(run.method))
             phases = ((run.points[: run.discarded], 0.3, "--"), (run.points[run.discarded :], 0.85, "-"))
+            last = run.points[run.discarded :]
+            if run.start_acc is not None and last and _finite(_num(last[0].get(key))):
+                ax.plot(
+                    [100 * run.start_acc, 100 * last[0]["val_acc"]],
+                    [0.0, last[0][key]],
+                    color=color,
+                    ls=":",
+                    marker="o",
+                    markevery=[0],
+                    markerfacecolor="white",
+                    markersize=4,
+                    alpha=0.85,
+                )
             for pts, alpha, style in phases:
                 sel = [p for p in pts if _finite(_num(p.get(key))) and _finite(_num(p.get("val_acc")))]
                 if not sel:
@@ -266,6 +281,9 @@ def plot_forgetting_curves(curves: list[CurveRun], path: Path, title: str) -> Pa
     if any(run.discarded for run in curves):
         handles.append(Line2D([], [], color="grey", marker="o", ls="--", alpha=0.4))
         labels.append("rounds discarded by a rewind")
+    if any(run.start_acc is not None for run in curves):
+        handles.append(Line2D([], [], color="grey", marker="o", ls=":", markerfacecolor="white"))
+        labels.append("last phase's start (rewound: the base, no change)")
     _legend_below(fig, handles, labels)
     fig.suptitle(f"Forgetting along training (one line per run, 95% item CIs) — {title}", fontsize=11)
     return _save_png(fig, path)
