@@ -99,8 +99,8 @@ def _load_data(cfg: DictConfig, prepared: PreparedModel, schedule: PruningSchedu
     """The Textual MNIST data module, set up for fitting; ``trainer.max_steps`` checked against its size."""
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
 
-    dm = TextualMNISTDataModule(
-        cfg.data, prepared.tokenizer, cache_dir=str(Path(cfg.paths.cache_dir)), seed=int(cfg.data.seed)
+    dm = TextualMNISTDataModule(  # the splits from data.seed, the training order from the run seed
+        cfg.data, prepared.tokenizer, cache_dir=str(Path(cfg.paths.cache_dir)), seed=int(cfg.seed)
     )
     dm.prepare_data()
     dm.setup("fit")

@@ -252,3 +252,31 @@ def test_registering_a_method_makes_it_available_everywhere(
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="dummy.bin"):  # the new format is named in the error
         adapter_kind(tmp_path / "empty")
+
+
+def test_each_run_seed_is_a_replicate(cache_dir: str) -> None:
+    """``seed`` varies the initial ΔW and the random mask (and the training order); ``seed=0`` keeps the adapter's
+    own seeds, so a study's seed-0 jobs are the runs they were."""
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.adapters import prepare_model, replicate_seeds
+
+    cfg = _cfg("random_mask")  # density 0.5
+    cfg.seed = 0
+    assert replicate_seeds(cfg) is cfg
+    cfg.seed = 2
+    shifted = replicate_seeds(cfg)
+    assert (shifted.adapter.seed, shifted.adapter.mask_seed) == (
+        cfg.adapter.seed + 2,
+        cfg.adapter.mask_seed + 2,
+    )
+    assert OmegaConf.select(cfg, "adapter.seed") == 1234  # the run's own config is left as written
+
+    def draws(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg.seed = seed
+        mod = next(iter(prepare_model(cfg, cache_dir).gated.values()))
+        return mod.delta.detach().clone(), mod.mask.detach().clone()
+
+    (d0, m0), (d0b, m0b), (d1, m1) = draws(0), draws(0), draws(1)
+    assert torch.equal(d0, d0b) and torch.equal(m0, m0b)  # a seed is reproducible
+    assert not torch.equal(d0, d1) and not torch.equal(m0, m1)  # another seed is another replicate

@@ -8,6 +8,7 @@ registry (``registry.py``); this package imports no torch until a method's hook 
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +89,26 @@ def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
     return density
 
 
+def replicate_seeds(cfg: Any) -> Any:
+    """``cfg`` with the adapter's seeds offset by the run's ``seed``: ``adapter.seed + seed`` draws the initial ΔW
+    (LoRA's A), ``adapter.mask_seed + seed`` a random mask. So each run seed is a replicate (another initialisation,
+    another mask, with the training order it also seeds), and ``seed=0`` keeps the seeds as written."""
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    offset = int(get(cfg, "seed", 0) or 0)
+    if not offset or not isinstance(cfg, DictConfig):
+        return cfg
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for key, default in (("seed", 1234), ("mask_seed", 0)):
+            out.adapter[key] = int(OmegaConf.select(out, f"adapter.{key}", default=default)) + offset
+    return out
+
+
 def prepare_model(cfg: Any, cache_dir: str | os.PathLike | None = None) -> PreparedModel:
-    """Load ``cfg.model`` and inject ``cfg.adapter`` (the whole run config is passed for the pruning schedule)."""
-    return get_method(str(get(cfg.adapter, "method"))).prepare(cfg, cache_dir)
+    """Load ``cfg.model`` and inject ``cfg.adapter`` (the whole run config is passed for the pruning schedule), its
+    seeds offset by the run seed (:func:`replicate_seeds`)."""
+    return get_method(str(get(cfg.adapter, "method"))).prepare(replicate_seeds(cfg), cache_dir)
 
 
 def export_adapter(prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
