@@ -12,10 +12,10 @@ validation accuracy:
 
 Only a run's last training phase counts: RIGSA rewinds ΔW, the gates and the optimizer after each prune, so the
 curve of an earlier round belongs to a model that was thrown away (:func:`final_phase`; the random mask never
-prunes: its whole curve counts). That
-phase starts from a known point (:func:`phase_start`): the rewound model is the base model up to the gate's initial
-1e-6 scale, so a level below the phase's first validation is read between its start and that validation, not at the
-validation (which may sit far above the level: a fast learner's first validation after a rewind).
+prunes: its whole curve counts). That phase starts from a known point (:func:`phase_start`): the rewound model is
+the base model up to the gate's initial 1e-6 scale, so a level below the phase's first validation is read between
+its start and that validation, not at the validation (which may sit far above the level: a fast learner's first
+validation after a rewind).
 """
 
 from __future__ import annotations
@@ -67,11 +67,16 @@ def final_phase(
     ``history`` is the run's ``prune/history`` (``metrics.json``): what happened, not what the config says (the
     random mask reads the pruning schedule for its density only and trains one phase). A prune at the end of epoch
     ``e`` starts the next phase at epoch ``e + 1``."""
-    epochs = [float(r["epoch"]) for r in history or () if isinstance(r, Mapping) and "epoch" in r]
-    if not epochs:
+    start = _last_phase_epoch(history)
+    if start is None:
         return list(points)
-    start = max(epochs) + 1
     return [p for p in points if p.get("epoch", 0) >= start]
+
+
+def _last_phase_epoch(history: Sequence[Mapping[str, Any]] | None) -> float | None:
+    """The epoch the last training phase starts at (the one after the last prune), None for a run never pruned."""
+    epochs = [float(r["epoch"]) for r in history or () if isinstance(r, Mapping) and "epoch" in r]
+    return max(epochs) + 1 if epochs else None
 
 
 #: Marks the start point :func:`phase_start` adds to a curve (no validation ran there).
@@ -88,15 +93,15 @@ def phase_start(
     (``adapter.alpha_init``, 1e-6): every paired change is 0. No validation runs there, so its accuracy is
     ``start_acc``, the base model's zero-shot *test* accuracy (the same model, other images of the same
     distribution)."""
-    epochs = [float(r["epoch"]) for r in history or () if isinstance(r, Mapping) and "epoch" in r]
+    epoch = _last_phase_epoch(history)
     rewound = (
-        bool(epochs)
+        epoch is not None
         and get(config, "pruning.rewind", "init") == "init"
         and bool(get(config, "pruning.reset_alpha", True))
     )
     if not rewound or not isinstance(start_acc, (int, float)) or start_acc != start_acc:
         return None
-    return {"epoch": max(epochs) + 1, "val_acc": float(start_acc), PHASE_START: 1.0}
+    return {"epoch": epoch, "val_acc": float(start_acc), PHASE_START: 1.0}
 
 
 def compared_phase(

@@ -47,6 +47,7 @@ class ForgettingCurve(L.Callback):
         self.metric = metric
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.points: list[dict[str, float]] = []
+        self._save_items("before", None)  # the base model's records, scored before the callback is made
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """One curve point per validation (not the sanity check)."""
@@ -57,7 +58,6 @@ class ForgettingCurve(L.Callback):
             return
         value = trainer.callback_metrics.get(self.metric)
         metrics = self.evaluator.evaluate(pl_module.model, stage)
-        self._save_items("before", None)
         self._save_items(stage, trainer.global_step)
         point: dict[str, float] = {
             "step": float(trainer.global_step),
@@ -87,9 +87,7 @@ class ForgettingCurve(L.Callback):
         records = self.evaluator.stages.get(stage, {}).get("items")
         if self.run_dir is None or not records:
             return
-        path = items.curve_items_path(self.run_dir, step)
-        if step is not None or not path.is_file():
-            items.save_records(path, records)
+        items.save_records(items.curve_items_path(self.run_dir, step), records)
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointed points (a resumed run keeps its curve)."""

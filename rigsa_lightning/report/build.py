@@ -154,21 +154,22 @@ def _try_figure(
 def _forget_curves(completed: list[Job]) -> list[CurveRun]:
     """Every run that recorded a forgetting curve, with how many of its points precede its last training phase and
     where that phase starts when it starts from the base model again (:func:`~rigsa_lightning.matching.phase_start`)."""
-    from rigsa_lightning.matching import PHASE_START, compared_phase, final_phase
+    from rigsa_lightning.matching import PHASE_START, compared_phase
 
     runs = []
     for j in completed:
         points = j.metrics.get("forget_curve")
         if isinstance(points, list) and points:
             compared = compared_phase(points, j.config, j.metrics)
+            start = compared[0] if compared and compared[0].get(PHASE_START) else None
             runs.append(
                 CurveRun(
                     j.metrics.get("method"),
                     str(j.metrics.get("name")),
                     j.metrics.get("seed"),
                     points,
-                    len(points) - len(final_phase(points, j.metrics.get("prune/history"))),
-                    compared[0]["val_acc"] if compared and compared[0].get(PHASE_START) else None,
+                    len(points) - (len(compared) - (start is not None)),
+                    start["val_acc"] if start is not None else None,
                 )
             )
     return runs
