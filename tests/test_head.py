@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from rigsa_lightning.head import answer_logits, selected_logits, split_causal_lm
 
+#: a loss computed another way may differ by a few float32 ulps (relative): 4 x 1.19e-7
+ULPS = 4 * torch.finfo(torch.float32).eps
 SMALL_DATA = ["data.train_size=8", "data.val_size=8", "data.test_size=8", "data.batch_size=4", "data.seed=0"]
 
 # method -> Hydra overrides and how the adapter is put into a non-trivial state before comparing.
@@ -104,7 +106,8 @@ def test_restricted_head_equals_full_logits(case: str, cache_dir: str) -> None:
 
     assert ref_loss.dtype == loss.dtype == torch.float32
     assert torch.isfinite(loss) and loss.item() > 0.1
-    assert abs(loss.item() - ref_loss.item()) <= 1e-6
+    # the same sum in another order: equal up to a few float32 ulps of the loss (~1e-6 at a loss of ~10)
+    assert abs(loss.item() - ref_loss.item()) <= ULPS * abs(ref_loss.item())
     assert ref_grads and set(new_grads) == set(ref_grads)
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable <= set(ref_grads)
@@ -141,7 +144,7 @@ def test_head_runs_on_the_scored_rows_only(cache_dir: str) -> None:
     assert shapes[0] == [(int(scored.sum()), vocab)]
     assert int(scored.sum()) <= 3 * n < n * t
     assert shapes[1] == [(n, t, vocab)]
-    assert abs(losses[0] - losses[1]) <= 1e-6
+    assert abs(losses[0] - losses[1]) <= ULPS * abs(losses[1])
 
 
 def test_bad_lm_head_value_is_a_config_error() -> None:

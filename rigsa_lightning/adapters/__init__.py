@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rigsa_lightning.adapters.registry import get_method
+from rigsa_lightning.adapters.registry import ADAPTER_SEED, MASK_SEED, get_method
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 
@@ -100,7 +100,7 @@ def replicate_seeds(cfg: Any) -> Any:
         return cfg
     out = copy.deepcopy(cfg)
     with open_dict(out):
-        for key, default in (("seed", 1234), ("mask_seed", 0)):
+        for key, default in (("seed", ADAPTER_SEED), ("mask_seed", MASK_SEED)):
             out.adapter[key] = int(OmegaConf.select(out, f"adapter.{key}", default=default)) + offset
     return out
 

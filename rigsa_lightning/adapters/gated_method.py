@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rigsa_lightning.adapters import PreparedModel, load_base, resolve_random_mask_density
-from rigsa_lightning.adapters.registry import AdapterMethod, finite_or_none, trainable_count
+from rigsa_lightning.adapters.registry import MASK_SEED, AdapterMethod, finite_or_none, trainable_count
 
 
 class GatedSparseMethod(AdapterMethod):
@@ -100,7 +100,7 @@ class RandomMask(GatedSparseMethod):
 
         prepared = super().prepare(cfg, cache_dir)
         density = resolve_random_mask_density(cfg.adapter, cfg.pruning)
-        random_mask_(prepared.gated, density, int(cfg.adapter.get("mask_seed", 0)))
+        random_mask_(prepared.gated, density, int(cfg.adapter.get("mask_seed", MASK_SEED)))
         return prepared
 
     def run_tags(self, cfg: Any) -> list[str]:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rigsa_lightning.adapters.registry import ADAPTER_SEED
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_dir
@@ -271,7 +272,7 @@ def apply_lora(model: nn.Module, adapter_cfg: Any) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    seed = int(get(adapter_cfg, "seed", 1234))
+    seed = int(get(adapter_cfg, "seed", ADAPTER_SEED))
     with torch.random.fork_rng(devices=_rng_devices()):
         torch.manual_seed(seed)
         try:

@@ -21,6 +21,11 @@ from rigsa_lightning.errors import ConfigError
 if TYPE_CHECKING:
     from rigsa_lightning.adapters import PreparedModel
 
+#: ``adapter.seed`` when a config omits it: the seed of the initial ΔW (RIGSA) or LoRA's A (per module, derived).
+ADAPTER_SEED = 1234
+#: ``adapter.mask_seed`` when a config omits it: the seed of a random mask.
+MASK_SEED = 0
+
 
 class AdapterMethod:
     """One adaptation method: its flags and the hooks call sites use (defaults: the method has nothing to do).

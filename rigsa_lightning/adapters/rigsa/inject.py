@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rigsa_lightning.adapters.registry import ADAPTER_SEED, MASK_SEED
 from rigsa_lightning.adapters.rigsa.layer import FORWARD_MODES, KEEP_INIT, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, derive_seed, random_mask_
 from rigsa_lightning.adapters.targets import find_target_linears, replace_module
@@ -71,7 +72,7 @@ def inject_rigsa(
     if init == "normal" and not init_std > 0:
         raise ConfigError("adapter.init_std", f"must be > 0 for init=normal, got {init_std}", "use e.g. 0.02")
     alpha_init = float(_get(adapter_cfg, "alpha_init", 1e-6))
-    seed = int(_get(adapter_cfg, "seed", 1234))
+    seed = int(_get(adapter_cfg, "seed", ADAPTER_SEED))
     if density is None:
         density = _get(adapter_cfg, "density", None)
 
@@ -103,7 +104,7 @@ def inject_rigsa(
         replace_module(model, name, module)
         adapters[name] = module
     if density is not None and float(density) < 1.0:
-        random_mask_(adapters, float(density), int(_get(adapter_cfg, "mask_seed", 0)))
+        random_mask_(adapters, float(density), int(_get(adapter_cfg, "mask_seed", MASK_SEED)))
     return adapters
 
 
