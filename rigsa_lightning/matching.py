@@ -223,7 +223,7 @@ def matched_difference(
     item_b = math.sqrt(sum(((v.hi - v.lo) / 2) ** 2 for v in second)) / len(second)
     half_sq = item_a**2 + item_b**2
     if len(a) >= 2 and len(b) >= 2:
-        half_sq += _welch_half(a, b) ** 2
+        half_sq += welch_half(a, b) ** 2
     half = math.sqrt(half_sq)
     return diff, diff - half, diff + half
 
@@ -240,8 +240,8 @@ def t975(df: float) -> float:
     return float(student_t.ppf(0.975, df))
 
 
-def _welch_half(a: Sequence[float], b: Sequence[float]) -> float:
-    """Half-width of Welch's 95% t interval for the difference of two means."""
+def welch_half(a: Sequence[float], b: Sequence[float]) -> float:
+    """Half-width of Welch's 95% t interval for the difference of two means (each side needs two values)."""
     va = sum((x - sum(a) / len(a)) ** 2 for x in a) / (len(a) - 1) / len(a)
     vb = sum((x - sum(b) / len(b)) ** 2 for x in b) / (len(b) - 1) / len(b)
     if va + vb == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,13 @@ def _job(
     curve: list[dict[str, float]] | None = None,
     config: str = "",
     history: list[dict[str, float]] | None = None,
+    replace: bool = False,
 ) -> None:
     """A completed job folder: metrics (stopped at the 80 % target unless ``stopped=False``), per-item records
-    whose PIQA margins move by ``shift`` and GSM8k NLL by ``nll_shift``, and optionally a forgetting curve."""
+    whose PIQA margins move by ``shift`` and GSM8k NLL by ``nll_shift``, and optionally a forgetting curve
+    (``replace``: write over an existing folder of the same job)."""
     job = root / f"{name}_s{seed}"
-    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra").mkdir(parents=True, exist_ok=replace)
     (job / ".hydra" / "config.yaml").write_text(config)
     (job / ".hydra" / "overrides.yaml").write_text(f"- experiment={name}\n")
     metrics = {
@@ -327,3 +330,71 @@ def test_a_fast_learner_after_a_rewind_is_read_from_its_phase_start(tmp_path: Pa
         m for m in claims[4].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 75.0")
     )
     assert "+0.330" in line4 and "random_mask_paper_s0" not in "\n".join(claims[4].measured)
+
+
+def test_claim_learns_names_the_method_short_of_the_bar_and_clips_accuracy(tmp_path: Path):
+    """The study's measured pattern: RIGSA well above chance but under 30 %, the others high with a wide 2-seed
+    t-interval that must not pass 100 %."""
+    root = tmp_path / "study"
+    for seed, (r, q, m) in enumerate([(0.300, 0.867, 0.913), (0.273, 0.800, 0.843)]):
+        _job(root, "rigsa_paper", "rigsa", seed, r, -0.02, 0.01)
+        _job(root, "qlora_r16", "qlora", seed, q, -0.30, 0.20)
+        _job(root, "random_mask_paper", "random_mask", seed, m, -0.02, 0.01)
+    c2 = {c.number: c for c in evaluate_claims(_jobs(root), iters=50)}[2]
+    assert c2.verdict == "inconclusive at this scale (RIGSA above chance, not above 30 %)"
+    rigsa, qlora, mask = c2.measured
+    # RIGSA: mean 28.65, t(0.975, 1) = 12.706, sd = 0.027 / sqrt(2): half = 12.706 * 0.0135 = 17.15 pp
+    assert rigsa.startswith("RIGSA: test acc 28.6 [11.5, 45.8] % (2 seeds; per seed 30.0, 27.3 %)")
+    assert rigsa.endswith("above chance, not above 30 %")
+    assert qlora.startswith("QLoRA: test acc 83.4 [40.8, 100.0] %") and qlora.endswith("learned")
+    assert mask.startswith("random mask: test acc 87.8 [43.3, 100.0] %") and mask.endswith("learned")
+
+
+def test_claim_learns_contradicted_when_a_method_stays_near_chance(tmp_path: Path):
+    root = tmp_path / "study"
+    for seed, r in enumerate([0.05, 0.15]):
+        _job(root, "rigsa_paper", "rigsa", seed, r, -0.02, 0.01)
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.30, 0.20)
+        _job(root, "random_mask_paper", "random_mask", seed, 0.8, -0.02, 0.01)
+    c2 = {c.number: c for c in evaluate_claims(_jobs(root), iters=50)}[2]
+    # mean 10 %, half-width 12.706 * 0.05 = 63.5 pp: the CI [0, 73.5] neither clears 10 % nor stays below 20 %
+    assert c2.verdict == "inconclusive at this scale (RIGSA not shown above chance)"
+    assert c2.measured[0].startswith("RIGSA: test acc 10.0 [0.0, 73.5] %")
+    for seed, r in enumerate([0.08, 0.09]):
+        _job(root, "rigsa_paper", "rigsa", seed, r, -0.02, 0.01, replace=True)
+    c2 = {c.number: c for c in evaluate_claims(_jobs(root), iters=50)}[2]
+    # mean 8.5 %, half-width 12.706 * 0.005 = 6.35 pp: the CI [2.1, 14.9] stays below 20 %
+    assert c2.verdict == "contradicted"
+
+
+def test_seed_interval_is_welch_over_run_means_and_gates_the_verdict(tmp_path: Path):
+    """Two seeds per method: the bootstrap over runs alone would decide; Welch's interval over the run means (t with
+    ~1 degree of freedom) does not, so the verdict stays inconclusive and the line shows both intervals."""
+    from scipy.stats import t as student_t
+
+    from rigsa_lightning.claims import seed_interval
+
+    first = [{d: 0.1 for d in range(10)}, {d: 0.5 for d in range(10)}]
+    second = [{d: 0.0 for d in range(10)}, {d: 0.02 for d in range(10)}]
+    boot = hierarchical_difference(first, second, iters=400)
+    assert boot.lo > 0  # every resample of the runs keeps a positive gap (0.1 - 0.02 at worst)
+    ci = seed_interval(first, second)
+    va, vb = 0.08 / 2, 0.0002 / 2  # sample variances of the run means over 2 runs
+    df = (va + vb) ** 2 / (va**2 + vb**2)
+    half = student_t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert ci is not None and ci.value == pytest.approx(0.29)
+    assert (ci.lo, ci.hi) == pytest.approx((0.29 - half, 0.29 + half))
+    assert seed_interval(first[:1], second) is None  # one run: no seed-level interval
+
+    root = tmp_path / "study"
+    for seed, (r, q) in enumerate([(0.0, 0.1), (0.02, 0.5)]):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.02, r)
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.02, q)
+    c3 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[3]
+    gsm8k = next(m for m in c3.measured if m.startswith("GSM8k"))
+    found = re.search(r"bootstrap (\S+) \[(\S+), (\S+)\], Welch over run means (\S+) \[(\S+), (\S+)\]", gsm8k)
+    assert found is not None, gsm8k
+    value, b_lo, b_hi, _, w_lo, w_hi = (float(x) for x in found.groups())
+    assert value == pytest.approx(-0.29, abs=0.01) and b_hi < 0 < w_hi and w_lo < b_lo
+    assert f"{value:+.3f} [{w_lo:+.3f}, {w_hi:+.3f}]" in gsm8k  # the CI shown is the union of the two
+    assert c3.verdict == "inconclusive at this scale"
