@@ -421,6 +421,11 @@ def _curve_votes(
         ]
         if all(per_item[0]) and all(per_item[1]):
             diff = _runs_difference(*per_item, sign, iters, k, 1.0, 3, " at the level, paired bootstrap")  # type: ignore[arg-type]
+            run_values = [
+                sign * sum(run.values()) / len(run)  # type: ignore[union-attr]
+                for group in per_item
+                for run in group
+            ]
         else:
             key = f"{task}/{name}"
             at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
@@ -431,9 +436,11 @@ def _curve_votes(
             diff = Interval(
                 value, lo, hi, f"{len(rigsa)} vs {len(others)} runs, CI from each curve point's CI"
             )
+            run_values = [v.value for group in signed for v in group]
+        per_run = ", ".join(f"{j.rel} {v:+.3f}" for j, v in zip((*rigsa, *others), run_values, strict=True))
         claim.measured.append(
             f"{text} at val acc {100 * level:.1f} %: forgetting RIGSA − {LABELS[other]} "
-            f"{diff.text(1.0, 3, True)} ({diff.n})"
+            f"{diff.text(1.0, 3, True)} ({diff.n}; per run: {per_run})"
         )
         votes[(task, name)] = _vote(other, diff, EQUIVALENCE_MARGINS[name])
     return votes, "" if votes else "accuracy not matched and the curves lack a common measure"

@@ -288,6 +288,9 @@ def test_curves_with_per_item_records_are_compared_item_by_item(tmp_path: Path):
     line = gsm8k_line(paired)
     assert "-0.100 [-0.100, -0.100]" in line  # the same items, a constant gap: no uncertainty left
     assert "2 vs 2 runs x 40 items at the level, paired bootstrap" in line
+    per_run = dict(pair.rsplit(" ", 1) for pair in line.split("per run: ")[1].rstrip(")").split(", "))
+    assert list(per_run) == ["rigsa_paper_s0", "rigsa_paper_s1", "qlora_r16_s0", "qlora_r16_s1"]
+    assert float(per_run["rigsa_paper_s0"]) == pytest.approx(float(per_run["qlora_r16_s1"]) - 0.1, abs=1e-3)
     assert paired.verdict == "supported"
     # without one run's records: every run falls back to the curve points' own CIs, which straddle 0 here
     for f in (root / "qlora_r16_s1" / items.CURVE_ITEMS).iterdir():
@@ -324,12 +327,13 @@ def test_a_fast_learner_after_a_rewind_is_read_from_its_phase_start(tmp_path: Pa
         m for m in claims[3].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 30.0")
     )
     # RIGSA at 30 %: (0.30 - 0.07) / (0.60 - 0.07) of the way from 0 to 0.53 = 0.23; QLoRA 0.2
-    assert "+0.030" in line
+    assert "+0.030" in line and "per run: rigsa_paper_s0 +0.230, qlora_r16_s0 +0.200)" in line
     # claim 4 at 75 %: RIGSA 3/4 of the way from 0.53 (60 %) to 0.93 (80 %) = 0.83, the random mask 0.5
     line4 = next(
         m for m in claims[4].measured if m.startswith("GSM8k Δ reference NLL/token (nats) at val acc 75.0")
     )
-    assert "+0.330" in line4 and "random_mask_paper_s0" not in "\n".join(claims[4].measured)
+    assert "+0.330" in line4 and "per run: rigsa_paper_s0 +0.830, random_mask_paper_s0 +0.500)" in line4
+    assert "first validation for random_mask_paper_s0" not in "\n".join(claims[4].measured)
 
 
 def test_claim_learns_names_the_method_short_of_the_bar_and_clips_accuracy(tmp_path: Path):
