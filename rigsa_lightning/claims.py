@@ -139,6 +139,17 @@ def hierarchical_difference(
     return Interval(value, float(lo), float(hi), f"{len(first)} vs {len(second)} runs x {len(docs)} items")
 
 
+def shared_run_means(
+    first: Sequence[Mapping[int, float]], second: Sequence[Mapping[int, float]]
+) -> tuple[list[float], list[float]]:
+    """Each run's mean change over the items every run of both methods shares (empty lists when none is shared)."""
+    docs = sorted(set.intersection(*(set(r) for r in [*first, *second])))
+    if not docs:
+        return [], []
+    a, b = ([sum(r[d] for d in docs) / len(docs) for r in group] for group in (first, second))
+    return a, b
+
+
 def seed_interval(
     first: Sequence[Mapping[int, float]], second: Sequence[Mapping[int, float]]
 ) -> Interval | None:
@@ -150,11 +161,9 @@ def seed_interval(
     decided verdict needs this interval to exclude 0 as well."""
     if len(first) < 2 or len(second) < 2:
         return None
-    docs = sorted(set.intersection(*(set(r) for r in [*first, *second])))
-    if not docs:
+    a, b = shared_run_means(first, second)
+    if not a:
         return None
-    a = [sum(r[d] for d in docs) / len(docs) for r in first]
-    b = [sum(r[d] for d in docs) / len(docs) for r in second]
     value = sum(a) / len(a) - sum(b) / len(b)
     half = matching.welch_half(a, b)
     return Interval(value, value - half, value + half, f"{len(first)} vs {len(second)} runs")
@@ -238,19 +247,10 @@ def _claim_learns(runs: Mapping[str, list[Any]]) -> Claim:
             ci.n = f"1 seed, {n} test images" if n else "1 seed"
         else:
             ci = Interval(ci.value, max(ci.lo, 0.0), min(ci.hi, 1.0), ci.n)
-        seeds = ", ".join(f"{100 * a:.1f}" for a in accs)
-        status[method] = (
-            "learned"
-            if ci.lo > 3 * CHANCE
-            else "below 20 %"
-            if ci.hi < 2 * CHANCE
-            else "above chance, not above 30 %"
-            if ci.lo > CHANCE
-            else "not shown above chance"
-        )
+        status[method] = _learning_status(ci)
+        per_seed = f"; per seed {', '.join(f'{100 * a:.1f}' for a in accs)} %" if len(accs) > 1 else ""
         c2.measured.append(
-            f"{LABELS[method]}: test acc {ci.text(100)} % ({ci.n}{'; per seed ' + seeds + ' %' if len(accs) > 1 else ''})"
-            f" — {status[method]}"
+            f"{LABELS[method]}: test acc {ci.text(100)} % ({ci.n}{per_seed}) — {status[method]}"
         )
         c2.runs += [j.rel for j in runs[method]]
     if all(v == "learned" for v in status.values()):
@@ -261,6 +261,15 @@ def _claim_learns(runs: Mapping[str, list[Any]]) -> Claim:
         short = [f"{LABELS[m]} {v}" for m, v in status.items() if v != "learned"]
         c2.verdict = f"inconclusive at this scale ({'; '.join(short)})"
     return c2
+
+
+def _learning_status(ci: Interval) -> str:
+    """Where a method's accuracy CI lies: above 3x chance (learned), wholly below 2x chance, above chance only."""
+    if ci.lo > 3 * CHANCE:
+        return "learned"
+    if ci.hi < 2 * CHANCE:
+        return "below 20 %"
+    return "above chance, not above 30 %" if ci.lo > CHANCE else "not shown above chance"
 
 
 def _forgetting_changes(jobs: Sequence[Any]) -> dict[tuple[str, str], list[dict[int, float]]]:
@@ -421,11 +430,7 @@ def _curve_votes(
         ]
         if all(per_item[0]) and all(per_item[1]):
             diff = _runs_difference(*per_item, sign, iters, k, 1.0, 3, " at the level, paired bootstrap")  # type: ignore[arg-type]
-            run_values = [
-                sign * sum(run.values()) / len(run)  # type: ignore[union-attr]
-                for group in per_item
-                for run in group
-            ]
+            run_values = [sign * v for group in shared_run_means(*per_item) for v in group]  # type: ignore[arg-type]
         else:
             key = f"{task}/{name}"
             at = [[matching.value_at(curves[id(j)], level, key) for j in group] for group in (rigsa, others)]
