@@ -393,21 +393,29 @@ class RigsaLitModule(L.LightningModule):
             "alpha/abs_mean": a.abs().mean().item(),
         }
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def _eval_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``loss`` and ``acc`` (and any extra metric) of an evaluation batch: a data module with its own
+        ``score_batch`` (``data/chat.py``: ``acc`` = exact match of the greedy completion) scores it, else the
+        Textual MNIST digit accuracy."""
+        score = getattr(getattr(self._trainer, "datamodule", None), "score_batch", None)
+        if score is not None:
+            from rigsa_lightning.head import check_lm_head
+
+            return score(self.model, batch, full_head=check_lm_head(self.cfg.get("lm_head", "scored")))
         loss, logits = self._loss_and_logits(batch)
         assert logits is not None, "Textual MNIST batches carry answer_pos"
-        acc = self.digit_accuracy(logits, batch)
+        return {"loss": loss, "acc": self.digit_accuracy(logits, batch)}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         bs = batch["input_ids"].size(0)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log("val/acc", acc, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in self._eval_metrics(batch).items():
+            prog_bar = name in ("loss", "acc")
+            self.log(f"val/{name}", value, prog_bar=prog_bar, on_epoch=True, batch_size=bs, sync_dist=True)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, logits = self._loss_and_logits(batch)
-        assert logits is not None, "Textual MNIST batches carry answer_pos"
-        acc = self.digit_accuracy(logits, batch)
         bs = batch["input_ids"].size(0)
-        self.log("test/loss", loss, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log("test/acc", acc, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in self._eval_metrics(batch).items():
+            self.log(f"test/{name}", value, on_epoch=True, batch_size=bs, sync_dist=True)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Test-only fault injection (see KILL_AT_STEP_ENV / NAN_AT_STEP_ENV); no-ops unless the variables are set.

@@ -296,8 +296,10 @@ OPTIONS: dict[str, Option] = {
     "model.tiny.max_position_embeddings": _int("tiny random model: context length", 1),
     "model.tiny.seed": _int("tiny random model: weight seed", *_SEED),
     # ---------------------------------------------------------------- data (Textual MNIST)
-    "data.source": _choice("digit images", "digits", "mnist5k", "mnist"),
-    "data.path": _str("local MNIST files for source=mnist", null=True),
+    "data.source": _choice("the task's data (chat: your own JSONL/Parquet)", "digits", "mnist5k", "mnist", "chat"),
+    "data.path": _str("local data: MNIST files for source=mnist, the chat file or folder for source=chat", null=True),
+    "data.hub_id": _str("source=chat: a hub dataset id (instead of data.path)", null=True),
+    "data.max_length": _int("source=chat: longest example in tokens (a longer one is an error)", 2),
     "data.resolution": _int("downsample the images to NxN (null: native size)", 1, null=True),
     "data.levels": _int("pixel quantisation levels", 2, 256),
     "data.separator": _str("text written between the pixels of a row"),
@@ -313,7 +315,7 @@ OPTIONS: dict[str, Option] = {
     "data.supervise_eos": _bool("also train on the end-of-turn token"),
     "data.cache": _bool("cache the tokenised splits"),
     "data.length_bucketing": _bool("group similar lengths into batches"),
-    "data.gen_max_new_tokens": _int("greedy tokens generated for gen_acc", 1),
+    "data.gen_max_new_tokens": _int("greedy tokens generated for gen_acc (chat: at most, for exact match)", 1),
     # ---------------------------------------------------------------- adapter (every method)
     "adapter.method": _choice("adaptation method", *METHODS),
     "adapter.targets": Option("str_list", _TARGETS),

@@ -96,10 +96,13 @@ def _load_model(cfg: DictConfig) -> PreparedModel:
 
 
 def _load_data(cfg: DictConfig, prepared: PreparedModel, schedule: PruningSchedule) -> TextualMNISTDataModule:
-    """The Textual MNIST data module, set up for fitting; ``trainer.max_steps`` checked against its size."""
+    """The task's data module (Textual MNIST, or ``data.source=chat``: your own chat data), set up for fitting;
+    ``trainer.max_steps`` checked against its size."""
+    from rigsa_lightning.data.chat import ChatDataModule
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
 
-    dm = TextualMNISTDataModule(  # the splits from data.seed, the training order from the run seed
+    module = ChatDataModule if str(cfg.data.get("source")) == "chat" else TextualMNISTDataModule
+    dm = module(  # the splits from data.seed, the training order from the run seed
         cfg.data, prepared.tokenizer, cache_dir=str(Path(cfg.paths.cache_dir)), seed=int(cfg.seed)
     )
     dm.prepare_data()
@@ -108,6 +111,19 @@ def _load_data(cfg: DictConfig, prepared: PreparedModel, schedule: PruningSchedu
         cfg, dm, schedule
     )  # before the forgetting preflight writes its task files into the run folder
     return dm
+
+
+def _score_task(
+    model: Any, dm: Any, cfg: DictConfig, cache_key: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """The test split's task metrics and their prefix: ``textual_mnist`` (acc, gen_acc), or a data module's own
+    (``chat``: exact_match, loss, token_acc)."""
+    from rigsa_lightning.scoring import score_textual_mnist
+
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if hasattr(dm, "score_split"):
+        return dm.metric_prefix, dm.score_split(model, "test", precision)
+    return "textual_mnist", score_textual_mnist(model, dm, "test", precision, cfg, cache_key=cache_key)
 
 
 def _forgetting_enabled(cfg: DictConfig) -> bool:
@@ -126,11 +142,9 @@ def _evaluate_before(
     (its own small subset, paired with the base model) when ``eval.curve`` asks for one."""
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.forgetting.curve import ForgettingCurve, curve_eval_cfg
-    from rigsa_lightning.scoring import score_textual_mnist
 
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    base = score_textual_mnist(prepared.model, dm, "test", precision, cfg, cache_key=prepared.model_key)
-    metrics.update({f"textual_mnist/zero_shot_{k}": v for k, v in base.items()})
+    prefix, base = _score_task(prepared.model, dm, cfg, cache_key=prepared.model_key)
+    metrics.update({f"{prefix}/zero_shot_{k}": v for k, v in base.items()})
     if _forgetting_enabled(cfg):
         metrics.update(forgetting.evaluate(prepared.model, "before"))
     curve_cfg = curve_eval_cfg(cfg.eval) if spec.trains else None
@@ -192,11 +206,8 @@ def _evaluate_after(
     metrics: dict[str, Any],
 ) -> None:
     """Textual MNIST and the forgetting stage ``after`` (the summary, ``forgetting.json``) into ``metrics``."""
-    from rigsa_lightning.scoring import score_textual_mnist
-
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    after = score_textual_mnist(prepared.model, dm, "test", precision, cfg)
-    metrics.update({f"textual_mnist/{k}": v for k, v in after.items()})
+    prefix, after = _score_task(prepared.model, dm, cfg)
+    metrics.update({f"{prefix}/{k}": v for k, v in after.items()})
     if _forgetting_enabled(cfg):
         # zero-shot: the model is unchanged, score it once
         if not spec.trains and "before" in forgetting.stages:
@@ -336,6 +347,9 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         "textual_mnist/zero_shot_gen_acc",
         "textual_mnist/acc",
         "textual_mnist/gen_acc",
+        "chat/zero_shot_exact_match",
+        "chat/exact_match",
+        "chat/loss",
         "adapter/density",
         "params/trainable",
         "params/adapter_nnz",
@@ -388,8 +402,9 @@ def _train_job(cfg: DictConfig) -> dict[str, Any] | None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = run_job(cfg, _train_job)
-    if metrics and "textual_mnist/acc" in metrics:
-        return float(metrics["textual_mnist/acc"])
+    for key in ("textual_mnist/acc", "chat/exact_match"):
+        if metrics and key in metrics:
+            return float(metrics[key])
     return None
 
 

@@ -68,6 +68,11 @@ def _check_data_early(data: Any) -> None:
                 f"data.{key}", f"must be positive, got {value}", "use a positive number of examples"
             )
     source = str(data.get("source", "digits"))
+    if source == "chat":  # your own data: every row checked now (one line naming file, row and column)
+        from rigsa_lightning.data.chat import check_chat_data
+
+        check_chat_data(data)
+        return
     native = _NATIVE_SIZE.get(source) or (28 if source == "mnist" and not data.get("path") else None)
     if native is not None:
         from rigsa_lightning.data.sources import check_resolution

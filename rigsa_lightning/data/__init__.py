@@ -7,8 +7,10 @@
 * :mod:`~rigsa_lightning.data.batching` - the dataset view of a cached split, the collate and the seeded sampler.
 * :mod:`~rigsa_lightning.data.lm_eval_task` - the same task for lm-eval.
 * ``python -m rigsa_lightning.data.preview`` - print rendered examples and prompt lengths.
+* :mod:`~rigsa_lightning.data.chat` - your own task: a chat / prompt-completion dataset (``data=chat``).
 """
 
+from rigsa_lightning.data.chat import ChatDataModule
 from rigsa_lightning.data.lm_eval_task import write_lm_eval_task
 from rigsa_lightning.data.render import downsample, grid_token_estimate, quantize, render_batch, render_grid
 from rigsa_lightning.data.sources import load_source, make_splits, read_idx, write_idx
@@ -25,6 +27,7 @@ from rigsa_lightning.data.textual_mnist import (
 )
 
 __all__ = [
+    "ChatDataModule",
     "DEFAULT_PROMPT",
     "EpochSeededSampler",
     "PadCollator",
