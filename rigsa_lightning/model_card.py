@@ -5,8 +5,9 @@ the run's measured numbers when the run folder holds them (Textual MNIST test ac
 forgetting deltas with their paired 95 % CIs from ``forgetting.json``), the command that produced the run (its
 Hydra overrides from ``.hydra/overrides.yaml``) and how to load the adapter (this package, PEFT, merged).
 
-``write_run_cards(run_dir)`` writes the cards of a finished run (``adapter/`` and, with ``export.peft``,
-``adapter_peft/``); ``write_model_card(folder, ...)`` one card. Both write through ``rigsa_lightning.io``.
+``finish_run_exports(cfg, run_dir, metrics)`` ends a training run's exports (``export.peft``: the PEFT folder, then
+the cards); ``write_run_cards(run_dir)`` writes the cards of a run (``adapter/`` and, with ``export.peft``,
+``adapter_peft/``); ``write_model_card(folder, ...)`` one card. All write through ``rigsa_lightning.io``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import shlex
 from pathlib import Path
 from typing import Any
+
+from rigsa_lightning.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +150,6 @@ def card_metadata(kind: str, adapter_config: dict[str, Any] | None, record: dict
     meta["density"] = density
     meta["seed"] = int(seed) if isinstance(seed, int) else None
     meta["dataset"] = _dataset(config)
-    if hub is None and base:
-        meta["base_model_path"] = base
     acc = _num(metrics.get("textual_mnist/acc"))
     if acc is not None:
         meta["textual_mnist_test_acc"] = acc
@@ -265,9 +266,7 @@ def render_card(
     import yaml
 
     meta = card_metadata(kind, adapter_config, record)
-    base = str(
-        (adapter_config or {}).get("base_model") or meta.get("base_model_path") or meta.get("base_model", "")
-    )
+    base = str((adapter_config or {}).get("base_model") or meta.get("base_model", ""))
     method = meta.get("method", "adapter")
     title = {"sparse": "sparse adapter", "shira": "PEFT SHiRA adapter", "lora": "PEFT adapter"}.get(
         kind, "export"
@@ -334,8 +333,6 @@ def write_model_card(
 ) -> Path:
     """Write ``folder/README.md`` (atomically) for an export of ``kind`` (``sparse``, ``shira``, ``lora``,
     ``full``); ``run_dir`` is the run folder holding its numbers (None: metadata only)."""
-    from rigsa_lightning.io import atomic_write_text
-
     text = render_card(kind, adapter_config, run_record(run_dir), peft_adapters=peft_adapters)
     return atomic_write_text(Path(folder) / CARD_NAME, text)
 
@@ -362,9 +359,14 @@ def export_kind(folder: Path) -> tuple[str | None, dict[str, Any] | None, list[s
     return None, None, None
 
 
-def write_run_cards(run_dir: str | os.PathLike) -> list[Path]:
-    """The cards of every export of a finished run (``adapter/``, ``adapter_peft/``); returns the files written."""
+def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None = None) -> list[Path]:
+    """The cards of every export of a finished run (``adapter/``, ``adapter_peft/``); returns the files written.
+
+    ``metrics``: the run's final metrics when ``metrics.json`` is not written yet (the end of a run)."""
     run_dir = Path(run_dir)
+    record = run_record(run_dir)
+    if metrics is not None:
+        record["metrics"] = dict(metrics)
     written = []
     for sub in RUN_EXPORTS:
         folder = run_dir / sub
@@ -375,9 +377,37 @@ def write_run_cards(run_dir: str | os.PathLike) -> list[Path]:
             continue
         if kind == "shira" and (run_dir / "adapter" / "adapter_config.json").is_file():
             adapter_config = _read_json(run_dir / "adapter" / "adapter_config.json") or adapter_config
-        written.append(
-            write_model_card(
-                folder, kind=kind, adapter_config=adapter_config, run_dir=run_dir, peft_adapters=parts
-            )
-        )
+        text = render_card(kind, adapter_config, record, peft_adapters=parts)
+        written.append(atomic_write_text(folder / CARD_NAME, text))
     return written
+
+
+def finish_run_exports(cfg: Any, run_dir: str | os.PathLike, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The end of a run's exports: ``export.peft`` (gated methods) writes ``adapter_peft/`` (SHiRA folders, values
+    rounded to ``model.dtype``), then every export gets its card. Returns the metrics to add (``adapter/peft_*``)."""
+    from rigsa_lightning.adapters.registry import find_method
+    from rigsa_lightning.adapters.rigsa.peft_export import VALUE_DTYPES, export_peft
+    from rigsa_lightning.config import get
+
+    run_dir = Path(run_dir)
+    added: dict[str, Any] = {}
+    spec = find_method(get(cfg, "adapter.method"))
+    if get(cfg, "export.peft", False) and spec is not None and spec.gated and (run_dir / "adapter").is_dir():
+        dtype = str(get(cfg, "model.dtype", "float32"))
+        target = run_dir / "adapter_peft"
+        folders = export_peft(
+            run_dir / "adapter", target, dtype=dtype if dtype in VALUE_DTYPES else "float32", card=False
+        )
+        added["adapter/peft_path"] = str(target)
+        added["adapter/peft_adapters"] = len(folders)
+        if len(folders) > 1:
+            log.info(
+                "export.peft: one SHiRA folder cannot hold every module (one r per folder): split into %d adapters "
+                "in %s (load all of them, see its README.md)",
+                len(folders),
+                target,
+            )
+        else:
+            log.info("export.peft: PEFT SHiRA adapter in %s", target)
+    write_run_cards(run_dir, {**metrics, **added})
+    return added

@@ -277,6 +277,7 @@ OPTIONS: dict[str, Option] = {
     "adapter_path": _str("an exported adapter folder to evaluate (null: the model itself)", null=True),
     "merge_to": _str("also write the merged plain model to this folder", null=True),
     "textual_mnist": _bool("score Textual MNIST too"),
+    "export.peft": _bool("also write adapter_peft/: the gated adapter as PEFT SHiRA folder(s)"),
     # ---------------------------------------------------------------- paths
     "paths.root_dir": _str("project root (outputs are written below it)"),
     "paths.output_dir": _str("where run folders are created"),
@@ -488,6 +489,14 @@ def check_relations(cfg: Any) -> None:
             "adapter.lr", f"is 0: {method} would not train", "use a learning rate > 0, e.g. 1e-3"
         )
     pruning = cfg.get("pruning") or {}
+    if (cfg.get("export") or {}).get("peft") and spec is not None and spec.gated:
+        if pruning.get("pruned_value") == "init":
+            raise ConfigError(
+                "export.peft",
+                "pruning.pruned_value=init keeps the pruned entries' initial ΔW: the update is dense, not a sparse "
+                "PEFT adapter",
+                "set export.peft=false (adapter/ is still written) or use pruning.pruned_value=zero",
+            )
     if pruning.get("enabled") and pruning.get("rounds") == 0:
         target = (
             pruning.get("sparsity")

@@ -331,6 +331,9 @@ def train(
     metrics["status"] = "completed"
     if resume is not None:
         metrics["resumed_from"] = str(ckpt_path)
+    from rigsa_lightning.model_card import finish_run_exports
+
+    metrics.update(finish_run_exports(cfg, run_dir, metrics))  # export.peft, then a README.md card per export
     _write_metrics(run_dir, metrics, loggers)
     return metrics
 

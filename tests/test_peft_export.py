@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,42 @@ def test_destination_and_format_errors(tiny_model, tmp_path, capsys):
     # Re-exporting over a previous PEFT export replaces it.
     main([str(src), "--to", "peft", str(tmp_path / "peft")])
     assert "peft: wrote" in capsys.readouterr().out
+
+
+def test_end_of_run_export_peft_and_its_early_check(tiny_model, tiny_model_dir, tmp_path):
+    """``export.peft: true``: the run's adapter/ also as adapter_peft/ (cards in both, the metrics name it); with
+    ``pruning.pruned_value=init`` the option is refused before anything runs."""
+    from peft import PeftModel
+
+    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.model_card import finish_run_exports
+    from rigsa_lightning.models import load_model
+    from rigsa_lightning.options import check_relations
+
+    model, _ = tiny_model
+    run = tmp_path / "run"
+    _save(_rigsa(model, LOW), run / "adapter")
+    weights, logits, _ = _reference(model)
+    cfg = {"adapter": {"method": "rigsa"}, "model": {"dtype": "float32"}, "export": {"peft": True}}
+    added = finish_run_exports(cfg, run, {"textual_mnist/acc": 0.625, "seed": 3})
+    assert added == {"adapter/peft_path": str(run / "adapter_peft"), "adapter/peft_adapters": 1}
+    for sub in ("adapter", "adapter_peft"):
+        assert "Textual MNIST test accuracy: **0.6250**" in (run / sub / "README.md").read_text()
+    base, _ = load_model({"name_or_path": tiny_model_dir, "dtype": "float32"})
+    _assert_same_model(
+        PeftModel.from_pretrained(base, str(run / "adapter_peft")).merge_and_unload(), weights, logits
+    )
+
+    # Off (the default), or a method without a gated adapter: cards only.
+    for off in ({**cfg, "export": {"peft": False}}, {**cfg, "adapter": {"method": "lora"}}):
+        other = tmp_path / f"other_{off['adapter']['method']}_{off['export']['peft']}"
+        shutil.copytree(run / "adapter", other / "adapter")
+        assert finish_run_exports(off, other, {}) == {} and not (other / "adapter_peft").exists()
+        assert (other / "adapter" / "README.md").is_file()
+
+    bad = {**cfg, "pruning": {"pruned_value": "init"}}
+    with pytest.raises(
+        ConfigError, match=r"^export\.peft: pruning\.pruned_value=init .* -> set export\.peft=false"
+    ):
+        check_relations(bad)
+    check_relations({**bad, "adapter": {"method": "lora"}})  # not a gated adapter: the option does not apply
