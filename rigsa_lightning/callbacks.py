@@ -55,15 +55,19 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    """Lightning loggers per ``logger.type`` (W&B offline unless an API key and network are there)."""
-    from lightning.pytorch.loggers import CSVLogger
+def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> list[Any]:
+    """Lightning loggers per ``logger.type`` (W&B offline unless an API key and network are there). Starting
+    from ``ckpt_path`` in the same folder (a resume), the CSV keeps the rows logged before the checkpoint."""
+    from rigsa_lightning.csv_history import ContinuousCSVLogger, checkpoint_step
 
     kind = str(cfg.logger.get("type", "csv"))
     loggers: list[Any] = []
     if kind == "none":
         return loggers
-    loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    resume_step = checkpoint_step(ckpt_path) if ckpt_path is not None else None
+    loggers.append(
+        ContinuousCSVLogger(save_dir=str(run_dir), name="csv", version="", resume_step=resume_step)
+    )
     if kind == "wandb":
         from rigsa_lightning.tracking import make_wandb_logger
 
@@ -136,12 +140,15 @@ def build_callbacks(
     matched-accuracy stop, the learning-rate monitor (with a logger), the progress bar (on a terminal)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
+    from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE
     from rigsa_lightning.pruning import IterativeMagnitudePruning
     from rigsa_lightning.stopping import StopAtAccuracy, check_stop_at
 
     out = TrainCallbacks()
     if spec.prunes and bool(cfg.pruning.get("enabled", True)):
-        out.pruning = IterativeMagnitudePruning(cfg.pruning, schedule=schedule)
+        out.pruning = IterativeMagnitudePruning(
+            cfg.pruning, schedule=schedule, history_file=run_dir / PRUNE_HISTORY_FILE
+        )
         out.callbacks.append(out.pruning)
         if forgetting.after_each_round:
             out.callbacks.append(RoundForgetting(forgetting, out.pruning))

@@ -170,6 +170,29 @@ def lr_factor(step: int, segments: list[int], warmup_ratio: float, min_ratio: fl
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+def phase_lr_scales(
+    base_lr: float, round_lr: float | None, final_lr: float | None, n_segments: int, n_rounds: int
+) -> list[float]:
+    """Per-segment multiplier of the adapter weights' learning rate: ``round_lr / base_lr`` for the first
+    ``n_rounds`` segments (the IMP rounds), ``final_lr / base_lr`` for the rest (the final retraining, or the only
+    phase of a method without rounds); a ``None`` rate keeps ``base_lr`` (multiplier 1)."""
+    base = float(base_lr)
+
+    def scale(rate: float | None) -> float:
+        return 1.0 if rate is None or base == 0 else float(rate) / base
+
+    return [scale(round_lr) if i < n_rounds else scale(final_lr) for i in range(n_segments)]
+
+
+def segment_at(step: int, segments: list[int]) -> int:
+    """Index of the segment (lengths in steps) that optimizer ``step`` falls in; past the end, the last one."""
+    for index, length in enumerate(segments):
+        if step < length:
+            return index
+        step -= length
+    return max(0, len(segments) - 1)
+
+
 ADAMW_IMPLS = {"fused": {"fused": True}, "loop": {"foreach": False}, "foreach": {"foreach": True}}
 
 
@@ -220,6 +243,14 @@ class RigsaLitModule(L.LightningModule):
         self.method = prepared.method
         self.digit_token_ids = list(digit_token_ids)
         self.segment_epochs = list(segment_epochs or [int(cfg.trainer.get("max_epochs") or 1)])
+        # The leading segments that are IMP rounds (train.segment_epochs: one per round, then the final phase).
+        pruning_cfg = cfg.get("pruning") or {}
+        rounds = int(pruning_cfg.get("rounds") or 0) if get_method(prepared.method).prunes else 0
+        segmented = bool(pruning_cfg.get("enabled", True)) and len(self.segment_epochs) in (
+            rounds,
+            rounds + 1,
+        )
+        self.n_round_segments = rounds if rounds > 0 and segmented else 0
         # Checkpoints only hold trainable tensors and adapter buffers (masks): the frozen base is reloaded from
         # the model config, so a checkpoint of a 135M model's rank-1 round is the adapter state, not 540 MB more.
         self.strict_loading = False
@@ -452,16 +483,32 @@ class RigsaLitModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
         per_epoch = max(1, total // epochs)
+        phases = [e * per_epoch for e in self.segment_epochs]
         if bool(optim_cfg.get("restart_per_round", True)) and len(self.segment_epochs) > 1:
-            segments = [e * per_epoch for e in self.segment_epochs]
+            segments = phases
         else:
             segments = [total]
         kind = str(optim_cfg.get("scheduler", "cosine"))
         warmup = float(optim_cfg.get("warmup_ratio", 0.0))
         min_ratio = float(optim_cfg.get("min_lr_ratio", 0.0))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, segments, warmup, min_ratio, kind)
+        # Per-phase rates (pruning.round_lr / final_lr) scale every group but the gates (adapter.alpha_lr).
+        pruning_cfg = self.cfg.get("pruning") or {}
+        scales = phase_lr_scales(
+            float(self.cfg.adapter.lr),
+            pruning_cfg.get("round_lr"),
+            pruning_cfg.get("final_lr"),
+            len(phases),
+            self.n_round_segments,
         )
+
+        def weights(step: int) -> float:
+            return lr_factor(step, segments, warmup, min_ratio, kind) * scales[segment_at(step, phases)]
+
+        def gates(step: int) -> float:
+            return lr_factor(step, segments, warmup, min_ratio, kind)
+
+        lambdas = [gates if group.get("name") == "alpha" else weights for group in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _grad_scaler(self) -> Any:

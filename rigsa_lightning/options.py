@@ -332,6 +332,8 @@ OPTIONS: dict[str, Option] = {
     "adapter.density": _float("initial mask density (random_mask: null = the pruning schedule's final density)",
                               0, 1, open_low=True, null=True),
     "adapter.mask_seed": _int("seed of random masks", *_SEED),
+    "adapter.density_from": _str("random_mask only: a rigsa run folder (or exported adapter) whose final mask's "
+                                 "per-matrix counts the random mask keeps (the random ticket)", null=True),
     "adapter.keep_init": _choice("how the initial ΔW is kept for rewinding", "regenerate", "copy"),
     "adapter.storage": _choice("storage of a sparse ΔW", "auto", "sparse", "dense"),
     "adapter.sparse_grad": _choice("weight gradient of the sparse storage", "auto", "sampled", "dense"),
@@ -352,6 +354,11 @@ OPTIONS: dict[str, Option] = {
     "pruning.rounds": _int("number of prune events", 0, example="1"),
     "pruning.epochs_per_round": _int("training epochs before each prune", 1),
     "pruning.final_epochs": _int("retraining epochs after the last prune (the epochs, without pruning)", 0),
+    "pruning.round_lr": _float("peak learning rate of the adapter's weights in the pruning rounds "
+                               "(null: adapter.lr)", 0, open_low=True, null=True, example="3e-4"),
+    "pruning.final_lr": _float("peak learning rate of the adapter's weights in the final retraining, or in the only "
+                               "phase of a method without rounds (null: adapter.lr)", 0, open_low=True, null=True,
+                               example="3e-3"),
     "pruning.sparsity": _float("final fraction of ΔW pruned", 0, 1, open_high=True, null=True),
     "pruning.densities": Option("float_list", "cumulative density after each round", low=0, high=1,
                                 open_low=True, null=True),
@@ -488,6 +495,19 @@ def check_relations(cfg: Any) -> None:
         raise ConfigError(
             "adapter.lr", f"is 0: {method} would not train", "use a learning rate > 0, e.g. 1e-3"
         )
+    if adapter.get("density_from"):
+        if method != "random_mask":
+            raise ConfigError(
+                "adapter.density_from",
+                f"only random_mask draws its mask from a run's counts (adapter.method={method})",
+                "use adapter=random_mask (experiment=random_ticket), or drop adapter.density_from",
+            )
+        if adapter.get("density") is not None:
+            raise ConfigError(
+                "adapter.density",
+                f"is {adapter.get('density')} and adapter.density_from is set: the mask has two densities",
+                "set adapter.density=null to take the per-matrix counts of adapter.density_from",
+            )
     pruning = cfg.get("pruning") or {}
     if (cfg.get("export") or {}).get("peft") and spec is not None and spec.gated:
         if pruning.get("pruned_value") == "init":
@@ -524,6 +544,12 @@ def check_options(cfg: Any) -> None:
             if _is_passthrough(key):
                 continue
             raise unknown_option_error(key)
+        if value == "???":  # OmegaConf's mandatory value that nobody set (e.g. experiment=random_ticket)
+            raise ConfigError(
+                key,
+                "is required and not set",
+                f"{OPTIONS[key].meaning}: set {key}=<value> on the command line",
+            )
         ok, value = _resolved(cfg, key, value)
         if ok:
             check_value(key, value)

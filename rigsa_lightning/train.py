@@ -175,7 +175,7 @@ def _fit(
     from rigsa_lightning.callbacks import TrainCallbacks, build_callbacks, build_loggers, build_trainer
 
     run_dir = Path(cfg.paths.run_dir)
-    loggers = build_loggers(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir, ckpt_path)
     if not spec.trains:
         return TrainCallbacks(), loggers
     cbs = build_callbacks(cfg, spec, schedule, run_dir, forgetting, curve_cb, loggers)

@@ -34,7 +34,11 @@ def run_experiment(name: str, tmp_path: Path, extra: list[str] | None = None) ->
 
 @pytest.mark.parametrize("name", available("experiment"))
 def test_experiment_runs_a_few_steps(name: str, tmp_path: Path) -> None:
-    metrics = run_experiment(name, tmp_path)
+    extra = []
+    if name == "random_ticket":  # the random ticket is paired with a RIGSA run: its per-matrix counts
+        run_experiment("rigsa_75", tmp_path)
+        extra = [f"adapter.density_from={tmp_path / 'rigsa_75'}"]
+    metrics = run_experiment(name, tmp_path, extra)
     run_dir = tmp_path / name
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["status"] == "completed"
@@ -65,6 +69,7 @@ def test_experiment_runs_a_few_steps(name: str, tmp_path: Path) -> None:
             "random_mask_75": 0.25,
             "random_mask_90": 0.1,
             "random_mask_paper": 0.0346,
+            "random_ticket": 0.25,  # rigsa_75's final density, matrix by matrix
         }[name]
         assert metrics["adapter/density"] == pytest.approx(expected, abs=0.01)
     if method in ("lora", "qlora"):

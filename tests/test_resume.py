@@ -181,6 +181,23 @@ def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path)
     for key in ("textual_mnist/acc", "final_val/loss", "alpha/mean"):
         assert key in ref_metrics
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"] == str(ckpt_file)
+    # The CSV history is continuous: every row of the uninterrupted run, the steps before the kill included.
+    ref_rows, res_rows = csv_rows(ref_dir), csv_rows(run_dir)
+    assert [r["step"] for r in res_rows] == [r["step"] for r in ref_rows]
+    # log_every_n_steps=5: step rows at 4 and 9 straddle the checkpoint (8); 14 and 19 come after the kill (12)
+    assert {r["step"] for r in ref_rows if "train/loss_step" in r} == {"4", "9", "14", "19"}
+    assert res_rows == ref_rows
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The non-empty cells of every row of ``csv/metrics.csv`` (wall-clock columns left out), in file order."""
+    import csv
+
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as fh:
+        return [
+            {k: v for k, v in row.items() if v not in ("", None) and not k.startswith(IGNORED_METRICS)}
+            for row in csv.DictReader(fh)
+        ]
 
 
 def test_lora_dropout_resume_restores_rng_states(tmp_path: Path) -> None:

@@ -96,15 +96,47 @@ class RandomMask(GatedSparseMethod):
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
         """The gated adapters with a random mask of ``adapter.density`` (or the schedule's final density)."""
-        from rigsa_lightning.adapters.rigsa.seeding import random_mask_
+        from rigsa_lightning.adapters.rigsa.seeding import random_mask_, random_mask_counts_
 
+        source = cfg.adapter.get("density_from")
+        counts = None
+        # the random ticket: the paired RIGSA run's per-matrix counts (read before the model loads)
+        if source:
+            from rigsa_lightning.adapters.rigsa.ticket import read_ticket_counts
+
+            ticket = read_ticket_counts(source)
         prepared = super().prepare(cfg, cache_dir)
-        density = resolve_random_mask_density(cfg.adapter, cfg.pruning)
-        random_mask_(prepared.gated, density, int(cfg.adapter.get("mask_seed", MASK_SEED)))
+        mask_seed = int(cfg.adapter.get("mask_seed", MASK_SEED))
+        if source:
+            counts = ticket.kept_counts({n: m.mask.numel() for n, m in prepared.gated.items()})
+            random_mask_counts_(prepared.gated, counts, mask_seed)
+        else:
+            random_mask_(prepared.gated, resolve_random_mask_density(cfg.adapter, cfg.pruning), mask_seed)
         return prepared
 
+    def check(self, cfg: Any) -> None:
+        """``adapter.density_from``: a readable RIGSA run (before the model loads)."""
+        super().check(cfg)
+        source = cfg.adapter.get("density_from")
+        if source:
+            from rigsa_lightning.adapters.rigsa.ticket import read_ticket_counts
+
+            read_ticket_counts(source)
+        elif cfg.adapter.get("density") is None:
+            density = resolve_random_mask_density(cfg.adapter, cfg.pruning)
+            if density >= 1.0:
+                from rigsa_lightning.errors import ConfigError
+
+                raise ConfigError(
+                    "adapter.density_from",
+                    "random_mask has no density (adapter.density is null and the pruning schedule keeps every entry)",
+                    "set adapter.density_from=<rigsa run folder> (the random ticket) or adapter.density=<value>",
+                )
+
     def run_tags(self, cfg: Any) -> list[str]:
-        """The mask density."""
+        """The mask density (``ticket``: per-matrix counts of a RIGSA run)."""
+        if cfg.adapter.get("density_from"):
+            return ["density:ticket"]
         return [f"density:{cfg.adapter.get('density')}"]
 
     def config_density(self, get: Callable[[str], float]) -> float | None:

@@ -5,7 +5,9 @@ state, log, keep pruned entries exactly at their pruned value, checkpointable st
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -48,11 +50,19 @@ class IterativeMagnitudePruning(L.Callback):
     """
 
     def __init__(
-        self, pruning_cfg: Any, *, log_per_module: bool = True, schedule: PruningSchedule | None = None
+        self,
+        pruning_cfg: Any,
+        *,
+        log_per_module: bool = True,
+        schedule: PruningSchedule | None = None,
+        history_file: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         self.schedule = schedule if schedule is not None else PruningSchedule.from_cfg(pruning_cfg)
         self.log_per_module = log_per_module
+        # <run>/prune_history.json, rewritten after every prune: a random ticket can read the final mask's
+        # per-matrix counts (adapter.density_from) as soon as the last round is done, before the run ends.
+        self.history_file = Path(history_file) if history_file is not None else None
         self.round = 0  # number of prune rounds done
         self.history: list[dict[str, Any]] = []
         # "was positive" at the last prune (sign_reference=previous): the next round's sign reference
@@ -155,9 +165,12 @@ class IterativeMagnitudePruning(L.Callback):
             "alpha_max": float(alpha_values.max()),
             "too_few_candidates": list(stats["short"]),
             "per_module": {n: stats["kept"][n] / max(1, stats["numel"][n]) for n in adapters},
+            "per_module_nnz": {n: int(stats["kept"][n]) for n in adapters},
+            "per_module_numel": {n: int(stats["numel"][n]) for n in adapters},
             "seconds": time.perf_counter() - t0,
         }
         self.history.append(record)
+        self.write_history()
         log.info(
             "IMP round %d/%d: density %.4f (target %s), sign-stable %.3f, alpha mean %.3g, %.2f s",
             round_index,
@@ -188,6 +201,17 @@ class IterativeMagnitudePruning(L.Callback):
             if (sched.reset_optimizer or sched.reset_alpha) and id(mod.alpha) not in seen:
                 seen.add(id(mod.alpha))
                 optimizer.state.pop(mod.alpha, None)
+
+    def write_history(self) -> None:
+        """Write the prune history (every round's record) to :attr:`history_file`, atomically; no-op without one."""
+        if self.history_file is None:
+            return
+        from rigsa_lightning.io import atomic_write_json
+
+        atomic_write_json(
+            self.history_file,
+            {"rounds": self.schedule.rounds, "done": self.round, "history": self.history},
+        )
 
     # ------------------------------------------------------------------------------------------- logging
     def metrics_of(self, record: dict[str, Any]) -> dict[str, float]:

@@ -120,9 +120,34 @@ def random_mask_(adapters: dict[str, DenseDeltaLinear], density: float, seed: in
     density = float(density)
     if not 0.0 < density <= 1.0:
         raise ConfigError("adapter.density", f"{density} is outside (0, 1]", "use a density such as 0.5")
+    counts = {name: int(round(density * module.mask.numel())) for name, module in adapters.items()}
+    random_mask_counts_(adapters, counts, seed)
+
+
+def random_mask_counts_(adapters: dict[str, DenseDeltaLinear], counts: dict[str, int], seed: int) -> None:
+    """Give every module a uniformly random mask with exactly ``counts[name]`` kept entries.
+
+    The random ticket of the lottery-ticket protocol: with the per-matrix counts of a RIGSA run's final mask, the
+    ticket and this control keep the same number of entries in every matrix and differ only in which ones. The
+    draw is the one of :func:`random_mask_` (a permutation seeded by ``(seed, module name)``, its first ``count``
+    positions kept), so a uniform density gives the same masks through either function.
+    """
+    missing = sorted(set(adapters) - set(counts))
+    if missing:
+        raise ConfigError(
+            "adapter.density_from",
+            f"no kept count for module {missing[0]} ({len(missing)} modules missing)",
+            "pair the random ticket with a RIGSA run of the same model and adapter.targets",
+        )
     for name, module in adapters.items():
         numel = module.mask.numel()
-        keep = int(round(density * numel))
+        keep = int(counts[name])
+        if not 0 <= keep <= numel:
+            raise ConfigError(
+                "adapter.density_from",
+                f"module {name} keeps {keep} of {numel} entries",
+                "pair the random ticket with a RIGSA run of the same model and adapter.targets",
+            )
         gen = torch.Generator(device="cpu")
         gen.manual_seed(derive_seed(int(seed), name, "mask"))
         flat = torch.zeros(numel, dtype=torch.bool)
