@@ -261,6 +261,18 @@ OPTIONS: dict[str, Option] = {
         f"lr_by_method.{m}": _float(f"a study's learning rate for {m} (its runs' adapter.lr)", 0)
         for m in METHODS
     },
+    **{
+        f"final_lr_by_method.{m}": _float(
+            f"a study's final-phase learning rate for {m} (its runs' pruning.final_lr)", 0, null=True
+        )
+        for m in METHODS
+    },
+    **{
+        f"ticket_from_by_method.{m}": _str(
+            f"a study's adapter.density_from for {m} (random_mask: the paired rigsa run)", null=True
+        )
+        for m in METHODS
+    },
     "stop_at.val_acc": _float("stop once val/acc reaches this fraction (matched accuracy)", 0, 1,
                               open_low=True, null=True),
     "compile.enabled": _bool("torch.compile the model's forward"),

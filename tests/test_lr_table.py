@@ -94,3 +94,35 @@ def test_validations_along_training_and_a_moved_grid(tmp_path: Path) -> None:
         "| rigsa | 0.01 | completed | 40.0 [33.5, 46.9] | 12.0 → 40.0 | 1.250 | 50.0 | 10 | **yes** |" in md
     )
     assert "| rigsa | 0.001 | completed | 18.5 [" in md and "| — | 1.250 | 50.0 | 10 |  |" in md
+
+
+def test_phases_with_their_own_rate_and_grid(tmp_path: Path) -> None:
+    """v2 searches: the final-retraining pilots vary pruning.final_lr (adapter.lr fixed), each phase its own grid."""
+    for rate, val in ((0.001, 0.30), (0.01, 0.62)):
+        job = tmp_path / f"rigsa_final_lr{rate}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  sweeper:\n    params:\n      pruning.final_lr: 1.0e-3,1.0e-2\n"
+        )
+        (job / ".hydra" / "config.yaml").write_text(
+            f"name: rigsa_final_lr{rate}\nadapter:\n  method: rigsa\n  lr: 0.0003\n"
+            f"pruning:\n  final_lr: {rate}\ndata:\n  val_size: 200\n"
+        )
+        metrics = {
+            "status": "completed",
+            "method": "rigsa",
+            "name": f"rigsa_final_lr{rate}",
+            "final_val/acc": val,
+        }
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    _job(tmp_path, "rigsa_rounds", 0.0003, 0.40)  # another phase of the same method, its own (2-rate) grid
+    rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
+    assert [(r["method"], r["lr"]) for r in rows] == [
+        ("rigsa_final", 0.001),
+        ("rigsa_final", 0.01),
+        ("rigsa_rounds", 0.0003),
+    ]
+    assert selected(rows)["rigsa_final"]["lr"] == 0.01
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| rigsa_final | 0.01 | completed | 62.0 [" in md and "**yes**" in md  # its grid of 2 is complete
+    assert "| rigsa_rounds | 0.0003 | completed | 40.0 [" in md and "best so far" in md  # 1 of its grid of 2

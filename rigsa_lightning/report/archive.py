@@ -5,7 +5,7 @@ folder that is committed (``save``), and put them back before the same sweep com
     python -m rigsa_lightning.report.archive save outputs/study/cpu docs/results/study_cpu/jobs
     python -m rigsa_lightning.report.archive restore docs/results/study_cpu/jobs outputs/study/cpu
 
-Kept per job: ``metrics.json``, ``forgetting.json``, the per-item records ``forgetting_items/*.json.gz``, the Hydra
+Kept per job: ``metrics.json``, ``forgetting.json``, ``prune_history.json``, the per-item records ``forgetting_items/*.json.gz``, the Hydra
 bookkeeping ``.hydra/``, the CSV metrics ``csv/metrics.csv`` and the job's log (the evidence every number of the
 report traces to); left out: checkpoints, the exported adapter and W&B files (large, reproducible from the command).
 Only completed jobs are saved; a job already present at the destination is replaced by the newer copy on ``save``
@@ -24,7 +24,14 @@ from pathlib import Path
 from rigsa_lightning.report.jobs import find_job_dirs
 
 # Files and folders of a job folder that are kept (relative paths; folders are copied whole).
-KEPT = ("metrics.json", "forgetting.json", "forgetting_items", ".hydra", "csv/metrics.csv")
+KEPT = (
+    "metrics.json",
+    "forgetting.json",
+    "forgetting_items",
+    ".hydra",
+    "csv/metrics.csv",
+    "prune_history.json",
+)
 KEPT_SUFFIXES = (".log",)
 
 

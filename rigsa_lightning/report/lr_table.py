@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,40 @@ def val_along(job: Job) -> list[float]:
         return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]
 
 
+# The rates a search may vary: a phase's own rate (pruning.final_lr: RIGSA's final retraining) before adapter.lr.
+SEARCHED_KEYS = ("pruning.final_lr", "adapter.lr")
+
+
+def sweeper_params(job: Job, root: Path | None = None) -> dict[str, Any]:
+    """``hydra.sweeper.params`` of a job's ``.hydra/hydra.yaml`` (empty when absent)."""
+    path = (Path(root) / job.rel if root is not None else Path(job.path)) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    return dict(hydra.get("sweeper", {}).get("params") or {})
+
+
+def searched_key(job: Job) -> str:
+    """The rate a pilot was searched over: the first of :data:`SEARCHED_KEYS` among its sweeper's params."""
+    params = sweeper_params(job)
+    return next((k for k in SEARCHED_KEYS if k in params), "adapter.lr")
+
+
+def phase_of(name: str, method: str) -> str:
+    """The searched phase of a pilot: its run name without the ``_lr<rate>`` suffix (``rigsa_final``,
+    ``random_ticket``, ...), else its method."""
+    match = re.fullmatch(r"(.+)_lr[-+.0-9eE]+", name)
+    return match.group(1) if match else method
+
+
 def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """One row per job: method, learning rate, validation accuracy with its Wilson interval, test accuracy."""
+    """One row per job: the searched phase (column ``method``), its learning rate, validation accuracy with its
+    Wilson interval, test accuracy; sorted by phase and rate."""
+    return sorted(lr_rows_unsorted(jobs), key=lambda r: (r["method"], r["lr"]))
+
+
+def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """:func:`lr_rows` in the order of ``jobs``."""
     rows = []
     for job in jobs:
         cfg = job.config or {}
@@ -57,11 +90,14 @@ def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         val = m.get("final_val/acc")
         n_val = int(get(cfg, "data.val_size", 0) or 0)
         ci = wilson(float(val) * n_val, n_val) if isinstance(val, (int, float)) and n_val else None
+        name = str(m.get("name") or get(cfg, "name", job.rel))
+        method = str(m.get("method") or get(cfg, "adapter.method", "?"))
+        rate = get(cfg, searched_key(job), None)
         rows.append(
             {
-                "method": str(m.get("method") or get(cfg, "adapter.method", "?")),
-                "name": str(m.get("name") or get(cfg, "name", job.rel)),
-                "lr": float(get(cfg, "adapter.lr", math.nan)),
+                "method": phase_of(name, method),
+                "name": name,
+                "lr": float(rate) if rate is not None else math.nan,
                 "status": job.status,
                 "val_acc": float(val) if ci else math.nan,
                 "val_lo": ci.lo if ci else math.nan,
@@ -73,7 +109,7 @@ def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 "train_min": float(m.get("time/train_s", math.nan)) / 60,
             }
         )
-    return sorted(rows, key=lambda r: (r["method"], r["lr"]))
+    return rows
 
 
 def selected(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,11 +128,8 @@ def grid_rates(root: Path, jobs: Sequence[Job]) -> set[float]:
     """The learning rates of the search's grid: ``hydra.sweeper.params['adapter.lr']`` of its jobs (union)."""
     rates: set[float] = set()
     for job in jobs:
-        path = root / job.rel / ".hydra" / "hydra.yaml"
-        if not path.is_file():
-            continue
-        hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-        value = (hydra.get("sweeper", {}).get("params") or {}).get("adapter.lr")
+        params = sweeper_params(job, root)
+        value = next((params[k] for k in SEARCHED_KEYS if k in params), None)
         for text in str(value or "").split(","):
             try:
                 rates.add(float(text))
@@ -109,7 +142,11 @@ def _pct(x: float) -> str:
     return "—" if math.isnan(x) else f"{100 * x:.1f}"
 
 
-def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[float] | None = None) -> str:
+def markdown(
+    rows: Sequence[dict[str, Any]],
+    command: str | None,
+    rates: set[float] | dict[str, set[float]] | None = None,
+) -> str:
     """The table as Markdown (selected rates in bold), with the command and the selection rule. A method with a
     job not completed, or with fewer completed rates than the grid's ``rates``, shows its best so far."""
     best = selected(rows)
@@ -131,7 +168,8 @@ def markdown(rows: Sequence[dict[str, Any]], command: str | None, rates: set[flo
     pending = {r["method"] for r in rows if r["status"] != "completed"}
     for method in {r["method"] for r in rows}:
         done = {r["lr"] for r in rows if r["method"] == method and r["status"] == "completed"}
-        if rates and len(done) < len(rates):
+        grid = rates.get(method, set()) if isinstance(rates, dict) else rates
+        if grid and len(done) < len(grid):
             pending.add(method)
     for r in rows:
         val = (
@@ -161,7 +199,10 @@ def write_lr_table(folder: str | Path) -> dict[str, Path]:
     if multirun.is_file():
         command = _sweep_command(root)
     md = root / "lr_search.md"
-    md.write_text(markdown(rows, command, grid_rates(root, jobs)))
+    grids: dict[str, set[float]] = {}
+    for job, row in zip(jobs, lr_rows_unsorted(jobs)):
+        grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
+    md.write_text(markdown(rows, command, grids))
     out = root / "lr_search.csv"
     with open(out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
