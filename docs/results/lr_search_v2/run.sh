@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The v2 learning-rate search (conf/sweep/lr_search_v2*.yaml), two single-threaded jobs side by side on a 2-core
+# machine; resumable (rerun: completed pilots are restored from the archive and skipped).
+#   bash docs/results/lr_search_v2/run.sh <slot a|b> [archive folder]
+# Slot a: RIGSA's round pilots 1e-4, 3e-4, then (once slot b's round pilots are done) the anchor at the selected round
+# rate, then the final-retraining pilots. Slot b: the round pilots 1e-3, 3e-3, then QLoRA's pilots, then (once the
+# anchor is done) the random-ticket pilots.
+set -euo pipefail
+slot=$1
+archive=${2:-$PWD/docs/results/lr_search_v2/jobs}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+PY=${PY:-python}
+run() { $PY -m rigsa_lightning.train -m "$@" threads=1 hydra.callbacks.archive.folder="$archive"; }
+done_job() { grep -q '"status": "completed"' "$archive/$1/metrics.json" 2>/dev/null; }
+best_round_rate() {  # the selected rate of the rigsa_rounds phase (highest final val acc, ties: smaller rate)
+  $PY - "$archive" <<'PYEOF'
+import sys
+from pathlib import Path
+from rigsa_lightning.report.jobs import find_job_dirs, load_job
+from rigsa_lightning.report.lr_table import lr_rows, selected
+root = Path(sys.argv[1])
+rows = [r for r in lr_rows([load_job(p, root) for p in find_job_dirs(root)]) if r["method"] == "rigsa_rounds"]
+print(selected(rows)["rigsa_rounds"]["lr"])
+PYEOF
+}
+if [ "$slot" = a ]; then
+  run +sweep=lr_search_v2_rounds adapter.lr=1.0e-4,3.0e-4
+  until done_job rigsa_rounds_lr0.001 && done_job rigsa_rounds_lr0.003; do sleep 60; done
+  rate=$(best_round_rate)
+  echo "selected round rate: $rate"
+  run +sweep=lr_search_v2_anchor lr_by_method.rigsa="$rate"
+  run +sweep=lr_search_v2_final lr_by_method.rigsa="$rate"
+else
+  run +sweep=lr_search_v2_rounds adapter.lr=1.0e-3,3.0e-3
+  run +sweep=lr_search_v2_qlora
+  until done_job rigsa_anchor; do sleep 60; done
+  run +sweep=lr_search_v2_ticket
+fi
