@@ -5,6 +5,7 @@ Benchmarks (in run order; ``e2e`` is last and only runs in a full run or with ``
 
 ======================  =================================================================================
 limit                   every method's main-job step (bf16, restricted head) / the frozen floor; before rows
+sparse_step             sparse storage / floor and dense round / full FT at 1 and 2 threads (train precision)
 dense_step              RIGSA dense step vs full fine-tuning vs frozen floor vs PEFT LoRA r16
 optimizer               AdamW loop / foreach / fused on the dense round's and the sparse storage's tensors
 sparse_phase            adapter state bytes and step time after pruning, dense vs sparse storage
@@ -30,6 +31,7 @@ from bench.common import print_table, results_path, say, setup_environment
 
 BENCHMARKS: dict[str, str] = {
     "limit": "bench.head_limit",
+    "sparse_step": "bench.sparse_step",
     "dense_step": "bench.dense_step",
     "optimizer": "bench.optimizer_step",
     "sparse_phase": "bench.sparse_phase",
@@ -42,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
 }
 DEFAULT = [
     "limit",
+    "sparse_step",
     "dense_step",
     "optimizer",
     "sparse_phase",
@@ -62,6 +65,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow: minutes)")
     p.add_argument("--threads", nargs="+", type=int, help="torch thread counts (default per benchmark)")
     p.add_argument("--reps", type=int, help="alternating repetitions (default per benchmark)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "32"],
+        default="auto",
+        help="sparse_step: the step's precision (auto: what trainer.precision=auto resolves to here)",
+    )
     return p.parse_args(argv)
 
 
@@ -89,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(BENCHMARKS[name])
         t = time.time()
         try:
-            entry = module.run(quick=args.quick, threads=args.threads, reps=args.reps)
+            entry = module.run(
+                quick=args.quick, threads=args.threads, reps=args.reps, precision=args.precision
+            )
             lines = module.headline(entry)
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' results
             traceback.print_exc()

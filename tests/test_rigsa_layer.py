@@ -238,3 +238,62 @@ def test_bf16_base_and_autocast(tiny_model):
     with torch.no_grad():
         out16 = model(input_ids=ids).logits
     assert out16.dtype == torch.bfloat16 and torch.isfinite(out16).all()
+
+
+def _autograd_reference(layer: DenseDeltaLinear, x: torch.Tensor, gy: torch.Tensor, bf16: bool) -> tuple:
+    """Output and gradients of the merged form through plain autograd (``F.linear(x, W0 + alpha * ΔW_eff)``),
+    the formulation the written-out ``_MergedLinearFn`` replaces."""
+    delta = layer.delta.detach().clone().requires_grad_(True)
+    alpha = layer.alpha.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    eff = delta * layer.mask.to(delta.dtype)
+    w0 = layer.base_layer.weight
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = torch.nn.functional.linear(xr, w0 + (alpha * eff).to(w0.dtype), layer.base_layer.bias)
+    y.backward(gy)
+    return y.detach(), xr.grad, delta.grad, alpha.grad
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("shape", [(5, 12), (2, 3, 12)])
+def test_merged_gradients_equal_plain_autograd(bf16, shape):
+    """The merged form's custom backward: the same weight and input gradients as autograd through F.linear (the
+    same GEMMs), the gate's gradient up to summation order; fp32 and bf16 autocast, 2-D and 3-D inputs."""
+    layer = _layer()
+    layer.apply_mask(torch.rand(9, 12, generator=torch.Generator().manual_seed(3)) < 0.6, rewind=False)
+    with torch.no_grad():
+        layer.alpha.fill_(0.41)
+        layer.delta.mul_(3.0)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(*shape, generator=gen)
+    gy = torch.randn(*shape[:-1], 9, generator=gen)
+    y_ref, gx_ref, gd_ref, ga_ref = _autograd_reference(layer, x, gy, bf16)
+    xr = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = layer(xr)
+    y.backward(gy)
+    assert y.dtype == y_ref.dtype and xr.grad.dtype == x.dtype and layer.delta.grad.dtype == torch.float32
+    # W0 + alpha*ΔW in one fused pass (addcmul) instead of mul then add: the merged weight may differ by 1 ulp.
+    tol = {"rtol": 1e-2, "atol": 1e-2} if bf16 else {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(y.detach(), y_ref, **tol)
+    torch.testing.assert_close(xr.grad, gx_ref, **tol)
+    # The weight gradient does not depend on W: bitwise autograd's (pruned entries: exactly 0 through the mask).
+    assert torch.equal(layer.delta.grad, gd_ref)
+    torch.testing.assert_close(layer.alpha.grad, ga_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_merged_weight_is_one_rounding_of_the_exact_sum():
+    """merged_weight (fused W0 + alpha*ΔW) is the exact sum within one fp32 rounding, and the same numbers on any
+    subset of entries (what the sparse storage gathers)."""
+    from rigsa_lightning.adapters.rigsa.layer import merged_weight
+
+    gen = torch.Generator().manual_seed(0)
+    w0, delta = torch.randn(1001, generator=gen), torch.randn(1001, generator=gen)
+    alpha = torch.tensor(0.37)
+    out = merged_weight(w0, alpha, delta)
+    exact = w0.double() + alpha.double() * delta.double()
+    torch.testing.assert_close(out.double(), exact, rtol=2**-23, atol=0)
+    idx = torch.randperm(1001, generator=gen)[:77].sort().values
+    assert torch.equal(merged_weight(w0[idx], alpha, delta[idx]), out[idx])
+    base16 = w0.bfloat16()  # a bf16 base: the update is cast first, as before
+    assert torch.equal(merged_weight(base16, alpha, delta), base16 + (alpha * delta).bfloat16())

@@ -220,3 +220,54 @@ def test_int64_indices_and_bad_input():
         to_sparse_storage(dense, grad_mode="magic")
     with pytest.raises(ValueError, match="out of range"):
         SparseDeltaLinear(nn.Linear(4, 3), torch.zeros(1), torch.tensor([12], dtype=torch.int32), init_seed=0)
+
+
+@pytest.mark.parametrize("grad_mode", ["dense", "sampled"])
+def test_bf16_autocast_gradients_match_dense_storage(grad_mode):
+    """Under bf16 autocast (fp32 weights) the sparse module writes the kept entries into the cast weight: output and
+    input gradient bitwise the dense module's; value gradients the dense module's bf16 weight gradient (bitwise with
+    the dense GEMM; the sampled product rounded to bf16 as the dense GEMM's output is)."""
+    dense = make_module(out_f=48, in_f=64, density=0.1)
+    sparse = to_sparse_storage(dense, grad_mode=grad_mode)
+    assert sparse.resolved_grad_mode() == grad_mode
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 37, 64, generator=gen)
+    gy = torch.randn(2, 37, 48, generator=gen).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_d, gx_d, gdelta, ga_d = grads(dense, x, gy)
+        y_s, gx_s, gvals, ga_s = grads(sparse, x, gy)
+    assert y_s.dtype == torch.bfloat16 and gx_s.dtype == torch.float32 and gvals.dtype == torch.float32
+    assert torch.equal(y_d, y_s) and torch.equal(gx_d, gx_s)
+    ref = gdelta.reshape(-1)[sparse.indices.long()]
+    if grad_mode == "dense":
+        assert torch.equal(gvals, ref)
+    else:
+        # Rounded to bf16 like the dense GEMM's output: the same numbers but where the two summation orders fall
+        # on different sides of a bf16 rounding boundary (one bf16 ulp apart there).
+        assert (gvals == ref).float().mean() > 0.9
+        torch.testing.assert_close(gvals, ref, rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(ga_s, ga_d, rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_mode", ["dense", "sampled"])
+def test_kept_entries_swapped_into_w0_and_restored_bitwise(grad_mode):
+    """fp32 (and a bf16 base): the kept entries are swapped into W0 for the matmuls and restored bit for bit, also
+    when the matmul raises; forward and input gradient equal the dense module's."""
+    for dtype in (torch.float32, torch.bfloat16):
+        dense = make_module(density=0.15, seed=4)
+        dense.base_layer.to(dtype)
+        sparse = to_sparse_storage(dense, grad_mode=grad_mode)
+        w0 = sparse.base_layer.weight
+        before, version = w0.detach().clone(), w0._version
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(4, 6, 40, generator=gen).to(dtype)
+        gy = torch.randn(4, 6, 24, generator=gen).to(dtype)
+        y_d, gx_d, gdelta, ga_d = grads(dense, x, gy)
+        y_s, gx_s, gvals, ga_s = grads(sparse, x, gy)
+        assert torch.equal(w0, before) and w0._version == version  # no autograd-visible write
+        assert torch.equal(y_d, y_s) and torch.equal(gx_d, gx_s)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(gvals, gdelta.reshape(-1)[sparse.indices.long()], rtol=tol, atol=tol)
+        with pytest.raises(RuntimeError):
+            sparse(torch.randn(3, 41).to(dtype))  # wrong width: F.linear raises inside the swap
+        assert torch.equal(w0, before)

@@ -19,6 +19,7 @@ same adapter storing only the kept entries, ``seeding.py`` the ΔW draw, ``injec
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,62 @@ from rigsa_lightning.errors import ConfigError
 FORWARD_MODES = ("merged", "two_matmul")
 KEEP_INIT = ("regenerate", "copy")
 PRUNED_VALUES = ("zero", "init")
+
+
+def merged_weight(w0: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``W0 + alpha·ΔW`` in W0's dtype, entry for entry (both storages use it, so they give the same numbers):
+    one fused pass (``addcmul``) when W0 has ΔW's dtype, else ``W0 + (alpha·ΔW).to(W0's dtype)`` (a bf16 base)."""
+    if w0.dtype == delta.dtype:
+        return torch.addcmul(w0, delta, alpha.to(delta.dtype))
+    return w0 + (alpha * delta).to(w0.dtype)
+
+
+class _MergedLinearFn(torch.autograd.Function):
+    """``y = x (W0 + alpha·ΔW)ᵀ + b`` (the merged form) with the gradients written out: ``G = gᵀx`` once (one GEMM
+    in the compute dtype, as autograd's linear), ``grad_alpha = <G, ΔW>`` as one dot product (no ``G ⊙ ΔW``
+    temporary) and ``grad_ΔW = alpha·G`` in place in ``G``. Same maths as autograd through ``F.linear(x, W0 +
+    alpha*ΔW)``: the weight gradient is bitwise the same, the gate's gradient equal up to summation order."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        w0: torch.Tensor,
+        bias: torch.Tensor | None,
+        alpha: torch.Tensor,
+        delta: torch.Tensor,
+        compute_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """``y``; saves ``x`` and the merged weight in the compute dtype (what autograd's linear saves), ΔW, alpha."""
+        weight = merged_weight(w0, alpha, delta).to(compute_dtype)
+        xc = x.to(compute_dtype)
+        y = F.linear(xc, weight, None if bias is None else bias.to(compute_dtype))
+        ctx.save_for_backward(xc, weight, alpha, delta)
+        ctx.x_dtype = x.dtype
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        """Gradients of ``x``, the bias, ``alpha`` and ΔW."""
+        xc, weight, alpha, delta = ctx.saved_tensors
+        need_x, _, need_b, need_alpha, need_delta = ctx.needs_input_grad[:5]
+        out_f, in_f = weight.shape
+        g2 = grad_out.reshape(-1, out_f).to(weight.dtype)
+        grad_x = grad_b = grad_alpha = grad_delta = None
+        if need_x:
+            grad_x = (g2 @ weight).reshape(*grad_out.shape[:-1], in_f).to(ctx.x_dtype)
+        if need_b and ctx.has_bias:
+            grad_b = grad_out.reshape(-1, out_f).sum(0)
+        if need_alpha or need_delta:
+            grad_w = (g2.t() @ xc.reshape(-1, in_f)).to(delta.dtype)  # a fresh tensor in ΔW's dtype
+            if need_alpha:
+                grad_alpha = (
+                    torch.dot(grad_w.reshape(-1), delta.reshape(-1)).reshape(alpha.shape).to(alpha.dtype)
+                )
+            if need_delta:
+                grad_delta = grad_w.mul_(alpha.to(grad_w.dtype))
+        return grad_x, None, grad_b, grad_alpha, grad_delta, None
 
 
 class AdapterLayer(nn.Module):
@@ -251,11 +308,14 @@ class DenseDeltaLinear(AdapterLayer):
             return self.base_layer(x)
         delta = self.effective_delta()
         if self.forward_mode == "merged" and self._mergeable:
-            w0 = self.base_layer.weight
-            # Sum in W0's dtype: under bf16 autocast F.linear casts the summed weight; with a bf16 base the update
-            # is cast to bf16 before the addition (autograd still gives exact fp32 grads to alpha and ΔW).
-            weight = w0 + (self.alpha * delta).to(w0.dtype)
-            return F.linear(x, weight, self.base_layer.bias)
+            # The merged weight in W0's dtype (merged_weight); under bf16 autocast it is cast once for the matmul,
+            # as F.linear would cast it; gradients of alpha and ΔW in fp32 (see _MergedLinearFn).
+            device_type = x.device.type
+            cd = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+            with torch.autocast(device_type=device_type, enabled=False):
+                return _MergedLinearFn.apply(
+                    x, self.base_layer.weight, self.base_layer.bias, self.alpha, delta, cd
+                )
         y = self.base_layer(x)
         return y + F.linear(x, (self.alpha * delta).to(x.dtype)).to(y.dtype)
 

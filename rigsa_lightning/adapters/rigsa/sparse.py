@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups
-from rigsa_lightning.adapters.rigsa.layer import AdapterLayer
+from rigsa_lightning.adapters.rigsa.layer import AdapterLayer, merged_weight
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 
 __all__ = [
@@ -55,15 +55,13 @@ SAMPLED_MAX_DENSITY = 0.2
 
 # --------------------------------------------------------------------------------------------------- kernels
 def _csr_pattern(indices: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """A CSR tensor with the sparsity pattern of the (sorted, row-major) flat ``indices`` and zero values."""
+    """A CSR tensor with the sparsity pattern of the (sorted, row-major) flat ``indices`` and zero values: the row
+    pointers by a binary search of each row's first flat index (``O(out · log nnz)``), the columns by one pass."""
     out_features, in_features = shape
-    idx = indices.to(torch.int64)
-    rows = torch.div(idx, in_features, rounding_mode="floor")
-    cols = (idx - rows * in_features).to(torch.int32)
-    crow = torch.zeros(out_features + 1, dtype=torch.int32, device=indices.device)
-    if idx.numel():
-        crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
-    zeros = torch.zeros(idx.numel(), dtype=dtype, device=indices.device)
+    starts = torch.arange(out_features + 1, dtype=indices.dtype, device=indices.device) * in_features
+    crow = torch.searchsorted(indices, starts, out_int32=True)
+    cols = torch.remainder(indices, in_features).to(torch.int32)
+    zeros = torch.zeros(indices.numel(), dtype=dtype, device=indices.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, cols, zeros, shape, check_invariants=False)
@@ -86,25 +84,56 @@ def sampled_weight_grad(
 
 
 def _rebuild_weight(
-    w0: torch.Tensor,
-    alpha: torch.Tensor,
-    values: torch.Tensor,
-    indices: torch.Tensor,
-    frozen: torch.Tensor | None,
+    w0: torch.Tensor, alpha: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, frozen: torch.Tensor
 ) -> torch.Tensor:
-    """``W0 + alpha * effective ΔW`` as a new dense tensor (in W0's dtype), bitwise equal to the dense module's."""
-    if frozen is None:
-        # W0 + alpha*0 == W0 outside the kept entries, so clone + index_add_ is the dense sum entry for entry.
-        weight = w0.clone()
-        weight.view(-1).index_add_(0, indices, (alpha * values).to(w0.dtype))
-        return weight
+    """``W0 + alpha·(frozen + scatter(values))`` as a new dense tensor (``pruned_value="init"``), bitwise the dense
+    module's merged weight."""
     eff = frozen.clone()
     eff.view(-1)[indices] = values
-    return w0 + (alpha * eff).to(w0.dtype)
+    return merged_weight(w0, alpha, eff)
+
+
+def _kept_weight(
+    w0_flat: torch.Tensor, alpha: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+) -> torch.Tensor:
+    """``W0 + alpha·ΔW`` at the kept entries only (in W0's dtype): :func:`merged_weight` on the gathered entries,
+    so bitwise the dense module's merged weight there (``W0 + alpha·0 == W0`` everywhere else)."""
+    return merged_weight(w0_flat.index_select(0, indices), alpha, values)
+
+
+class _SwappedWeight:
+    """Context manager: the kept entries of ``W0`` hold ``W0 + alpha·ΔW`` inside the block, their original values
+    again on exit (restored bit for bit from a saved copy of the ``nnz`` originals, also on an exception).
+
+    The merged weight then costs ``O(nnz)`` (a gather and two scatters) instead of a copy of the dense matrix. It
+    writes through ``.data`` (no version-counter bump: nothing outside the block ever sees the swapped values)."""
+
+    def __init__(self, w0: torch.Tensor, kept: torch.Tensor, indices: torch.Tensor) -> None:
+        self.flat = w0.data.view(-1)
+        self.kept = kept
+        self.indices = indices
+        self.original: torch.Tensor | None = None
+
+    def __enter__(self) -> None:
+        self.original = self.flat.index_select(0, self.indices)
+        self.flat.index_put_((self.indices,), self.kept)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.original is not None
+        self.flat.index_put_((self.indices,), self.original)
 
 
 class _SparseDeltaLinearFn(torch.autograd.Function):
-    """``y = x (W0 + alpha·scatter(values))ᵀ + b`` with the weight rebuilt in backward (not saved)."""
+    """``y = x (W0 + alpha·scatter(values))ᵀ + b`` without a dense copy of ``W0`` in the adapter's own precision.
+
+    * compute dtype = W0's dtype (fp32 training, a bf16 base): the kept entries are swapped into ``W0`` around the
+      matmul (:class:`_SwappedWeight`), in forward and again in backward for the input gradient; nothing dense is
+      saved (the frozen floor saves nothing dense either).
+    * compute dtype != W0's dtype (bf16 autocast over fp32 weights): ``W0`` is cast once (as autocast casts the
+      frozen weight of a plain linear layer), the kept entries are written into the cast copy, and that copy is
+      saved for the input gradient (the same tensor autocast's linear would save).
+    * ``pruned_value="init"`` (``frozen``): the dense ``W0 + alpha·(frozen + scatter(values))`` is rebuilt.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -119,12 +148,24 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         compute_dtype: torch.dtype,
         grad_mode: str,
     ) -> torch.Tensor:
-        """``y``; saves the inputs (not the dense weight) for backward."""
-        weight = _rebuild_weight(w0, alpha, values, indices, frozen)
+        """``y``; saves ``x`` (in the compute dtype), the gate, values and indices (and the cast weight under
+        autocast)."""
         xc = x.to(compute_dtype)
-        y = F.linear(xc, weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype))
-        del weight
-        ctx.save_for_backward(xc, w0, alpha, values, indices, frozen)
+        b = None if bias is None else bias.to(compute_dtype)
+        weight = None
+        if frozen is not None:
+            y = F.linear(xc, _rebuild_weight(w0, alpha, values, indices, frozen).to(compute_dtype), b)
+        elif compute_dtype == w0.dtype:
+            with _SwappedWeight(w0, _kept_weight(w0.view(-1), alpha, values, indices), indices):
+                y = F.linear(xc, w0, b)
+        else:
+            weight = w0.to(compute_dtype)
+            weight.view(-1).index_put_(
+                (indices,), _kept_weight(w0.view(-1), alpha, values, indices).to(compute_dtype)
+            )
+            y = F.linear(xc, weight, b)
+        ctx.save_for_backward(xc, alpha, values, indices, frozen, weight)
+        ctx.w0 = w0  # a frozen parameter (not an activation): held by reference
         ctx.x_dtype = x.dtype
         ctx.compute_dtype = compute_dtype
         ctx.grad_mode = grad_mode
@@ -133,23 +174,32 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        """Gradients of ``x``, the bias, ``alpha`` and the kept ``values`` (the weight rebuilt here)."""
-        xc, w0, alpha, values, indices, frozen = ctx.saved_tensors
+        """Gradients of ``x``, the bias, ``alpha`` and the kept ``values``."""
+        xc, alpha, values, indices, frozen, weight = ctx.saved_tensors
+        w0 = ctx.w0
         need_x, _, need_b, need_alpha, need_values = ctx.needs_input_grad[:5]
         shape = (w0.shape[0], w0.shape[1])
+        cd = ctx.compute_dtype
         g2 = grad_out.reshape(-1, shape[0])
         x2 = xc.reshape(-1, shape[1])
         grad_x = grad_b = grad_alpha = grad_values = None
         if need_x:
-            weight = _rebuild_weight(w0, alpha, values, indices, frozen).to(ctx.compute_dtype)
-            grad_x = (g2.to(ctx.compute_dtype) @ weight).reshape(*grad_out.shape[:-1], shape[1])
-            grad_x = grad_x.to(ctx.x_dtype)
-            del weight
+            gc = g2.to(cd)
+            if weight is not None:
+                grad_x = gc @ weight
+            elif frozen is not None:
+                grad_x = gc @ _rebuild_weight(w0, alpha, values, indices, frozen).to(cd)
+            else:
+                with _SwappedWeight(w0, _kept_weight(w0.view(-1), alpha, values, indices), indices):
+                    grad_x = gc @ w0
+            grad_x = grad_x.reshape(*grad_out.shape[:-1], shape[1]).to(ctx.x_dtype)
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         if need_alpha or need_values:
             if ctx.grad_mode == "sampled" and frozen is None:
-                kept = sampled_weight_grad(g2, x2, indices, shape).to(values.dtype)
+                kept = sampled_weight_grad(g2, x2, indices, shape)
+                # The dense module's weight gradient is one GEMM in the compute dtype: round the same way.
+                kept = kept.to(cd).to(values.dtype)
                 full = None
             else:
                 full = (g2.t() @ x2).to(values.dtype)  # the dense weight gradient (out, in)
