@@ -149,3 +149,29 @@ def test_card_without_a_run_and_the_card_command(tiny_model, tmp_path, capsys):
     assert "model card:" in capsys.readouterr().out
     meta, _ = _front_matter((run / "adapter" / "README.md").read_text())
     assert meta["method"] == "rigsa" and meta["density"] == pytest.approx(0.1, abs=0.03)
+
+
+def test_lora_and_full_exports_get_their_cards(tmp_path):
+    """Every method's export folder gets a card: PEFT LoRA (replacing PEFT's template) and full fine-tuning."""
+    run = tmp_path / "run"
+    shutil.copytree(STUDY_JOB / ".hydra", run / ".hydra")
+    shutil.copy(STUDY_JOB / "metrics.json", run / "metrics.json")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    )
+    (run / "adapter" / "README.md").write_text("PEFT's template card\n")
+    assert write_run_cards(run) == [run / "adapter" / "README.md"]
+    meta, body = _front_matter((run / "adapter" / "README.md").read_text())
+    assert meta["library_name"] == "peft" and meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert 'PeftModel.from_pretrained(base, "<this folder>")' in body and "template" not in body
+
+    shutil.rmtree(run / "adapter")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "full_weights.safetensors").write_bytes(b"")
+    write_run_cards(run)
+    meta, body = _front_matter((run / "adapter" / "README.md").read_text())
+    assert meta["library_name"] == "rigsa-lightning" and "adapter_path=<this folder>" in body
+    assert (
+        meta["textual_mnist_test_acc"] == json.loads((run / "metrics.json").read_text())["textual_mnist/acc"]
+    )

@@ -54,13 +54,12 @@ def _save(adapters, folder: Path, pruned_value: str = "zero") -> Path:
     )
 
 
-def _reference(model) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The live adapter's logits, then this package's merge: merged weights and logits."""
+def _reference(model) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """This package's merge (``merge_adapter``): the merged weights and their logits."""
     with torch.no_grad():
-        live = model(input_ids=_ids()).logits
         merged = merge_adapter(model)
         logits = merged(input_ids=_ids()).logits
-    return {k: v.clone() for k, v in merged.state_dict().items()}, logits, live
+    return {k: v.clone() for k, v in merged.state_dict().items()}, logits
 
 
 def _assert_same_model(peft_merged, weights: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
@@ -105,7 +104,7 @@ def test_single_folder_merges_bit_identically(tiny_model, tiny_model_dir, tmp_pa
     kept = {n: (m.mask.clone(), (m.alpha * m.delta).detach().clone()) for n, m in adapters.items()}
     densities = [m.density() for m in adapters.values()]
     assert 0.03 < min(densities) and max(densities) < 0.43
-    weights, logits, live = _reference(model)
+    weights, logits = _reference(model)
 
     main([str(src), "--to", "peft", str(tmp_path / "peft")])
     out = capsys.readouterr().out
@@ -126,8 +125,8 @@ def test_single_folder_merges_bit_identically(tiny_model, tiny_model_dir, tmp_pa
 
     base, _ = load_model({"name_or_path": tiny_model_dir, "dtype": "float32"})
     peft_model = PeftModel.from_pretrained(base, str(folder))
-    with torch.no_grad():  # the unmerged PEFT forward equals RIGSA's live forward too
-        assert torch.equal(peft_model(input_ids=_ids()).logits, live)
+    with torch.no_grad():  # PEFT's unmerged forward (W0 + sparse update per call) gives the merged logits too
+        assert torch.equal(peft_model(input_ids=_ids()).logits, logits)
     _assert_same_model(peft_model.merge_and_unload(), weights, logits)
 
 
@@ -149,7 +148,7 @@ def test_split_over_several_folders_merges_bit_identically(tiny_model, tiny_mode
     adapters = _rigsa(model, density)
     src = _save(adapters, tmp_path / "run" / "adapter")
     shapes = {n: [m.out_features, m.in_features] for n, m in adapters.items()}
-    weights, logits, _ = _reference(model)
+    weights, logits = _reference(model)
 
     main([str(src), "--to", "peft", str(tmp_path / "peft")])
     out = capsys.readouterr().out
@@ -254,7 +253,7 @@ def test_end_of_run_export_peft_and_its_early_check(tiny_model, tiny_model_dir, 
     model, _ = tiny_model
     run = tmp_path / "run"
     _save(_rigsa(model, LOW), run / "adapter")
-    weights, logits, _ = _reference(model)
+    weights, logits = _reference(model)
     cfg = {"adapter": {"method": "rigsa"}, "model": {"dtype": "float32"}, "export": {"peft": True}}
     added = finish_run_exports(cfg, run, {"textual_mnist/acc": 0.625, "seed": 3})
     assert added == {"adapter/peft_path": str(run / "adapter_peft"), "adapter/peft_adapters": 1}
@@ -278,3 +277,10 @@ def test_end_of_run_export_peft_and_its_early_check(tiny_model, tiny_model_dir, 
     ):
         check_relations(bad)
     check_relations({**bad, "adapter": {"method": "lora"}})  # not a gated adapter: the option does not apply
+
+
+def test_run_folder_instead_of_its_adapter_names_the_adapter(tiny_model, tmp_path, capsys):
+    model, _ = tiny_model
+    _save(_rigsa(model, LOW), tmp_path / "run" / "adapter")
+    err = _one_line_error(capsys, [str(tmp_path / "run"), "--to", "peft", str(tmp_path / "out")])
+    assert err.endswith(f"-> use {tmp_path / 'run' / 'adapter'}")

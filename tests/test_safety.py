@@ -54,6 +54,7 @@ def test_run_folder_has_no_pickles_apart_from_lightning_checkpoints(wandb_run: t
         assert path.suffix not in PICKLE_SUFFIXES, path
         assert not is_pickle(path), path
     assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == [
+        "README.md",  # the model card
         "adapter.safetensors",
         "adapter_config.json",
     ]

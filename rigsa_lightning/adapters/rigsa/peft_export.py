@@ -176,7 +176,11 @@ def read_rigsa_for_peft(folder: str | os.PathLike) -> tuple[dict[str, Any], dict
             except ConfigError:
                 kind = None
             what = f"a {kind} export, not a RIGSA one" if kind else f"not a RIGSA export (no {WEIGHTS_NAME})"
-        raise _bad(f"{folder} is {what}", "point it at the adapter/ folder of a rigsa or random_mask run")
+        inside = folder / "adapter"
+        fix = f"use {inside}" if (inside / WEIGHTS_NAME).is_file() else None
+        raise _bad(
+            f"{folder} is {what}", fix or "point it at the adapter/ folder of a rigsa or random_mask run"
+        )
     try:
         config, tensors = read_sparse_adapter(folder)
     except ConfigError as exc:
