@@ -271,3 +271,20 @@ def test_kept_entries_swapped_into_w0_and_restored_bitwise(grad_mode):
         with pytest.raises(RuntimeError):
             sparse(torch.randn(3, 41).to(dtype))  # wrong width: F.linear raises inside the swap
         assert torch.equal(w0, before)
+
+
+def test_non_contiguous_base_weight_takes_the_copy_path():
+    """A base weight stored transposed (non-contiguous) cannot be swapped in place: a fresh copy gets the kept
+    entries, with the same numbers as the dense module, and W0 is left untouched."""
+    dense = make_module(density=0.2, seed=6)
+    w = dense.base_layer.weight.detach()
+    dense.base_layer.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=False)
+    assert not dense.base_layer.weight.is_contiguous()
+    sparse = to_sparse_storage(dense)
+    before = dense.base_layer.weight.detach().clone()
+    x, gy = torch.randn(5, 40), torch.randn(5, 24)
+    y_d, gx_d, gdelta, _ = grads(dense, x, gy)
+    y_s, gx_s, gvals, _ = grads(sparse, x, gy)
+    assert torch.equal(y_d, y_s) and torch.equal(gx_d, gx_s)
+    torch.testing.assert_close(gvals, gdelta.reshape(-1)[sparse.indices.long()], rtol=1e-5, atol=1e-5)
+    assert torch.equal(sparse.base_layer.weight, before)

@@ -126,10 +126,10 @@ class _SwappedWeight:
 class _SparseDeltaLinearFn(torch.autograd.Function):
     """``y = x (W0 + alpha·scatter(values))ᵀ + b`` without a dense copy of ``W0`` in the adapter's own precision.
 
-    * compute dtype = W0's dtype (fp32 training, a bf16 base): the kept entries are swapped into ``W0`` around the
+    * compute dtype = W0's dtype (fp32 training, a bf16 base; W0 contiguous): the kept entries are swapped into ``W0`` around the
       matmul (:class:`_SwappedWeight`), in forward and again in backward for the input gradient; nothing dense is
       saved (the frozen floor saves nothing dense either).
-    * compute dtype != W0's dtype (bf16 autocast over fp32 weights): ``W0`` is cast once (as autocast casts the
+    * compute dtype != W0's dtype (bf16 autocast over fp32 weights; or a non-contiguous W0): ``W0`` is cast once (as autocast casts the
       frozen weight of a plain linear layer), the kept entries are written into the cast copy, and that copy is
       saved for the input gradient (the same tensor autocast's linear would save).
     * ``pruned_value="init"`` (``frozen``): the dense ``W0 + alpha·(frozen + scatter(values))`` is rebuilt.
@@ -155,13 +155,14 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         weight = None
         if frozen is not None:
             y = F.linear(xc, _rebuild_weight(w0, alpha, values, indices, frozen).to(compute_dtype), b)
-        elif compute_dtype == w0.dtype:
+        elif compute_dtype == w0.dtype and w0.is_contiguous():
             with _SwappedWeight(w0, _kept_weight(w0.view(-1), alpha, values, indices), indices):
                 y = F.linear(xc, w0, b)
         else:
-            weight = w0.to(compute_dtype)
+            weight = torch.empty(w0.shape, dtype=compute_dtype, device=w0.device)
+            weight.copy_(w0)  # always a fresh contiguous copy (the rounding of .to(compute_dtype))
             weight.view(-1).index_put_(
-                (indices,), _kept_weight(w0.view(-1), alpha, values, indices).to(compute_dtype)
+                (indices,), _kept_weight(w0.reshape(-1), alpha, values, indices).to(compute_dtype)
             )
             y = F.linear(xc, weight, b)
         ctx.save_for_backward(xc, alpha, values, indices, frozen, weight)
