@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rigsa_lightning.adapters.registry import get_method
 from rigsa_lightning.io import atomic_write_json
+from rigsa_lightning.progress import Progress, track
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ def score_textual_mnist(
     untrained base) the result is cached on disk keyed by the model and every data option.
     """
     from rigsa_lightning.data.prompt import answer_digit_logits, parse_first_digit
-    from rigsa_lightning.head import answer_logits
 
     cache_file = None
     if cache_key is not None and cfg is not None:
@@ -74,17 +75,13 @@ def score_textual_mnist(
     model.eval()
     device = next(model.parameters()).device
     digit_ids = torch.tensor(dm.digit_token_ids, device=device)
-    loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
     max_new = int(cfg.data.get("gen_max_new_tokens", 4)) if cfg is not None else 4
     bs = int(cfg.data.get("eval_batch_size", 32)) if cfg is not None else 32
     single_token_digits = digits_are_single_tokens(dm.tokenizer)
     correct = total = gen_correct = 0
     need_generation: list[int] = []
     with _autocast(precision):
-        for batch in loader:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            # The LM head at the answer position only (full forward for models without a plain linear head).
-            at_answer = answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
+        for batch, at_answer in _answer_batches(model, dm, split, f"Textual MNIST {split}: acc"):
             # the same digit selection as the metric training logs (val/acc: textual_mnist_accuracy)
             pred = answer_digit_logits(at_answer, batch["answer_pos"], dm.digit_token_ids).argmax(-1)
             correct += int((pred == batch["digit"]).sum())
@@ -97,6 +94,9 @@ def score_textual_mnist(
             need_generation += [total + i for i in torch.nonzero(~is_digit).flatten().tolist()]
             total += int(batch["digit"].numel())
         tok = dm.tokenizer
+        generation = Progress(
+            f"Textual MNIST {split}: gen_acc generation", total=len(need_generation), unit="ex"
+        )
         for batch in dm.generation_batches(split, bs, indices=need_generation) if need_generation else []:
             ids = batch["input_ids"].to(device)
             out = model.generate(
@@ -109,9 +109,53 @@ def score_textual_mnist(
             texts = tok.batch_decode(out[:, ids.size(1) :], skip_special_tokens=True)
             for text, digit in zip(texts, batch["digit"].tolist()):
                 gen_correct += int(parse_first_digit(text) == digit)
+            generation.update(len(texts))
+        generation.close()
     gen_total = total
     model.train(was_training)
     result = {"acc": correct / max(1, total), "gen_acc": gen_correct / max(1, gen_total), "n": float(total)}
     if cache_file is not None:
         atomic_write_json(cache_file, result)
     return result
+
+
+def _answer_batches(
+    model: torch.nn.Module, dm: Any, split: str, desc: str
+) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """``(batch on the model's device, [batch, vocab] logits at the answer positions)`` over ``split``'s loader in
+    order, reported as progress ``desc`` (the LM head at the answer position only; a full forward for models
+    without a plain linear head)."""
+    from rigsa_lightning.head import answer_logits
+
+    device = next(model.parameters()).device
+    loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
+    total = len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else None
+    for batch in track(loader, desc, total=total, unit="ex", weight=lambda b: int(b["digit"].numel())):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        yield batch, answer_logits(model, batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
+
+
+@torch.no_grad()
+def answer_log_probs(
+    model: torch.nn.Module, dm: Any, split: str = "test", precision: str = "32-true"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-item view of ``acc``: ``(log_probs, digits)`` over ``split`` in the split's order.
+
+    ``log_probs`` ``[N, 10]`` (fp32, CPU) are the log-probabilities of the ten digit tokens at each item's answer
+    position (``log_softmax`` over the whole vocabulary): their argmax is the digit ``acc`` counts, and they are
+    the ten log-likelihoods an lm-eval multiple-choice task over the digits scores. ``digits`` ``[N]`` are the
+    labels."""
+    from rigsa_lightning.data.prompt import answer_digit_logits
+
+    was_training = model.training
+    model.eval()
+    rows, labels = [], []
+    try:
+        with _autocast(precision):
+            for batch, at_answer in _answer_batches(model, dm, split, f"Textual MNIST {split}: log-probs"):
+                logp = torch.log_softmax(at_answer.float(), dim=-1)
+                rows.append(answer_digit_logits(logp, batch["answer_pos"], dm.digit_token_ids).cpu())
+                labels.append(batch["digit"].cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(rows), torch.cat(labels)

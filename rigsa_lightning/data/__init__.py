@@ -11,7 +11,6 @@
 """
 
 from rigsa_lightning.data.chat import ChatDataModule
-from rigsa_lightning.data.lm_eval_task import write_lm_eval_task
 from rigsa_lightning.data.render import downsample, grid_token_estimate, quantize, render_batch, render_grid
 from rigsa_lightning.data.sources import load_source, make_splits, read_idx, write_idx
 from rigsa_lightning.data.textual_mnist import (
@@ -48,3 +47,13 @@ __all__ = [
     "write_idx",
     "write_lm_eval_task",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``write_lm_eval_task`` on first use: importing it here would make ``python -m
+    rigsa_lightning.data.lm_eval_task`` warn that the module was imported before it ran."""
+    if name == "write_lm_eval_task":
+        from rigsa_lightning.data.lm_eval_task import write_lm_eval_task
+
+        return write_lm_eval_task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,11 +4,26 @@ The jsonl holds one line per example of the chosen split: ``prompt`` (the full c
 chat template already applied, ending with the assistant generation prefix), ``grid``, ``question`` and ``label``
 (0-9). The task is ``multiple_choice`` over the ten choices ``"0".."9"`` with ``target_delimiter: ""``, so each
 choice is scored as the digit right after the assistant prefix - the very tokens training supervises - and
-reports ``acc`` (argmax of the ten log-likelihoods; the same decision as the DataModule's ``acc``).
+reports ``acc`` (argmax of the ten log-likelihoods; the same decision as the DataModule's ``acc``). lm-eval moves a
+context's trailing whitespace into the continuation, so each choice's log-likelihood is that of ``"\n<digit>"``:
+the framework's digit log-probability plus the log-probability of the assistant prefix's final newline, the same
+for the ten choices (``tests/test_lm_eval_cli.py`` checks both, item by item).
 
 The prompt is pre-rendered (rather than left to lm-eval's ``--apply_chat_template``) so the task is identical to
 training whatever flags the harness is run with: **run it without** ``apply_chat_template``. Because the template
 of the tokenizer given here is baked in, regenerate the task for a model with a different chat template.
+
+Usage (command line)::
+
+    python -m rigsa_lightning.data.lm_eval_task --out tasks/textual_mnist            # data=digits, test split
+    python -m rigsa_lightning.data.lm_eval_task --out tasks/tm --data mnist5k --split val test_size=500
+    lm_eval --model hf --model_args pretrained=<model or merged folder> --include_path tasks/textual_mnist \
+        --tasks textual_mnist
+
+``--data`` picks ``conf/data/<name>.yaml`` and ``key=value`` arguments override its options (``data.`` prefixes
+are accepted); ``--model`` (a local folder, a hub id, ``embedded:<name>`` or ``tiny``; default the embedded
+SmolLM2-135M-Instruct) gives the tokenizer whose chat template renders the prompts. Bad input is one line
+``error: ...`` and exit status 2, before anything is loaded.
 
 Usage (in process)::
 
@@ -19,18 +34,25 @@ Usage (in process)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
+from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_write_text
 
-__all__ = ["TASK_NAME", "write_lm_eval_task"]
+__all__ = ["TASK_NAME", "DEFAULT_MODEL", "write_lm_eval_task", "main"]
 
 TASK_NAME = "textual_mnist"
+#: The model whose tokenizer's chat template renders the prompts unless ``--model`` is given.
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+SPLITS = ("train", "val", "test")
+TEXTUAL_MNIST_SOURCES = ("digits", "mnist5k", "mnist")
 
 
 def write_lm_eval_task(
@@ -85,3 +107,119 @@ def write_lm_eval_task(
     yaml_path = out / f"{task_name}.yaml"
     atomic_write_text(yaml_path, header + yaml.safe_dump(task, sort_keys=False, allow_unicode=True))
     return yaml_path
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are the one-line :class:`ConfigError` (not usage text and a traceback)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse hook
+        raise ConfigError("arguments", message, "see python -m rigsa_lightning.data.lm_eval_task --help")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The flags and the ``key=value`` data overrides (``data=``, ``split=`` and ``model=`` are taken as flags)."""
+    parser = _OneLineParser(
+        prog="python -m rigsa_lightning.data.lm_eval_task",
+        description="Write the Textual MNIST task folder (YAML + jsonl) for the lm_eval CLI.",
+    )
+    parser.add_argument("--out", help="folder to write (created; its task files are replaced)")
+    parser.add_argument(
+        "--data", default=None, help="data config group: conf/data/<name>.yaml (default digits)"
+    )
+    parser.add_argument("--split", default=None, help="train | val | test (default test)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"folder, hub id, embedded:<name> or tiny: its tokenizer's chat template (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--task-name", default=TASK_NAME, help=f"the lm-eval task name (default {TASK_NAME})")
+    parser.add_argument(
+        "--cache-dir", default=None, help="converted models and tokenised data (default $RIGSA_CACHE)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value data options, e.g. test_size=500 source=mnist5k"
+    )
+    args = parser.parse_intermixed_args(argv)
+    opts: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(item, "is not key=value", "write data options as key=value, e.g. test_size=500")
+        opts[key.strip()] = _parse_value(value)
+    for flag in ("data", "split", "model"):
+        if flag in opts:
+            value = opts.pop(flag)
+            if getattr(args, flag) is None:
+                setattr(args, flag, str(value))
+    if not args.out:
+        raise ConfigError("--out", "is required", "pass --out <folder> (the task folder to write)")
+    return args, opts
+
+
+def _checked_inputs(args: argparse.Namespace, opts: dict[str, Any]) -> tuple[dict[str, Any], str, Path]:
+    """The data options, the split and the output folder, every value checked (one-line ConfigError)."""
+    from rigsa_lightning.data.preview import load_data_cfg
+    from rigsa_lightning.options import OPTIONS, check_value
+
+    name = str(args.data or "digits")
+    data_cfg = load_data_cfg(name, opts)
+    if data_cfg.get("source") not in TEXTUAL_MNIST_SOURCES:
+        raise ConfigError(
+            "--data", f"{name!r} is not a Textual MNIST data config", "use digits, mnist5k or mnist"
+        )
+    for key, value in data_cfg.items():
+        if f"data.{key}" in OPTIONS:
+            check_value(f"data.{key}", value)
+    split = str(args.split or "test")
+    if split not in SPLITS:
+        raise ConfigError("--split", f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    task = str(args.task_name)
+    if not task or not task.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError("--task-name", f"{task!r} is not a plain name", "use letters, digits, _ or -")
+    out = Path(os.path.expanduser(str(args.out))).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{out} is a file", "give a folder (it is created when missing)")
+    return data_cfg, split, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring); returns the exit status."""
+    try:
+        args, opts = _parse_args(argv)
+        data_cfg, split, out = _checked_inputs(args, opts)
+        from rigsa_lightning.models import default_cache_dir, load_tokenizer, resolve_model_path
+
+        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        model = str(args.model or DEFAULT_MODEL)
+        try:
+            tok_path = resolve_model_path({"name_or_path": model}, cache_dir)
+        except ConfigError as exc:
+            raise ConfigError("--model", exc.problem, exc.fix) from None
+        tokenizer = load_tokenizer(tok_path)
+        yaml_path = write_lm_eval_task(
+            data_cfg, tokenizer, out, split=split, cache_dir=cache_dir, task_name=str(args.task_name)
+        )
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return 2
+    examples = yaml.safe_load(yaml_path.read_text())["metadata"]["examples"]
+    pretrained = model if not model.startswith(("embedded:", "tiny")) else tok_path
+    print(
+        f"wrote {yaml_path} and {yaml_path.parent / f'{args.task_name}_{split}.jsonl'} ({examples} examples)"
+    )
+    print(
+        f"score a model: lm_eval --model hf --model_args pretrained={pretrained} --include_path {out} "
+        f"--tasks {args.task_name}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -144,6 +144,7 @@ def run_lm_eval(
     token_budget: int | None = None,
     gold_nll: bool = False,
     generate: bool = True,
+    progress_label: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the live ``model`` with lm-eval on ``task_names``; return ``simple_evaluate``'s result dict.
 
@@ -158,7 +159,7 @@ def run_lm_eval(
     NLL is computed (with ``gold_nll``), from the same prompts lm-eval would generate from. Gradients are off and
     the model's train/eval flags, tied output embedding, tokenizer settings and global RNG states are restored
     afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
-    ``"samples"``.
+    ``"samples"``. ``progress_label`` names the stage in the fast scorer's progress reports (``forgetting before``).
     """
     # Long on purpose: one lm-eval run read in order (wrapper, tasks, NLL-only tasks, the one-prefill hookup,
     # simple_evaluate, reference NLL); a third of it is the docstring above.
@@ -177,6 +178,8 @@ def run_lm_eval(
                 batch_size=int(batch_size),
                 token_budget=int(token_budget or DEFAULT_TOKEN_BUDGET),
             )
+            if progress_label:
+                lm.progress_label = str(progress_label)
         else:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
         tasks, samples = _load_tasks(task_manager, task_names, num_fewshot, choose_items)
@@ -268,7 +271,14 @@ def reference_nll(
         continuation = reference_continuation(task, doc)
         ctx_enc, cont_enc = lm._encode_pair(context, continuation)
         requests.append(((context, continuation), ctx_enc, cont_enc))
-    scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
+    outer = getattr(lm, "progress_what", None)
+    if hasattr(lm, "progress_what"):  # FastHFLM: its progress reports name what is scored
+        lm.progress_what = f"{task.config.task} reference NLL"
+    try:
+        scores = lm._loglikelihood_tokens(requests, disable_tqdm=True) if requests else []
+    finally:
+        if hasattr(lm, "progress_what"):
+            lm.progress_what = outer
     return {p[0]: (-float(ll), len(r[2])) for p, (ll, _), r in zip(prompts, scores, requests, strict=True)}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ class ForgettingCurve(L.Callback):
 
     def __init__(self, evaluator: Any, metric: str = "val/acc", run_dir: str | Path | None = None) -> None:
         self.evaluator = evaluator
+        self.evaluator.progress_label = (
+            "forgetting curve"  # its progress reports: forgetting curve step<N>: ...
+        )
         self.metric = metric
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.points: list[dict[str, float]] = []
@@ -57,12 +61,14 @@ class ForgettingCurve(L.Callback):
         if any(p["step"] == trainer.global_step for p in self.points):
             return
         value = trainer.callback_metrics.get(self.metric)
+        started = time.perf_counter()
         metrics = self.evaluator.evaluate(pl_module.model, stage)
         self._save_items(stage, trainer.global_step)
         point: dict[str, float] = {
             "step": float(trainer.global_step),
             "epoch": float(trainer.current_epoch),
             "val_acc": float(value) if value is not None else float("nan"),
+            "seconds": time.perf_counter() - started,  # where a study job's time goes (time/curve_s)
         }
         marker = f"/delta_{stage}"
         for key, val in metrics.items():

@@ -65,6 +65,9 @@ class ForgettingEvaluator(StageReport):
         )
         #: Log one line per task when a stage finishes (the forgetting curve's evaluator stays quiet).
         self.verbose = True
+        #: Names the stage in progress reports (``<label> <stage>: <tasks> log-likelihoods ...``); None:
+        #: ``forgetting``, or ``forgetting curve`` for a quiet evaluator (the curve's).
+        self.progress_label: str | None = None
         self.sources: dict[str, benchmarks.TaskSource] = {}
         self.skipped: dict[str, str] = {}
         self.stages: dict[str, dict[str, Any]] = {}
@@ -349,6 +352,7 @@ class ForgettingEvaluator(StageReport):
                     token_budget=self.token_budget,
                     gold_nll=self.gold_nll,
                     generate=self.generate,
+                    progress_label=f"{self._progress_label()} {stage}",
                 )
         except ConfigError:
             raise
@@ -368,6 +372,11 @@ class ForgettingEvaluator(StageReport):
             return None
         finally:
             self.lm_eval_calls += 1
+
+    def _progress_label(self) -> str:
+        if self.progress_label:
+            return self.progress_label
+        return "forgetting" if self.verbose else "forgetting curve"
 
     def copy_stage(self, source: str, stage: str, reason: str) -> dict[str, float]:
         """Record ``stage`` as identical to ``source`` without scoring again (zero-shot: no training happened)."""

@@ -18,7 +18,8 @@ generation over the same cache. Sampling, logits processors from the generation 
 gold target: HFLM's own batched ``generate``.
 
 Models whose head is not a plain linear layer, or whose logits the restricted path does not reproduce on a probe,
-use HFLM's path (one log line). Equivalence with ``HFLM`` (identical per-item acc / acc_norm / exact match and
+use HFLM's path (one log line). Both fast paths report their progress (:mod:`rigsa_lightning.progress`: a bar on
+a terminal, periodic log lines otherwise) as ``<progress_label>: <tasks> log-likelihoods`` / ``generation``. Equivalence with ``HFLM`` (identical per-item acc / acc_norm / exact match and
 generated text, log-likelihoods within 1e-4) is tested in ``tests/test_fast_scorer.py``; ``make bench``
 (``bench/fast_scorer.py``) measures the speed ratio.
 """
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 
 from rigsa_lightning.head import split_causal_lm
+from rigsa_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,9 @@ class FastHFLM(HFLM):
         self.gold_targets: dict[str, Any] = {}
         #: ``{prompt: (NLL of the reference solution, its tokens)}`` filled by :meth:`generate_until`.
         self.gold_scores: dict[str, tuple[float, int]] = {}
+        #: The stage named in progress reports (``forgetting before``, ...); ``progress_what``: what is scored.
+        self.progress_label = "fast scorer"
+        self.progress_what: str | None = None
         self._cache_kw = "past_key_values"
         if self._split is not None:
             import inspect
@@ -129,7 +134,25 @@ class FastHFLM(HFLM):
             )
         return ok
 
-    # ------------------------------------------------------------------ lm-eval hook
+    def _progress(self, what: str, total: int, unit: str) -> Progress:
+        """The progress report of one scoring pass (``<progress_label>: <what>``)."""
+        return Progress(f"{self.progress_label}: {self.progress_what or what}", total=total, unit=unit)
+
+    @staticmethod
+    def _task_names(requests: Sequence[Any]) -> str:
+        names = sorted({str(n) for n in (getattr(r, "task_name", None) for r in requests) if n})
+        return ", ".join(names) + " " if names else ""
+
+    # ------------------------------------------------------------------ lm-eval hooks
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """HFLM's ``loglikelihood``, its progress reports naming the requests' tasks."""
+        outer = self.progress_what
+        self.progress_what = outer or f"{self._task_names(requests)}log-likelihoods"
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.progress_what = outer
+
     def _loglikelihood_tokens(
         self,
         requests: list[tuple[tuple[str, str], list[int], list[int]]],
@@ -160,8 +183,11 @@ class FastHFLM(HFLM):
                 results[i] = value
         groups = [_Group.of(ctx, members, requests) for ctx, members in by_context.items()]
         groups.sort(key=lambda grp: -len(grp.prefix))  # by length: little padding in the prefix pass
-        for part in length_batches([len(grp.prefix) for grp in groups], self.token_budget):
-            self._score_batch([groups[k] for k in part], requests, results)
+        with self._progress("log-likelihoods", len(requests), "req") as bar:
+            bar.update(len(overlong))
+            for part in length_batches([len(grp.prefix) for grp in groups], self.token_budget):
+                self._score_batch([groups[k] for k in part], requests, results)
+                bar.update(sum(len(groups[k].members) for k in part))
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
@@ -299,11 +325,14 @@ class FastHFLM(HFLM):
         out: list[str] = [""] * len(requests)
         plans.sort(key=lambda p: -(len(p[2]) + len(p[3])))
         batch = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)
-        for start in range(0, len(plans), batch):
-            for k, text in self._generate_batch(plans[start : start + batch]):
-                out[k] = text
-                context, gen_kwargs = requests[k].args
-                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        what = f"{self._task_names(requests)}generation"
+        with self._progress(what, len(plans), "doc") as bar:
+            for start in range(0, len(plans), batch):
+                for k, text in self._generate_batch(plans[start : start + batch]):
+                    out[k] = text
+                    context, gen_kwargs = requests[k].args
+                    self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                bar.update(len(plans[start : start + batch]))
         return out
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rigsa_lightning.adapters.chunks import default_chunk_entries, row_chunks
+from rigsa_lightning.progress import Progress
 from rigsa_lightning.pruning.schedule import PruningSchedule
 from rigsa_lightning.pruning.select import (
     _HI_BINS,
@@ -139,6 +140,8 @@ class _Round:
         self.kept_stable: dict[str, int] = {}
         self.masks: dict[str, torch.Tensor] = {}
         self.short: list[str] = []
+        #: Progress in matrix passes (three per matrix; set by :func:`compute_prune_masks`).
+        self.bar = Progress("IMP round", mode="off")
 
     def source(self, name: str) -> _Source:
         """What the round reads of module ``name`` (with its previous-prune sign reference when configured)."""
@@ -150,9 +153,11 @@ class _Round:
     def _sources(self, group: list[str], held: _Source | None) -> Iterator[_Source]:
         if held is not None:
             yield held
+            self.bar.update(1)
         else:
             for n in group:
                 yield self.source(n)
+                self.bar.update(1)
 
     def run_group(self, group: list[str], held: _Source | None) -> None:
         """Choose the masks of ``group`` (handed to ``on_mask`` or kept); ``held``: its only source, if given."""
@@ -170,6 +175,8 @@ class _Round:
         threshold = None
         if 0 < k < group_cand:
             threshold = self._threshold_pass(self._sources(group, held), hi_counts, excluded, k)
+        else:
+            self.bar.update(len(group))  # no threshold pass
         self._select_pass(self._sources(group, held), k, threshold)
 
     def _count_pass(self, sources: Iterator[_Source], device: torch.device) -> tuple[torch.Tensor, int]:
@@ -281,11 +288,14 @@ def compute_prune_masks(
     prune; otherwise (and in round 1) the reference sign is the initial ΔW's.
     """
     rnd = _Round(adapters, schedule, round_index, references, on_mask, chunk_entries)
-    if schedule.scope == "per_matrix":
-        for name in rnd.names:
-            src = rnd.source(name)
-            rnd.run_group([name], src)  # the three passes reuse this one source
-            del src
-    else:
-        rnd.run_group(rnd.names, None)
+    with Progress(
+        f"IMP round {round_index}: matrix passes", total=3 * len(rnd.names), unit="pass"
+    ) as rnd.bar:
+        if schedule.scope == "per_matrix":
+            for name in rnd.names:
+                src = rnd.source(name)
+                rnd.run_group([name], src)  # the three passes reuse this one source
+                del src
+        else:
+            rnd.run_group(rnd.names, None)
     return rnd.result()
