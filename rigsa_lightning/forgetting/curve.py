@@ -45,9 +45,8 @@ class ForgettingCurve(L.Callback):
 
     def __init__(self, evaluator: Any, metric: str = "val/acc", run_dir: str | Path | None = None) -> None:
         self.evaluator = evaluator
-        self.evaluator.progress_label = (
-            "forgetting curve"  # its progress reports: forgetting curve step<N>: ...
-        )
+        # its progress reports read "forgetting curve step<N>: ..."
+        self.evaluator.progress_label = "forgetting curve"
         self.metric = metric
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.points: list[dict[str, float]] = []
