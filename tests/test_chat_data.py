@@ -152,6 +152,24 @@ def test_normalize_and_exact_match() -> None:
     assert not exact_match("12", "13") and not exact_match("ab", "a b") and not exact_match("", "0")
 
 
+def test_generation_stops_once_the_completion_cannot_match(tokenizer: Any) -> None:
+    from rigsa_lightning.data.chat import MismatchStop
+
+    prompt = [1, 2, 3]
+    texts = ["1", " 1", "12", "12  ", "The answer", "123", "1 2", "", "é"]
+    new = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    width = max(map(len, new))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([prompt + n + [pad] * (width - len(n)) for n in new])  # pad = <|im_end|>: skipped
+    stop = MismatchStop(tokenizer, len(prompt), ["12"] * len(texts))
+    assert stop(ids).tolist() == [False, False, False, False, True, True, True, False, True]
+    # a multi-byte character cut in half decodes to U+FFFD: wait for its second byte
+    half = tokenizer.encode("é", add_special_tokens=False)
+    cut = [b for b in half if "\ufffd" in tokenizer.decode([b])]
+    if cut:
+        assert not MismatchStop(tokenizer, 0, ["x"])(torch.tensor([cut[:1]])).item()
+
+
 class Oracle(nn.Module):
     """A causal LM that "knows" a completion (token ids) for each prompt and predicts it greedily, then its end
     token; anything else predicts token 0. Full-logits forward only (no plain linear head), and its own greedy
@@ -235,11 +253,11 @@ def test_loss_equals_the_training_loss_on_a_real_model(tokenizer: Any, tiny_mode
     model, _ = tiny_model
     dm = _dm(tokenizer)
     batch = next(iter(dm.train_dataloader()))
-    train_loss, _ = supervised_loss_and_answer_logits(model, batch)
     with torch.no_grad():
+        train_loss, _ = supervised_loss_and_answer_logits(model, batch)
         s = dm.score_batch(model, batch)
         full = dm.score_batch(model, batch, full_head=True)
-    assert float(s["loss"]) == pytest.approx(float(train_loss.detach()), rel=1e-5)
+    assert float(s["loss"]) == pytest.approx(float(train_loss), rel=1e-5)
     assert float(full["loss"]) == pytest.approx(float(train_loss), rel=1e-5)
     assert 0.0 <= float(s["acc"]) <= 1.0 and math.isfinite(float(s["loss"]))
 

@@ -59,6 +59,7 @@ __all__ = [
     "ChatExample",
     "ChatRenderer",
     "ChatSplit",
+    "MismatchStop",
     "check_chat_data",
     "exact_match",
     "load_chat_examples",
@@ -497,6 +498,27 @@ class ChatCollator:
         }
 
 
+class MismatchStop:
+    """A ``transformers`` stopping criterion for exact match: a row is done once its whitespace-normalised text is
+    no longer a prefix of its normalised reference (no continuation can match then: the normalised text of a longer
+    generation always starts with that of its prefix). Rows whose text ends inside a multi-byte character (U+FFFD
+    when decoded) wait for the next token."""
+
+    def __init__(self, tokenizer: Any, prompt_width: int, references: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = int(prompt_width)
+        self.references = [normalize_text(r) for r in references]
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Per row: True when the row cannot match its reference any more."""
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [
+            "\ufffd" not in text and not ref.startswith(normalize_text(text))
+            for text, ref in zip(texts, self.references)
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
     if precision.startswith("bf16"):
         return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
@@ -629,8 +651,11 @@ class ChatDataModule(L.LightningDataModule):
     def generate(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor], rows: Sequence[int]
     ) -> list[str]:
-        """Greedy completions of the prompts of ``rows`` of ``batch`` (left-padded; stopped at the end-of-turn
-        token), decoded without special tokens; at most ``data.gen_max_new_tokens`` new tokens."""
+        """Greedy completions of the prompts of ``rows`` of ``batch`` (left-padded), decoded without special tokens;
+        at most ``data.gen_max_new_tokens`` new tokens. A row stops at its end-of-turn token or as soon as it can no
+        longer match its reference (:class:`MismatchStop`), which does not change any exact-match result."""
+        from transformers import StoppingCriteriaList
+
         ids, plen = batch["input_ids"], batch["prompt_len"]
         prompts = [ids[r, : int(plen[r])] for r in rows]
         width = max(len(p) for p in prompts)
@@ -647,6 +672,9 @@ class ChatDataModule(L.LightningDataModule):
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=stop or None,
+            stopping_criteria=StoppingCriteriaList(
+                [MismatchStop(self.tokenizer, width, [self.reference(int(batch["uid"][r])) for r in rows])]
+            ),
         )
         texts = []
         for row in out[:, width:].tolist():
