@@ -94,6 +94,10 @@ def test_messages_supervise_every_assistant_turn(tokenizer: Any) -> None:
     assert tokenizer.decode(ids[:p]) == tokenizer.apply_chat_template(
         msgs[:3], tokenize=False, add_generation_prompt=True
     )
+    # an empty earlier assistant turn: only its end token is supervised
+    empty = [msgs[0], {"role": "assistant", "content": ""}, *msgs[2:]]
+    ids, sup, p = dm.renderer.encode(empty)
+    assert tokenizer.decode([t for t, m in zip(ids, sup) if m]) == "<|im_end|>12, since 4 x 3 = 12<|im_end|>"
     no_eos = ChatDataModule(_cfg(supervise_eos=False), tokenizer)
     ids, sup, p = no_eos.renderer.encode(msgs)
     assert tokenizer.decode([t for t, m in zip(ids, sup) if m]) == "412, since 4 x 3 = 12"

@@ -413,7 +413,8 @@ class ChatRenderer:
             before = self._render(msgs[:i], generation_prompt=True)
             after = self._render(msgs[: i + 1], generation_prompt=False)
             body = turn["content"]
-            at = after.find(body, len(before)) if body else -1
+            # (an empty earlier assistant turn: nothing to find, its end token follows the generation prompt)
+            at = after.find(body, len(before)) if body else len(before)
             if at < 0 and body.strip():
                 body = body.strip()
                 at = after.find(body, len(before))
