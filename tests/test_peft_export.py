@@ -128,6 +128,18 @@ def test_single_folder_merges_bit_identically(tiny_model, tiny_model_dir, tmp_pa
     with torch.no_grad():  # PEFT's unmerged forward (W0 + sparse update per call) gives the merged logits too
         assert torch.equal(peft_model(input_ids=_ids()).logits, logits)
     _assert_same_model(peft_model.merge_and_unload(), weights, logits)
+    _assert_same_model(_run_card_code(folder, tiny_model_dir), weights, logits)
+
+
+def _run_card_code(folder: Path, model_dir: str):
+    """Run the python block of the folder's README.md (base model id and folder filled in); returns ``merged``."""
+    card = (folder / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'from_pretrained("tiny", dtype="float32")' in code and "merge_and_unload" in code
+    code = code.replace('"tiny"', repr(model_dir)).replace("<this folder>", str(folder))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the card's code, as a user runs it
+    return namespace["merged"]
 
 
 def test_split_over_several_folders_merges_bit_identically(tiny_model, tiny_model_dir, tmp_path, capsys):
@@ -165,12 +177,14 @@ def test_split_over_several_folders_merges_bit_identically(tiny_model, tiny_mode
     ]
     assert len(holders) == 2  # the dense non-square matrix is split over two folders
 
-    # What the card tells a PEFT user to type.
+    # What a PEFT user types: from_pretrained the first folder, load_adapter the others, merge them all.
     base, _ = load_model({"name_or_path": tiny_model_dir, "dtype": "float32"})
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "peft" / names[0]), adapter_name=names[0])
     for n in names[1:]:
         peft_model.load_adapter(str(tmp_path / "peft" / n), adapter_name=n)
     _assert_same_model(peft_model.merge_and_unload(adapter_names=names), weights, logits)
+    # The card's own code block, run as it is written (only the placeholders filled in).
+    _assert_same_model(_run_card_code(tmp_path / "peft", tiny_model_dir), weights, logits)
     # This package's loader: every part active at once.
     base2, _ = load_model({"name_or_path": tiny_model_dir, "dtype": "float32"})
     _assert_same_model(load_peft_export(base2, tmp_path / "peft").merge_and_unload(), weights, logits)
