@@ -174,8 +174,11 @@ def _command(record: dict[str, Any]) -> str | None:
     return " ".join(["python -m rigsa_lightning." + entry, *(shlex.quote(o) for o in overrides)])
 
 
-def _load_section(kind: str, base: str, peft_adapters: list[str] | None) -> list[str]:
-    """How to load the folder: this package, PEFT and as a merged plain model."""
+def _load_section(
+    kind: str, base: str, peft_adapters: list[str] | None, base_dtype: str = "float32"
+) -> list[str]:
+    """How to load the folder: this package, PEFT and as a merged plain model (``base_dtype``: the dtype the SHiRA
+    values were rounded to, the base weights' dtype that merges them exactly)."""
     model = hub_base_model(base) or base or "<base model>"
     lines = ["## How to load", ""]
     if kind == "sparse":
@@ -211,7 +214,7 @@ def _load_section(kind: str, base: str, peft_adapters: list[str] | None) -> list
             "from transformers import AutoModelForCausalLM",
             "",
         ]
-        lines += [f'base = AutoModelForCausalLM.from_pretrained("{model}", dtype="float32")']
+        lines += [f'base = AutoModelForCausalLM.from_pretrained("{model}", dtype="{base_dtype}")']
         if peft_adapters:
             first, rest = peft_adapters[0], peft_adapters[1:]
             lines += [
@@ -261,6 +264,7 @@ def render_card(
     record: dict[str, Any],
     *,
     peft_adapters: list[str] | None = None,
+    base_dtype: str = "float32",
 ) -> str:
     """The card's text: YAML front matter, the run's numbers, the command, how to load."""
     import yaml
@@ -319,7 +323,7 @@ def render_card(
         lines += ["```bash", command, "```", ""]
     else:
         lines += ["The run's command line was not recorded next to this adapter.", ""]
-    lines += _load_section(kind, base, peft_adapters)
+    lines += _load_section(kind, base, peft_adapters, base_dtype)
     return "\n".join(lines) + "\n"
 
 
@@ -330,10 +334,13 @@ def write_model_card(
     adapter_config: dict[str, Any] | None = None,
     run_dir: str | os.PathLike | None = None,
     peft_adapters: list[str] | None = None,
+    base_dtype: str = "float32",
 ) -> Path:
     """Write ``folder/README.md`` (atomically) for an export of ``kind`` (``sparse``, ``shira``, ``lora``,
-    ``full``); ``run_dir`` is the run folder holding its numbers (None: metadata only)."""
-    text = render_card(kind, adapter_config, run_record(run_dir), peft_adapters=peft_adapters)
+    ``full``); ``run_dir`` is the run folder holding its numbers (None: metadata only); ``base_dtype``: the base
+    weights' dtype the SHiRA values were rounded to."""
+    record = run_record(run_dir)
+    text = render_card(kind, adapter_config, record, peft_adapters=peft_adapters, base_dtype=base_dtype)
     return atomic_write_text(Path(folder) / CARD_NAME, text)
 
 
@@ -363,6 +370,8 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
     """The cards of every export of a finished run (``adapter/``, ``adapter_peft/``); returns the files written.
 
     ``metrics``: the run's final metrics when ``metrics.json`` is not written yet (the end of a run)."""
+    from rigsa_lightning.adapters.rigsa.peft_export import run_model_dtype
+
     run_dir = Path(run_dir)
     record = run_record(run_dir)
     if metrics is not None:
@@ -377,7 +386,8 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
             continue
         if kind == "shira" and (run_dir / "adapter" / "adapter_config.json").is_file():
             adapter_config = _read_json(run_dir / "adapter" / "adapter_config.json") or adapter_config
-        text = render_card(kind, adapter_config, record, peft_adapters=parts)
+        dtype = run_model_dtype(run_dir) or "float32"  # what export.peft rounded the values to
+        text = render_card(kind, adapter_config, record, peft_adapters=parts, base_dtype=dtype)
         written.append(atomic_write_text(folder / CARD_NAME, text))
     return written
 

@@ -202,6 +202,7 @@ def test_bfloat16_base_with_values_rounded_first(tiny_model_dir, tmp_path):
     with torch.no_grad():
         merged = merge_adapter(model)
     export_peft(src, tmp_path / "peft", dtype="bfloat16")
+    assert 'from_pretrained("tiny", dtype="bfloat16")' in (tmp_path / "peft" / "README.md").read_text()
     peft_merged = PeftModel.from_pretrained(base, str(tmp_path / "peft")).merge_and_unload()
     state = peft_merged.state_dict()
     for key, value in merged.state_dict().items():

@@ -279,6 +279,7 @@ def export_peft(
                 adapter_config=config,
                 run_dir=Path(run_dir) if run_dir is not None else src.resolve().parent,
                 peft_adapters=names if split else None,
+                base_dtype=dtype,
             )
     return [dst / n if split else dst for n in names]
 
