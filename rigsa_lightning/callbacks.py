@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.pruning import IterativeMagnitudePruning, PruningSchedule
     from rigsa_lightning.stopping import StopAtAccuracy
+    from rigsa_lightning.timing import StageTimer
 
 log = logging.getLogger("rigsa_lightning.train")
 
@@ -125,6 +126,7 @@ class TrainCallbacks:
     callbacks: list[Any] = field(default_factory=list)
     pruning: IterativeMagnitudePruning | None = None
     stop: StopAtAccuracy | None = None
+    timer: StageTimer | None = None
 
 
 def build_callbacks(
@@ -143,8 +145,10 @@ def build_callbacks(
     from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE
     from rigsa_lightning.pruning import IterativeMagnitudePruning
     from rigsa_lightning.stopping import StopAtAccuracy, check_stop_at
+    from rigsa_lightning.timing import StageTimer
 
-    out = TrainCallbacks()
+    out = TrainCallbacks(timer=StageTimer())
+    out.callbacks.append(out.timer)  # first: its validation hooks run before the forgetting curve's
     if spec.prunes and bool(cfg.pruning.get("enabled", True)):
         out.pruning = IterativeMagnitudePruning(
             cfg.pruning, schedule=schedule, history_file=run_dir / PRUNE_HISTORY_FILE

@@ -317,6 +317,16 @@ def train(
     if cbs is None:  # a non-zero rank: rank 0 evaluates and writes the results
         return {}
     timings["time/train_s"] = time.time() - t
+    from rigsa_lightning.timing import time_breakdown
+
+    timings.update(
+        time_breakdown(
+            cbs.timer,
+            timings["time/train_s"],
+            curve_cb.points if curve_cb is not None else None,
+            cbs.pruning.history if cbs.pruning is not None else None,
+        )
+    )
 
     # ---------------------------------------------------------------- after training: evaluation + export
     t = time.time()

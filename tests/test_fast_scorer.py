@@ -273,6 +273,9 @@ def test_forgetting_curve_along_training(tmp_path, forgetting_data):
         for name in ("piqa/margin", "gsm8k/gold_nll", "piqa/acc"):
             assert point[f"{name}_ci_lo"] <= point[name] <= point[f"{name}_ci_hi"], (name, point)
     assert "forgetting curve @ step" in res.stdout + res.stderr
+    # its time is counted apart from the validation loops (time/curve_s: the points' own seconds)
+    assert all(p["seconds"] > 0 for p in curve)
+    assert metrics["time/curve_s"] == pytest.approx(sum(p["seconds"] for p in curve))
     # each point's per-item records are kept: paired with the base's, their mean change is the point's value
     from rigsa_lightning.forgetting import items
 

@@ -49,6 +49,12 @@ def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "forget/drift/kl/after" in metrics
+    # Where the fit's time went: 2 epochs x 2 batches of steps, one prune, the rest adds up to time/train_s.
+    assert metrics["time/steps_n"] == 4 and metrics["time/steps_s"] > 0
+    assert metrics["time/prune_s"] == pytest.approx(metrics["prune/history"][0]["seconds"])
+    parts = ("time/steps_s", "time/val_s", "time/curve_s", "time/prune_s", "time/fit_other_s")
+    assert sum(metrics[k] for k in parts) == pytest.approx(metrics["time/train_s"], rel=1e-6)
+    assert metrics["time/val_s"] > 0 and metrics["time/curve_s"] == 0.0  # eval.curve is off here
     assert re.search(r"^adapter\s+: .*adapter$", res.stdout, re.M), res.stdout[-2000:]
     assert re.search(r"^metrics\s+: .*metrics\.json$", res.stdout, re.M)
     # what a user sees: every line once (Lightning's own console handler removed), no adverts for other products,

@@ -133,8 +133,23 @@ def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
     row["train_min"] = train_s / 60 if _finite(train_s) else NAN
     total_s = _num(m.get("time/total_s"))
     row["total_min"] = total_s / 60 if _finite(total_s) else NAN
+    # where the time went (runs since the time breakdown; NaN for older ones)
+    for key, name in TIME_PARTS.items():
+        part = _num(m.get(f"time/{name}"))
+        row[key] = part / 60 if _finite(part) else NAN
+    row["steps_n"] = _num(m.get("time/steps_n"))
     row["peak_rss_gb"] = _num(m.get("memory/peak_rss_gb"))
     return row
+
+
+# run-row key -> ``time/<name>`` metric (seconds), shown in minutes in the cost table
+TIME_PARTS = {
+    "steps_min": "steps_s",
+    "val_min": "val_s",
+    "curve_min": "curve_s",
+    "prune_min": "prune_s",
+    "eval_after_min": "eval_after_s",
+}
 
 
 @dataclass
@@ -177,6 +192,12 @@ def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
         Column("adapter_nnz", "non-zero adapter entries", "count"),
         Column("adapter_mb", "adapter MB", "mb"),
         Column("train_min", "train time (min)", "min"),
+        Column("steps_n", "optimizer steps", "count"),
+        Column("steps_min", "in steps (min)", "min"),
+        Column("val_min", "in validation (min)", "min"),
+        Column("curve_min", "in forgetting curve (min)", "min"),
+        Column("prune_min", "in pruning (min)", "min"),
+        Column("eval_after_min", "end evaluation (min)", "min"),
         Column("peak_rss_gb", "peak RSS (GB)", "gb"),
     ]
     return quality, cost

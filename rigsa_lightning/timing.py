@@ -1,0 +1,97 @@
+"""Where a run's training time goes: optimizer steps, validation, the forgetting curve, pruning events.
+
+:class:`StageTimer` is a Lightning callback that adds up wall-clock seconds per stage of ``trainer.fit``:
+
+* ``time/steps_s`` - training batches, from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward,
+  clipping and the optimizer step), with ``time/steps_n`` the number of batches;
+* ``time/val_s`` - the validation loops (``on_validation_start`` to ``on_validation_end``, sanity check excluded;
+  the timer is the first callback, so the forgetting curve scored in a later ``on_validation_end`` is not in it);
+* ``time/curve_s`` - the forgetting curve (the seconds recorded in each of its points);
+* ``time/prune_s`` - the IMP rounds (the pruning callback's recorded seconds per round);
+* ``time/fit_other_s`` - the rest of ``time/train_s`` (checkpoints, data loading between batches, logging); in a
+  resumed run ``time/train_s`` covers the resumed part only, while the other totals are the whole run's.
+
+Seconds are accumulated in the callback's state, so a resumed run continues the totals of the run it resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+
+__all__ = ["StageTimer", "time_breakdown"]
+
+
+class StageTimer(L.Callback):
+    """Accumulates the seconds of training steps and validation loops (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.steps_s = 0.0
+        self.steps_n = 0
+        self.val_s = 0.0
+        self._batch_t0: float | None = None
+        self._val_t0: float | None = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        """Start timing one training batch."""
+        self._batch_t0 = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        """Add the batch's seconds (forward, backward, optimizer step)."""
+        if self._batch_t0 is not None:
+            self.steps_s += time.perf_counter() - self._batch_t0
+            self.steps_n += 1
+            self._batch_t0 = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start timing a validation loop (not the sanity check)."""
+        self._val_t0 = None if trainer.sanity_checking else time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Add the loop's seconds (runs before the forgetting curve's hook of the same name)."""
+        if self._val_t0 is not None:
+            self.val_s += time.perf_counter() - self._val_t0
+            self._val_t0 = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals so far (a resumed run continues them)."""
+        return {"steps_s": self.steps_s, "steps_n": self.steps_n, "val_s": self.val_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the totals of the run being resumed."""
+        self.steps_s = float(state_dict.get("steps_s", 0.0))
+        self.steps_n = int(state_dict.get("steps_n", 0))
+        self.val_s = float(state_dict.get("val_s", 0.0))
+
+
+def time_breakdown(
+    timer: StageTimer | None,
+    train_s: float,
+    curve_points: list[dict[str, Any]] | None = None,
+    prune_history: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """``time/*`` metrics of a fit: steps, validation, forgetting curve, pruning and the rest of ``train_s``.
+
+    ``curve_points`` are the forgetting curve's points (each with its ``seconds``), ``prune_history`` the pruning
+    callback's records (each with its ``seconds``); both are checkpointed, so a resumed run counts them whole.
+    """
+    if timer is None:
+        return {}
+    curve_s = sum(float(p.get("seconds", 0.0)) for p in (curve_points or []))
+    prune_s = sum(float(rec.get("seconds", 0.0)) for rec in (prune_history or []))
+    out = {
+        "time/steps_s": timer.steps_s,
+        "time/steps_n": float(timer.steps_n),
+        "time/step_mean_s": timer.steps_s / timer.steps_n if timer.steps_n else float("nan"),
+        "time/val_s": timer.val_s,
+        "time/curve_s": curve_s,
+        "time/prune_s": prune_s,
+    }
+    out["time/fit_other_s"] = max(0.0, float(train_s) - timer.steps_s - timer.val_s - curve_s - prune_s)
+    return out
