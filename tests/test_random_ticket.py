@@ -219,3 +219,40 @@ def test_bad_protocol_options_are_one_line_errors(tmp_path: Path, args: list[str
     assert last.startswith(f"error: {option}:"), tail(res)
     assert "Traceback" not in res.stderr
     assert run_dirs(tmp_path) == []  # nothing written before the error
+
+
+def test_report_states_each_arms_phase_budget(tmp_path: Path) -> None:
+    """The report's cost columns: mask-search steps (to the last prune), final-phase steps and rate, per run."""
+    from rigsa_lightning.report.jobs import load_job
+    from rigsa_lightning.report.table import phase_budget
+
+    def job(name: str, config: str, metrics: dict[str, Any]) -> Any:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(config)
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", **metrics}))
+        return load_job(folder, tmp_path)
+
+    rigsa = job(
+        "rigsa_paper_s0",
+        "adapter:\n  method: rigsa\n  lr: 0.0003\npruning:\n  round_lr: null\n  final_lr: 0.01\n",
+        {
+            "method": "rigsa",
+            "time/steps_n": 560,
+            "prune/history": [{"global_step": 125}, {"global_step": 250}],
+        },
+    )
+    assert phase_budget(rigsa) == {
+        "search_steps": 250.0,
+        "final_steps": 310.0,
+        "final_lr": 0.01,
+        "round_lr": 0.0003,
+    }
+    ticket = job(
+        "random_ticket_s0",
+        "adapter:\n  method: random_mask\n  lr: 0.03\npruning:\n  final_lr: null\n",
+        {"method": "random_mask", "time/steps_n": 375},
+    )
+    budget = phase_budget(ticket)
+    assert budget["search_steps"] == 0.0 and budget["final_steps"] == 375.0 and budget["final_lr"] == 0.03
+    assert math.isnan(budget["round_lr"])

@@ -78,6 +78,25 @@ def _density(job: Job) -> float:
     return NAN if density is None else density
 
 
+def phase_budget(job: Job) -> dict[str, float]:
+    """What a run was given, phase by phase (the lottery-ticket protocol's comparison): the mask search's steps
+    (up to the last prune; 0 without pruning), the final phase's steps and its peak learning rate of the adapter's
+    weights (``pruning.final_lr``, else ``adapter.lr``), and the rounds' rate (``pruning.round_lr``, else
+    ``adapter.lr``; NaN without rounds)."""
+    m = job.metrics
+    history = m.get("prune/history") or []
+    search = float(history[-1].get("global_step") or 0) if history else 0.0
+    total = _num(m.get("time/steps_n"))
+    lr = _num(get(job.config, "adapter.lr"))
+    final_lr, round_lr = _num(get(job.config, "pruning.final_lr")), _num(get(job.config, "pruning.round_lr"))
+    return {
+        "search_steps": search,
+        "final_steps": total - search if _finite(total) else NAN,
+        "final_lr": final_lr if _finite(final_lr) else lr,
+        "round_lr": (round_lr if _finite(round_lr) else lr) if history else NAN,
+    }
+
+
 def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
     """The flat, canonical metrics of one completed run (NaN where absent or skipped)."""
     m = job.metrics
@@ -138,6 +157,7 @@ def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
         part = _num(m.get(f"time/{name}"))
         row[key] = part / 60 if _finite(part) else NAN
     row["steps_n"] = _num(m.get("time/steps_n"))
+    row.update(phase_budget(job))
     row["peak_rss_gb"] = _num(m.get("memory/peak_rss_gb"))
     return row
 
@@ -192,6 +212,9 @@ def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
         Column("adapter_nnz", "non-zero adapter entries", "count"),
         Column("adapter_mb", "adapter MB", "mb"),
         Column("train_min", "train time (min)", "min"),
+        Column("search_steps", "mask-search steps", "count"),
+        Column("final_steps", "final-phase steps", "count"),
+        Column("final_lr", "final-phase lr", "float"),
         Column("steps_n", "optimizer steps", "count"),
         Column("steps_min", "in steps (min)", "min"),
         Column("val_min", "in validation (min)", "min"),
