@@ -12,8 +12,10 @@ Variants, alternated in every repetition:
 * ``rigsa_sparse@d`` for d in 0.5, 0.2, 0.0346: the sparse storage after pruning to density d (random masks),
   ``adapter.sparse_grad=auto``.
 
-Targets: ``rigsa_sparse@0.0346 / floor <= 1.10`` and ``rigsa_dense / full <= 1.02`` at every thread count that is not
-contended (a 2-thread floor slower than the 1-thread floor means another job holds a core: reported, no verdict).
+Targets: ``rigsa_sparse@0.0346 / floor <= 1.10`` and ``rigsa_dense / full <= 1.02`` at every thread count, as paired
+ratios of process CPU time (each call's ``time.process_time()``: time spent waiting for a core held by another job is
+not counted) and of wall time (a 2-thread wall floor slower than the 1-thread one means another job holds a core:
+reported as contended, no wall verdict).
 
 ``python -m bench.sparse_step --profile [--density 0.0346] [--threads 1]`` profiles one sparse step with
 ``torch.profiler`` and prints the table of the top ops (self CPU time) as markdown.
@@ -72,6 +74,19 @@ def build(quick: bool = False) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     return host, batch, sparse
 
 
+def _cpu_timed(fn: Any, out: list[float]) -> Any:
+    """``fn`` that also appends the process CPU seconds of each call to ``out`` (robust to other jobs holding the
+    cores: time spent waiting for a core is not counted, unlike wall time)."""
+
+    def call() -> Any:
+        c0 = time.process_time()
+        result = fn()
+        out.append(time.process_time() - c0)
+        return result
+
+    return call
+
+
 def grad_paths(adapters: dict[str, Any]) -> dict[str, int]:
     """How many modules use each weight-gradient path (``resolved_grad_mode``)."""
     out: dict[str, int] = {}
@@ -108,11 +123,29 @@ def run(
         say(
             f"[sparse_step] threads={n}, batch {shape[0]}x{shape[1]}, {'bf16' if bf16 else 'fp32'}, {reps} reps"
         )
-        times = alternate(fns, reps=reps, warmup=1, log=say)
+        cpu: dict[str, list[float]] = {k: [] for k in NAMES}
+        times = alternate({k: _cpu_timed(fns[k], cpu[k]) for k in NAMES}, reps=reps, warmup=1, log=say)
+        cpu = {k: v[1:] for k, v in cpu.items()}  # the warm-up call left out
         stats = {k: summary(v) for k, v in times.items()}
         vs_floor = {k: summary([a / b for a, b in zip(times[k], times["floor"])])["median"] for k in NAMES}
         vs_full = {k: summary([a / b for a, b in zip(times[k], times["full"])])["median"] for k in NAMES}
-        results[str(n)] = {"seconds": times, "stats": stats, "vs_floor": vs_floor, "vs_full": vs_full}
+        cpu_stats = {k: summary(v) for k, v in cpu.items()}
+        cpu_vs_floor = {k: summary([a / b for a, b in zip(cpu[k], cpu["floor"])])["median"] for k in NAMES}
+        cpu_vs_full = {k: summary([a / b for a, b in zip(cpu[k], cpu["full"])])["median"] for k in NAMES}
+        say(
+            f"[sparse_step] {n} thr cpu x floor: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in cpu_vs_floor.items())
+        )
+        results[str(n)] = {
+            "seconds": times,
+            "stats": stats,
+            "vs_floor": vs_floor,
+            "vs_full": vs_full,
+            "cpu_seconds": cpu,
+            "cpu_stats": cpu_stats,
+            "cpu_vs_floor": cpu_vs_floor,
+            "cpu_vs_full": cpu_vs_full,
+        }
         for k in NAMES:
             rows.append(
                 [
@@ -121,6 +154,9 @@ def run(
                     f"{stats[k]['min']:.2f}-{stats[k]['max']:.2f}",
                     f"{vs_floor[k]:.3f}",
                     f"{vs_full[k]:.3f}",
+                    f"{cpu_stats[k]['median']:.2f}",
+                    f"{cpu_vs_floor[k]:.3f}",
+                    f"{cpu_vs_full[k]:.3f}",
                 ]
             )
     one = results.get("1", {}).get("stats", {}).get("floor", {}).get("median")
@@ -136,7 +172,7 @@ def run(
     print_table(
         f"Sparse step / floor and dense round / full FT, SmolLM2-135M {'bf16 autocast' if bf16 else 'fp32'}, "
         f"batch {shape[0]}x{shape[1]} (median of {reps} alternating reps)",
-        ["variant", "s/step", "range", "x floor (paired median)", "x full FT (paired median)"],
+        ["variant", "wall s", "range", "x floor", "x full FT", "CPU s", "CPU x floor", "CPU x full FT"],
         rows,
     )
     entry = {
@@ -159,49 +195,56 @@ def run(
 
 
 def headline(entry: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Summary rows: (figure, measured, target, verdict)."""
+    """Summary rows: (figure, measured, target, verdict), on paired CPU-time and wall-time ratios."""
     rows = []
     for n, res in entry["results"].items():
         skip = entry.get("quick") or n in entry.get("contended", [])
         why = "n/a (quick size)" if entry.get("quick") else "n/a (contended)"
-        s = res["vs_floor"]["rigsa_sparse@0.0346"]
-        d = res["vs_full"]["rigsa_dense"]
-        rows.append(
-            (
-                f"rigsa_sparse@0.0346 / floor ({n} thr)",
-                f"{s:.3f}x",
-                f"<= {SPARSE_TARGET}x",
-                why if skip else verdict(s, SPARSE_TARGET),
+        for basis, floor_key, full_key in (
+            ("CPU", "cpu_vs_floor", "cpu_vs_full"),
+            ("wall", "vs_floor", "vs_full"),
+        ):
+            s = res[floor_key]["rigsa_sparse@0.0346"]
+            d = res[full_key]["rigsa_dense"]
+            rows.append(
+                (
+                    f"rigsa_sparse@0.0346 / floor, {basis} ({n} thr)",
+                    f"{s:.3f}x",
+                    f"<= {SPARSE_TARGET}x",
+                    why if skip and basis == "wall" else verdict(s, SPARSE_TARGET),
+                )
             )
-        )
-        rows.append(
-            (
-                f"rigsa_dense / full FT ({n} thr)",
-                f"{d:.3f}x",
-                f"<= {DENSE_TARGET}x",
-                why if skip else verdict(d, DENSE_TARGET),
+            rows.append(
+                (
+                    f"rigsa_dense / full FT, {basis} ({n} thr)",
+                    f"{d:.3f}x",
+                    f"<= {DENSE_TARGET}x",
+                    why if skip and basis == "wall" else verdict(d, DENSE_TARGET),
+                )
             )
-        )
-        before = res["stats"][BEFORE]["median"] / res["stats"]["rigsa_sparse@0.0346"]["median"]
+        before = res["cpu_stats"][BEFORE]["median"] / res["cpu_stats"]["rigsa_sparse@0.0346"]["median"]
         rows.append(
-            (f"rigsa_sparse@0.0346 step before / after ({n} thr)", f"{before:.3f}x", "(reference)", "")
+            (f"rigsa_sparse@0.0346 step before / after, CPU ({n} thr)", f"{before:.3f}x", "(reference)", "")
         )
         for k in NAMES[2:]:
             if k != "rigsa_sparse@0.0346":
-                rows.append((f"{k} / floor ({n} thr)", f"{res['vs_floor'][k]:.3f}x", "(reference)", ""))
+                rows.append(
+                    (f"{k} / floor, CPU ({n} thr)", f"{res['cpu_vs_floor'][k]:.3f}x", "(reference)", "")
+                )
     return rows
 
 
 def markdown(entry: dict[str, Any]) -> str:
     """The ratio table of a ``sparse_step`` entry as markdown."""
     lines = [
-        "| variant | threads | s/step (median) | x floor (paired median) | x full FT (paired median) |",
-        "|---|---|---|---|---|",
+        "| variant | threads | CPU s/step | CPU x floor | CPU x full FT | wall s/step | wall x floor | wall x full FT |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for n, res in entry["results"].items():
         for k in NAMES:
             lines.append(
-                f"| {k} | {n} | {res['stats'][k]['median']:.2f} | {res['vs_floor'][k]:.3f} | "
+                f"| {k} | {n} | {res['cpu_stats'][k]['median']:.2f} | {res['cpu_vs_floor'][k]:.3f} | "
+                f"{res['cpu_vs_full'][k]:.3f} | {res['stats'][k]['median']:.2f} | {res['vs_floor'][k]:.3f} | "
                 f"{res['vs_full'][k]:.3f} |"
             )
     return "\n".join(lines)
