@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         replace_module(model, name, module.base_layer)
     del opt, params, sparse
 
-    from rigsa_lightning.adapters.lora import apply_lora, lora_param_groups
+    from rigsa_lightning.adapters.lora.model import apply_lora, lora_param_groups
 
     lora_cfg = {"r": 16, "lora_alpha": 32, "dropout": 0.05, "targets": TARGETS, "lr": 2e-4, "seed": 1234}
     peft_model = apply_lora(model, lora_cfg)

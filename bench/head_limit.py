@@ -82,7 +82,7 @@ def qlora_model(r: int = 16) -> tuple[Any, list[Any], Any]:
 
     from bench.common import MODEL_NAME, TARGETS
     from bench.steps import adamw
-    from rigsa_lightning.adapters.lora import apply_lora, load_qlora_base, lora_param_groups
+    from rigsa_lightning.adapters.lora.model import apply_lora, load_qlora_base, lora_param_groups
     from rigsa_lightning.config import CONFIG_DIR
 
     cfg = OmegaConf.merge(

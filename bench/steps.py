@@ -213,7 +213,7 @@ def lora_model(
     """A separate SmolLM2 with PEFT LoRA (r, alpha 2r, ``dropout``: 0.05 as conf/adapter/lora.yaml) on the same
     targets, and its AdamW."""
     from bench.common import load_smollm2
-    from rigsa_lightning.adapters.lora import apply_lora, lora_param_groups
+    from rigsa_lightning.adapters.lora.model import apply_lora, lora_param_groups
 
     model, _ = load_smollm2()
     cfg = {"r": r, "lora_alpha": 2 * r, "dropout": dropout, "targets": TARGETS, "lr": 2e-4, "seed": 1234}

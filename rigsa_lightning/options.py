@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,6 @@ from rigsa_lightning.errors import ConfigError
 PASSTHROUGH = ("trainer.",)
 # Benchmark names that per-task options (eval.limit, eval.num_fewshot, ...) may name.
 TASKS = ("piqa", "hellaswag", "gsm8k")
-# Every adapter method: the names registered in adapters/registry.py (no torch imported).
-METHODS = method_names()
 
 
 @dataclass(frozen=True)
@@ -244,7 +242,7 @@ _SEED = (0, 2**32 - 1)
 _TARGETS = "module-name suffixes (or 're:<regex>') of the linear layers to adapt"
 
 # fmt: off
-OPTIONS: dict[str, Option] = {
+_FIXED: dict[str, Option] = {
     # ---------------------------------------------------------------- top level (train.yaml, evaluate.yaml)
     "name": _str("short name of the run (run folder, W&B run name)"),
     "task_name": _str("name of the command's task (log and W&B grouping)"),
@@ -257,22 +255,6 @@ OPTIONS: dict[str, Option] = {
     "lm_head": _choice("where the LM head runs in the training loss", "scored", "full"),
     "checkpoint.enabled": _bool("write checkpoints/last.ckpt at every epoch end"),
     "checkpoint.every_n_train_steps": _int("also checkpoint every N steps", 1, null=True),
-    **{
-        f"lr_by_method.{m}": _float(f"a study's learning rate for {m} (its runs' adapter.lr)", 0)
-        for m in METHODS
-    },
-    **{
-        f"final_lr_by_method.{m}": _float(
-            f"a study's final-phase learning rate for {m} (its runs' pruning.final_lr)", 0, null=True
-        )
-        for m in METHODS
-    },
-    **{
-        f"ticket_from_by_method.{m}": _str(
-            f"a study's adapter.density_from for {m} (random_mask: the paired rigsa run)", null=True
-        )
-        for m in METHODS
-    },
     "stop_at.val_acc": _float("stop once val/acc reaches this fraction (matched accuracy)", 0, 1,
                               open_low=True, null=True),
     "compile.enabled": _bool("torch.compile the model's forward"),
@@ -330,7 +312,6 @@ OPTIONS: dict[str, Option] = {
     "data.length_bucketing": _bool("group similar lengths into batches"),
     "data.gen_max_new_tokens": _int("greedy tokens generated for gen_acc (chat: at most, for exact match)", 1),
     # ---------------------------------------------------------------- adapter (every method)
-    "adapter.method": _choice("adaptation method", *METHODS),
     "adapter.targets": Option("str_list", _TARGETS),
     "adapter.lr": _float("learning rate of the adapter's weights", 0, example="1e-3"),
     "adapter.weight_decay": _float("decoupled AdamW weight decay of the adapter's weights", 0, example="1.0"),
@@ -436,6 +417,74 @@ OPTIONS: dict[str, Option] = {
     "eval.drift.top_k": _int("base distribution kept per token (top-k)", 1),
 }
 # fmt: on
+
+
+def _method_options(methods: Sequence[str]) -> dict[str, Option]:
+    """The options made by the registered methods: ``adapter.method``'s choices and, per method, a study's
+    ``lr_by_method.<m>``, ``final_lr_by_method.<m>`` and ``ticket_from_by_method.<m>``."""
+    return {
+        "adapter.method": _choice("adaptation method", *methods),
+        **{
+            f"lr_by_method.{m}": _float(f"a study's learning rate for {m} (its runs' adapter.lr)", 0)
+            for m in methods
+        },
+        **{
+            f"final_lr_by_method.{m}": _float(
+                f"a study's final-phase learning rate for {m} (its runs' pruning.final_lr)", 0, null=True
+            )
+            for m in methods
+        },
+        **{
+            f"ticket_from_by_method.{m}": _str(
+                f"a study's adapter.density_from for {m} (random_mask: the paired rigsa run)", null=True
+            )
+            for m in methods
+        },
+    }
+
+
+class OptionTable(Mapping[str, Option]):
+    """Every declared option: the fixed ones and those the registered methods make (:func:`_method_options`).
+
+    The method options are rebuilt whenever the registry's names change, so a method registered after this module
+    was imported (``register_method``) is a valid ``adapter.method`` and has its ``lr_by_method.<name>`` options."""
+
+    def __init__(
+        self, fixed: dict[str, Option], by_method: Callable[[Sequence[str]], dict[str, Option]]
+    ) -> None:
+        self._fixed = fixed
+        self._by_method = by_method
+        self._names: tuple[str, ...] | None = None
+        self._table: dict[str, Option] = {}
+
+    def _current(self) -> dict[str, Option]:
+        names = method_names()
+        if names != self._names:
+            self._table = {**self._fixed, **self._by_method(names)}
+            self._names = names
+        return self._table
+
+    def __getitem__(self, key: str) -> Option:
+        return self._current()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._current()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+OPTIONS: Mapping[str, Option] = OptionTable(_FIXED, _method_options)
+
+
+def __getattr__(attr: str) -> Any:
+    """``METHODS``: every adapter method, the names registered now in adapters/registry.py (no torch imported)."""
+    if attr == "METHODS":
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def _is_passthrough(key: str) -> bool:

@@ -234,7 +234,7 @@ def test_gpu_trainer_without_gpu_direct() -> None:
 
 
 def test_qlora_without_bitsandbytes_direct(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rigsa_lightning.adapters.lora import bnb_config
+    from rigsa_lightning.adapters.lora.model import bnb_config
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
     with pytest.raises(ConfigError, match="QLoRA needs bitsandbytes, which is not installed") as info:

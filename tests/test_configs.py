@@ -58,7 +58,7 @@ def test_every_experiment_composes(experiment: str) -> None:
 
 
 def test_density_matched_pair_is_one_override_apart() -> None:
-    from rigsa_lightning.adapters import resolve_random_mask_density
+    from rigsa_lightning.adapters.rigsa.method import resolve_random_mask_density
 
     a = _compose(["experiment=random_mask_50"])
     b = _compose(["experiment=rigsa_50", "adapter=random_mask"])

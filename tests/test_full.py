@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rigsa_lightning.adapters.full import (
+from rigsa_lightning.adapters.full.model import (
     apply_full,
     apply_none,
     full_param_groups,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rigsa_lightning.adapters.lora import (
+from rigsa_lightning.adapters.lora.model import (
     adapter_stats,
     apply_lora,
     bnb_config,

@@ -68,8 +68,8 @@ def test_builtin_methods_and_their_flags() -> None:
 
 
 def test_export_file_names_are_the_implementations() -> None:
-    from rigsa_lightning.adapters.full import FULL_WEIGHTS
-    from rigsa_lightning.adapters.lora import ADAPTER_WEIGHTS
+    from rigsa_lightning.adapters.full.model import FULL_WEIGHTS
+    from rigsa_lightning.adapters.lora.model import ADAPTER_WEIGHTS
     from rigsa_lightning.export import WEIGHTS_NAME
 
     expected = {"sparse": WEIGHTS_NAME, "peft": ADAPTER_WEIGHTS, "full": FULL_WEIGHTS}

@@ -57,7 +57,7 @@ def test_qlora_compute_dtype_auto(monkeypatch) -> None:
     pytest.importorskip("bitsandbytes")
     import torch
 
-    from rigsa_lightning.adapters.lora import bnb_config
+    from rigsa_lightning.adapters.lora.model import bnb_config
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -2,8 +2,9 @@
 
 Methods: ``rigsa`` (gated sparse adapter, pruned by IMP), ``random_mask`` (same adapter, random fixed mask),
 ``lora``, ``qlora`` (LoRA on a 4-bit NF4 base), ``full`` (full fine-tuning of the target matrices), ``none``
-(zero-shot: evaluations only). Each is an :class:`~rigsa_lightning.adapters.registry.AdapterMethod` in the
-registry (``registry.py``); this package imports no torch until a method's hook runs.
+(zero-shot: evaluations only). Each is a folder (``rigsa/``, ``lora/``, ``full/``) whose ``method.py`` holds its
+:class:`~rigsa_lightning.adapters.registry.AdapterMethod` in the registry (``registry.py``); this package imports no
+torch until a method's hook runs.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rigsa_lightning.adapters.registry import ADAPTER_SEED, MASK_SEED, get_method
+from rigsa_lightning.adapters.registry import get_method
+from rigsa_lightning.adapters.seeds import ADAPTER_SEED, MASK_SEED
 from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,28 +66,6 @@ def load_base(cfg: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any, 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model, tok, key
-
-
-def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
-    """Density of a random mask: ``adapter.density``, or (when null) the final density of the pruning schedule."""
-    density = get(adapter_cfg, "density")
-    if density is None:
-        # lazy: pruning imports adapters at module level, so adapters may only import it when called
-        from rigsa_lightning.pruning.schedule import PruningSchedule
-
-        schedule = PruningSchedule.from_cfg(pruning_cfg)
-        density = schedule.final_density
-        if density is None:
-            raise ConfigError(
-                "adapter.density",
-                "random_mask needs a density but the pruning schedule's final density is data dependent "
-                "(keep_of=sign_stable)",
-                "set adapter.density=<value>, e.g. 0.0346 (experiment=random_mask_paper)",
-            )
-    density = float(density)
-    if not 0.0 < density <= 1.0:
-        raise ConfigError("adapter.density", f"{density} is outside (0, 1]", "use a density such as 0.5")
-    return density
 
 
 def replicate_seeds(cfg: Any) -> Any:

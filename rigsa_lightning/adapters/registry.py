@@ -1,15 +1,19 @@
 """The registry of adapter methods: what every call site asks of ``adapter.method``, answered by the method.
 
-Each method is one :class:`AdapterMethod` subclass in its own module (``gated_method``, ``lora_method``,
-``full_method``) with one registration line in :func:`_ensure_builtins`. Call sites ask the registry
-(``get_method(name).gated``, ``.prepare(...)``, ``.export(...)``, ...) instead of comparing method names.
+Each method is one folder (``rigsa/``, ``lora/``, ``full/``) whose ``method.py`` holds its :class:`AdapterMethod`
+subclasses, with one registration line each in :func:`_ensure_builtins`. A method from outside the package calls
+:func:`register_method` when its module is imported: name the module in ``RIGSA_METHOD_MODULES`` (comma-separated
+module names, imported once with the built-ins) so every process (the train job, a sweep's jobs, the report) has it.
+Call sites ask the registry (``get_method(name).gated``, ``.prepare(...)``, ``.export(...)``, ...) instead of
+comparing method names.
 
 Light on purpose: importing this module (or a method module) imports no torch, so ``options.py`` and the report use
-it; each hook imports the heavy implementation (``rigsa``, ``lora``, ``full``, ``export``) when it runs.
+it; each hook imports the heavy implementation (``rigsa``, ``lora.model``, ``full.model``, ``export``) when it runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable
@@ -21,10 +25,10 @@ from rigsa_lightning.errors import ConfigError
 if TYPE_CHECKING:
     from rigsa_lightning.adapters import PreparedModel
 
-#: ``adapter.seed`` when a config omits it: the seed of the initial ΔW (RIGSA) or LoRA's A (per module, derived).
-ADAPTER_SEED = 1234
-#: ``adapter.mask_seed`` when a config omits it: the seed of a random mask.
-MASK_SEED = 0
+#: Environment variable naming the modules of methods from outside the package (comma-separated module names).
+METHOD_MODULES_ENV = "RIGSA_METHOD_MODULES"
+#: The report's place for a method that declares no ``order`` (after every method that does).
+UNLISTED_ORDER = 99
 
 
 class AdapterMethod:
@@ -45,6 +49,9 @@ class AdapterMethod:
     trains: ClassVar[bool] = True
     export_kind: ClassVar[str | None] = None
     export_file: ClassVar[str | None] = None
+    label: ClassVar[str] = ""
+    order: ClassVar[int | None] = None
+    color: ClassVar[str | None] = None
 
     def check(self, cfg: Any) -> None:
         """Early checks that need a library or files (run by train's ``validate_cfg``); raise ConfigError."""
@@ -115,19 +122,37 @@ def _ensure_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    from rigsa_lightning.adapters import full_method, gated_method, lora_method
+    from rigsa_lightning.adapters.full import method as full
+    from rigsa_lightning.adapters.lora import method as lora
+    from rigsa_lightning.adapters.rigsa import method as rigsa
 
     builtins = [
-        gated_method.Rigsa(),
-        gated_method.RandomMask(),
-        lora_method.Lora(),
-        lora_method.QLora(),
-        full_method.Full(),
-        full_method.NoAdapter(),
+        rigsa.Rigsa(),
+        rigsa.RandomMask(),
+        lora.Lora(),
+        lora.QLora(),
+        full.Full(),
+        full.NoAdapter(),
     ]
     _builtins_loaded = True
     for method in builtins:
         _add(method)
+    _import_method_modules()
+
+
+def _import_method_modules() -> None:
+    """Import the modules named in ``RIGSA_METHOD_MODULES`` (each registers its methods when imported)."""
+    for module in os.environ.get(METHOD_MODULES_ENV, "").split(","):
+        if not module.strip():
+            continue
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as exc:
+            raise ConfigError(
+                METHOD_MODULES_ENV,
+                f"can't import method module {module.strip()!r} ({exc})",
+                "put its folder on PYTHONPATH, or drop it from the variable",
+            ) from exc
 
 
 def register_method(method: AdapterMethod) -> AdapterMethod:
@@ -156,6 +181,18 @@ def method_names() -> tuple[str, ...]:
     """Every registered method name, in registration order."""
     _ensure_builtins()
     return tuple(_REGISTRY)
+
+
+def method_label(name: str) -> str:
+    """The display name of method ``name`` in the report (the name itself for an unknown method or no label)."""
+    method = find_method(name)
+    return (method.label if method is not None else "") or str(name)
+
+
+def method_order(name: str) -> int:
+    """The place of method ``name`` in the report's tables and legends (:data:`UNLISTED_ORDER` when it has none)."""
+    method = find_method(name)
+    return method.order if method is not None and method.order is not None else UNLISTED_ORDER
 
 
 def gated_methods() -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """When IMP prunes and how much it keeps: :class:`PruningSchedule` and the options of the ``pruning`` group.
 
 Everything the paper leaves open is an option (conf/pruning/imp.yaml documents each default); ``from_cfg``
-validates them all and raises :class:`~rigsa_lightning.errors.ConfigError` with a one-line fix.
+validates them all and raises :class:`~rigsa_lightning.errors.ConfigError` with a one-line fix. Imports no torch.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rigsa_lightning.adapters.rigsa.layer import PRUNED_VALUES
+from rigsa_lightning.adapters.rigsa.constants import PRUNED_VALUES
 from rigsa_lightning.config import choice, get
 from rigsa_lightning.errors import ConfigError
 
@@ -20,7 +20,8 @@ SCORES = ("delta", "gated")
 SCOPES = ("per_matrix", "global")
 SIGN_REFERENCES = ("init", "previous")
 REWINDS = ("init", "none")
-# PRUNED_VALUES ("zero", "init") is the adapter's: DenseDeltaLinear.apply_mask checks it too.
+# PRUNED_VALUES ("zero", "init") is the adapter's (adapters/rigsa/constants.py): DenseDeltaLinear.apply_mask checks
+# it too.
 
 
 def _int(cfg: Any, key: str, default: int) -> int:

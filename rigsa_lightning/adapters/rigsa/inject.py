@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.registry import ADAPTER_SEED, MASK_SEED
 from rigsa_lightning.adapters.rigsa.layer import FORWARD_MODES, KEEP_INIT, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, derive_seed, random_mask_
+from rigsa_lightning.adapters.seeds import ADAPTER_SEED, MASK_SEED
 from rigsa_lightning.adapters.targets import find_target_linears, replace_module
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError

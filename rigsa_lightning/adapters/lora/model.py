@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rigsa_lightning.adapters.registry import ADAPTER_SEED
+from rigsa_lightning.adapters.seeds import ADAPTER_SEED
 from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_dir

@@ -1,5 +1,5 @@
 """The gated sparse methods: ``rigsa`` (random ΔW, pruned by IMP) and ``random_mask`` (same adapter, a fixed
-random mask). Registry entries only: the adapter is the ``rigsa`` package, its export ``export.py``."""
+random mask). Registry entries (no torch at import): the adapter is this folder, its export ``export.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters import PreparedModel, load_base, resolve_random_mask_density
-from rigsa_lightning.adapters.registry import MASK_SEED, AdapterMethod, finite_or_none, trainable_count
+from rigsa_lightning.adapters import PreparedModel, load_base
+from rigsa_lightning.adapters.registry import AdapterMethod, finite_or_none, trainable_count
+from rigsa_lightning.adapters.seeds import MASK_SEED
+from rigsa_lightning.config import get
+from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.pruning.schedule import PruningSchedule
+
+
+def resolve_random_mask_density(adapter_cfg: Any, pruning_cfg: Any) -> float:
+    """Density of a random mask: ``adapter.density``, or (when null) the final density of the pruning schedule."""
+    density = get(adapter_cfg, "density")
+    if density is None:
+        schedule = PruningSchedule.from_cfg(pruning_cfg)
+        density = schedule.final_density
+        if density is None:
+            raise ConfigError(
+                "adapter.density",
+                "random_mask needs a density but the pruning schedule's final density is data dependent "
+                "(keep_of=sign_stable)",
+                "set adapter.density=<value>, e.g. 0.0346 (experiment=random_mask_paper)",
+            )
+    density = float(density)
+    if not 0.0 < density <= 1.0:
+        raise ConfigError("adapter.density", f"{density} is outside (0, 1]", "use a density such as 0.5")
+    return density
 
 
 class GatedSparseMethod(AdapterMethod):
@@ -83,6 +106,9 @@ class Rigsa(GatedSparseMethod):
 
     name = "rigsa"
     prunes = True
+    label = "RIGSA"
+    order = 1
+    color = "#1f77b4"
 
     def run_tags(self, cfg: Any) -> list[str]:
         """The target sparsity."""
@@ -93,6 +119,9 @@ class RandomMask(GatedSparseMethod):
     """The same adapter with a fixed random mask at a matched density (no pruning)."""
 
     name = "random_mask"
+    label = "random mask"
+    order = 2
+    color = "#ff7f0e"
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
         """The gated adapters with a random mask of ``adapter.density`` (or the schedule's final density)."""
@@ -125,8 +154,6 @@ class RandomMask(GatedSparseMethod):
         elif cfg.adapter.get("density") is None:
             density = resolve_random_mask_density(cfg.adapter, cfg.pruning)
             if density >= 1.0:
-                from rigsa_lightning.errors import ConfigError
-
                 raise ConfigError(
                     "adapter.density_from",
                     "random_mask has no density (adapter.density is null and the pruning schedule keeps every entry)",

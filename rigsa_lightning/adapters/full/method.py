@@ -1,5 +1,5 @@
 """``full`` (full fine-tuning of the target matrices) and ``none`` (zero-shot: nothing trains, nothing is
-exported). Registry entries only: the implementation is ``full.py``."""
+exported). Registry entries (no torch at import): the implementation is ``model.py``."""
 
 from __future__ import annotations
 
@@ -17,31 +17,34 @@ class Full(AdapterMethod):
 
     name = "full"
     export_kind = "full"
-    export_file = "full_weights.safetensors"  # full.FULL_WEIGHTS
+    export_file = "full_weights.safetensors"  # model.FULL_WEIGHTS
+    label = "full fine-tuning"
+    order = 5
+    color = "#9467bd"
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
         """The base model with only the target weights trainable."""
-        from rigsa_lightning.adapters.full import apply_full
+        from rigsa_lightning.adapters.full.model import apply_full
 
         model, tok, key = load_base(cfg, cache_dir)
         return PreparedModel(model, tok, self.name, key, targets=apply_full(model, cfg.adapter))
 
     def param_groups(self, prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
         """The target weights."""
-        from rigsa_lightning.adapters.full import full_param_groups
+        from rigsa_lightning.adapters.full.model import full_param_groups
 
         return full_param_groups(prepared.targets, adapter_cfg)
 
     def export(self, prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
         """The fine-tuned target weights (``full_weights.safetensors`` + ``full_weights.json``)."""
-        from rigsa_lightning.adapters.full import save_full_weights
+        from rigsa_lightning.adapters.full.model import save_full_weights
 
         save_full_weights(prepared.targets, folder, str(cfg.model.name_or_path))
         return folder
 
     def load_export(self, model: Any, folder: Path) -> Any:
         """Copy the exported target weights into ``model`` (already a plain model: nothing to merge)."""
-        from rigsa_lightning.adapters.full import load_full_weights
+        from rigsa_lightning.adapters.full.model import load_full_weights
 
         load_full_weights(model, folder)
         return model
@@ -56,10 +59,13 @@ class NoAdapter(AdapterMethod):
 
     name = "none"
     trains = False
+    label = "zero-shot"
+    order = 0
+    color = "#555555"
 
     def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
         """The base model with every parameter frozen."""
-        from rigsa_lightning.adapters.full import apply_none
+        from rigsa_lightning.adapters.full.model import apply_none
 
         model, tok, key = load_base(cfg, cache_dir)
         apply_none(model)
