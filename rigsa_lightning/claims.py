@@ -539,3 +539,65 @@ def claims_markdown(claims: Sequence[Claim]) -> str:
         if c.runs:
             lines.append(f"- claim {c.number} uses: " + ", ".join(f"`{r}`" for r in sorted(set(c.runs))))
     return "\n".join(lines) + "\n"
+
+
+def dense_step_markdown(jobs: Sequence[Any], names: Mapping[str, str] | None = None) -> str:
+    """The paper's "RIGSA step 1 (dense)" point: each RIGSA run's forgetting-curve point at the end of its dense
+    round (the step of its first prune; validation runs before the prune, so the point is the dense model), with
+    the mean and 95 % t-interval over seeds. Empty without a RIGSA run that recorded such a point."""
+    names = {**DEFAULT_NAMES, **(names or {})}
+    rows = []
+    for job in sorted(_runs_of(jobs, "rigsa", names), key=lambda j: str(j.rel)):
+        history = job.metrics.get("prune/history") or []
+        curve = job.metrics.get("forget_curve") or []
+        if not history:
+            continue
+        step = float(history[0].get("global_step") or 0)
+        # the last point before the prune (validation at the end of an epoch is logged one step short of it)
+        before = [p for p in curve if float(p.get("step", -1)) <= step]
+        point = before[-1] if before else None
+        if point is not None:
+            rows.append((job.rel, point))
+    if not rows:
+        return ""
+    keys = [("val_acc", "val acc (%)", 100.0)] + [
+        (f"{task}/{measure}", label, 100.0 if measure == "acc" else 1.0)
+        for task, measure, _, label in MEASURES
+    ]
+    keys = [k for k in keys if any(k[0] in p for _, p in rows)]
+    lines = [
+        "## The paper's RIGSA step 1 (dense)",
+        "",
+        "Each RIGSA run's forgetting-curve point at the end of its dense round (before its first prune); changes "
+        "from the base on the curve's items, per run with the item CI, and the mean over seeds with its t-interval.",
+        "",
+        "| run | step | " + " | ".join(label for _, label, _ in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for rel, point in rows:
+        cells = []
+        for key, _, scale in keys:
+            value = point.get(key)
+            lo, hi = point.get(f"{key}_ci_lo"), point.get(f"{key}_ci_hi")
+            text = (
+                "—"
+                if value is None
+                else f"{scale * value:+.3f}"
+                if key != "val_acc"
+                else f"{scale * value:.1f}"
+            )
+            if value is not None and lo is not None and hi is not None:
+                text += f" [{scale * lo:+.3f}, {scale * hi:+.3f}]"
+            cells.append(text)
+        lines.append(f"| `{rel}` | {int(point['step'])} | " + " | ".join(cells) + " |")
+    means = []
+    for key, _, scale in keys:
+        ci = t_interval([p[key] for _, p in rows if key in p])
+        if key == "val_acc":  # an accuracy: the t-interval clipped to [0, 100] %
+            means.append(
+                f"{scale * ci.value:.1f} [{max(0.0, scale * ci.lo):.1f}, {min(100.0, scale * ci.hi):.1f}]"
+            )
+        else:
+            means.append(f"{scale * ci.value:+.3f} [{scale * ci.lo:+.3f}, {scale * ci.hi:+.3f}]")
+    lines.append(f"| mean ({len(rows)} runs) | | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"

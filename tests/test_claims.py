@@ -402,3 +402,28 @@ def test_seed_interval_is_welch_over_run_means_and_gates_the_verdict(tmp_path: P
     assert value == pytest.approx(-0.29, abs=0.01) and b_hi < 0 < w_hi and w_lo < b_lo
     assert f"{value:+.3f} [{w_lo:+.3f}, {w_hi:+.3f}]" in gsm8k  # the CI shown is the union of the two
     assert c3.verdict == "inconclusive at this scale"
+
+
+def test_dense_step_point_from_the_committed_v1_jobs() -> None:
+    """The paper's "RIGSA step 1 (dense)" row: each RIGSA run's last curve point before its first prune, read
+    from the committed v1 job folders (exactly the numbers in their metrics.json), with the mean over seeds."""
+    import json
+
+    from rigsa_lightning.claims import dense_step_markdown, t_interval
+    from rigsa_lightning.report.jobs import find_job_dirs, load_job
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_cpu" / "jobs"
+    jobs = [j for j in (load_job(p, root) for p in find_job_dirs(root)) if j.status == "completed"]
+    md = dense_step_markdown(jobs)
+    gsm = []
+    for seed in (0, 1, 2):
+        metrics = json.loads((root / f"rigsa_paper_s{seed}" / "metrics.json").read_text())
+        first_prune = metrics["prune/history"][0]["global_step"]
+        point = [p for p in metrics["forget_curve"] if p["step"] <= first_prune][-1]
+        assert point["step"] == 124 and first_prune == 125
+        gsm.append(point["gsm8k/gold_nll"])
+        row = next(line for line in md.splitlines() if line.startswith(f"| `rigsa_paper_s{seed}` |"))
+        assert f"| {100 * point['val_acc']:.1f} | {point['gsm8k/gold_nll']:+.3f} [" in row
+    mean = t_interval(gsm)
+    assert f"{mean.value:+.3f} [{mean.lo:+.3f}, {mean.hi:+.3f}]" in md.splitlines()[-1]
+    assert "rigsa_50" not in md  # the claims' RIGSA runs only

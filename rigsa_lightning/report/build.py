@@ -318,9 +318,12 @@ def _claims_lines(folder: Path, title: str, completed: list[Job]) -> list[str]:
     if any(j.metrics.get("method") == "rigsa" for j in completed) and any(
         j.metrics.get("method") in ("qlora", "random_mask") for j in completed
     ):
-        from rigsa_lightning.claims import claims_markdown, evaluate_claims
+        from rigsa_lightning.claims import claims_markdown, dense_step_markdown, evaluate_claims
 
         claims_md = claims_markdown(evaluate_claims(completed))
+        dense = dense_step_markdown(completed)
+        if dense:
+            claims_md += "\n" + dense
         atomic_write_text(
             folder / "claims.md", f"# The paper's claims, re-measured: `{title}`\n\n" + claims_md
         )
