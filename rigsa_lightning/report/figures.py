@@ -9,29 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters.registry import gated_methods
+from rigsa_lightning.adapters.registry import find_method, gated_methods, method_label, method_order
 from rigsa_lightning.io import atomic_write
 from rigsa_lightning.report.jobs import NAN, _finite, _num
 from rigsa_lightning.report.table import (
     BENCHMARKS,
     CONTINUOUS_MEASURES,
-    METHOD_LABELS,
-    METHOD_ORDER,
     _group_sort_key,
     _mean_std,
     _natural_key,
     short_metric,
 )
 
-# One colour per method in every figure (others get one of the extra colours), markers for runs and seeds.
-METHOD_COLORS: dict[str, str] = {
-    "none": "#555555",
-    "rigsa": "#1f77b4",
-    "random_mask": "#ff7f0e",
-    "lora": "#2ca02c",
-    "qlora": "#d62728",
-    "full": "#9467bd",
-}
+# One colour per method in every figure (its ``color`` in the registry; others get one of the extra colours), markers
+# for runs and seeds.
 _EXTRA_COLORS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h"]
 # The report's figures (``<name>.png``) in the order of results.md, and their captions there.
@@ -69,8 +60,9 @@ def _new_figure(panels: int, width: float = 5.0, height: float = 4.0) -> tuple[A
 
 
 def _method_color(method: str) -> str:
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+    spec = find_method(method)
+    if spec is not None and spec.color:
+        return spec.color
     return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
 
 
@@ -196,7 +188,7 @@ def plot_forgetting_vs_accuracy(
         )
         for mn in names
     ]
-    labels = [f"{mn[1]} ({METHOD_LABELS.get(mn[0], mn[0])})" for mn in names]
+    labels = [f"{mn[1]} ({method_label(mn[0])})" for mn in names]
     _legend_below(fig, handles, labels)
     fig.suptitle(f"Forgetting vs Textual MNIST accuracy (one point per run) — {title}", fontsize=11)
     return _save_png(fig, path)
@@ -275,9 +267,9 @@ def plot_forgetting_curves(curves: list[CurveRun], path: Path, title: str) -> Pa
         ax.set_title(f"{label} Δ {what}", fontsize=10)
         ax.set_xlabel("validation accuracy at the point (%)")
         ax.set_ylabel(f"{label} Δ vs base (nats)")
-    methods = sorted({str(run.method) for run in curves}, key=lambda m: METHOD_ORDER.get(m, 99))
+    methods = sorted({str(run.method) for run in curves}, key=method_order)
     handles = [Line2D([], [], color=_method_color(m), marker="o") for m in methods]
-    labels = [METHOD_LABELS.get(m, m) for m in methods]
+    labels = [method_label(m) for m in methods]
     if any(run.discarded for run in curves):
         handles.append(Line2D([], [], color="grey", marker="o", ls="--", alpha=0.4))
         labels.append("rounds discarded by a rewind")
@@ -351,7 +343,7 @@ def plot_density_sweep(
                 linewidth=1.8,
                 capsize=3,
             )
-            label = f"{METHOD_LABELS.get(method, method)} (mean ± std over seeds)"
+            label = f"{method_label(method)} (mean ± std over seeds)"
             if label not in labels:
                 handles.append(Line2D([], [], color=color, marker="o", linewidth=1.8))
                 labels.append(label)

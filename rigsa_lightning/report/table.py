@@ -10,21 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters.registry import find_method
+from rigsa_lightning.adapters.registry import find_method, method_label, method_order
 from rigsa_lightning.config import get
 from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.jobs import NAN, Job, _finite, _num
-
-# Display order of methods in tables and legends (figures use the same order), and their display names.
-METHOD_ORDER: dict[str, int] = {"none": 0, "rigsa": 1, "random_mask": 2, "lora": 3, "qlora": 4, "full": 5}
-METHOD_LABELS: dict[str, str] = {
-    "none": "zero-shot",
-    "rigsa": "RIGSA",
-    "random_mask": "random mask",
-    "lora": "LoRA",
-    "qlora": "QLoRA (4-bit)",
-    "full": "full fine-tuning",
-}
 
 # Forgetting benchmarks in display order, their display names and the preferred metric (first one present wins;
 # metric names are opaque strings after ``forget/<task>/``).
@@ -247,7 +236,7 @@ def _natural_key(text: str) -> list[Any]:
 
 def _group_sort_key(method: str, name: str, density: float) -> tuple[Any, ...]:
     """Display order: by method, then denser first, then by name."""
-    order = METHOD_ORDER.get(method, len(METHOD_ORDER))
+    order = method_order(method)  # each method's own ``order`` (the registry)
     dens = -density if _finite(density) else 1.0  # denser first; unknown density last within a method
     return (order, method, dens, _natural_key(name))
 
@@ -327,7 +316,7 @@ def _group_table(rows: list[dict[str, Any]], columns: Sequence[Column]) -> str:
     header = ["method", "name", "seeds (n)"] + [c.label for c in columns]
     body = []
     for r in rows:
-        cells = [METHOD_LABELS.get(r["method"], r["method"]), r["name"], str(r["n_seeds"])]
+        cells = [method_label(r["method"]), r["name"], str(r["n_seeds"])]
         cells += [
             format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind, r.get(f"{c.key}_ci")) for c in columns
         ]
