@@ -102,24 +102,24 @@ def _kept_weight(
 
 
 class _SwappedWeight:
-    """Context manager: the kept entries of ``W0`` hold ``W0 + alpha·ΔW`` inside the block, their original values
-    again on exit (restored bit for bit from a saved copy of the ``nnz`` originals, also on an exception).
+    """Context manager: the kept entries of ``W0`` hold ``merged`` (``W0 + alpha·ΔW`` there) inside the block and
+    ``original`` (their values in ``W0``, gathered by the caller) again on exit - bit for bit, also on an exception.
 
-    The merged weight then costs ``O(nnz)`` (a gather and two scatters) instead of a copy of the dense matrix. It
-    writes through ``.data`` (no version-counter bump: nothing outside the block ever sees the swapped values)."""
+    The merged weight then costs ``O(nnz)`` (two scatters) instead of a copy of the dense matrix. It writes through
+    ``.data`` (no version-counter bump: nothing outside the block ever sees the swapped values)."""
 
-    def __init__(self, w0: torch.Tensor, kept: torch.Tensor, indices: torch.Tensor) -> None:
+    def __init__(
+        self, w0: torch.Tensor, merged: torch.Tensor, original: torch.Tensor, indices: torch.Tensor
+    ) -> None:
         self.flat = w0.data.view(-1)
-        self.kept = kept
+        self.merged = merged
+        self.original = original
         self.indices = indices
-        self.original: torch.Tensor | None = None
 
     def __enter__(self) -> None:
-        self.original = self.flat.index_select(0, self.indices)
-        self.flat.index_put_((self.indices,), self.kept)
+        self.flat.index_put_((self.indices,), self.merged)
 
     def __exit__(self, *exc: object) -> None:
-        assert self.original is not None
         self.flat.index_put_((self.indices,), self.original)
 
 
@@ -152,11 +152,13 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         autocast)."""
         xc = x.to(compute_dtype)
         b = None if bias is None else bias.to(compute_dtype)
-        weight = None
+        weight = original = merged = None
         if frozen is not None:
             y = F.linear(xc, _rebuild_weight(w0, alpha, values, indices, frozen).to(compute_dtype), b)
         elif compute_dtype == w0.dtype and w0.is_contiguous():
-            with _SwappedWeight(w0, _kept_weight(w0.view(-1), alpha, values, indices), indices):
+            original = w0.view(-1).index_select(0, indices)
+            merged = merged_weight(original, alpha, values)
+            with _SwappedWeight(w0, merged, original, indices):
                 y = F.linear(xc, w0, b)
         else:
             weight = torch.empty(w0.shape, dtype=compute_dtype, device=w0.device)
@@ -165,7 +167,8 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
                 (indices,), _kept_weight(w0.reshape(-1), alpha, values, indices).to(compute_dtype)
             )
             y = F.linear(xc, weight, b)
-        ctx.save_for_backward(xc, alpha, values, indices, frozen, weight)
+        # The swap's nnz originals and merged values are kept for backward's swap (O(nnz): ∝ density).
+        ctx.save_for_backward(xc, alpha, values, indices, frozen, weight, original, merged)
         ctx.w0 = w0  # a frozen parameter (not an activation): held by reference
         ctx.x_dtype = x.dtype
         ctx.compute_dtype = compute_dtype
@@ -176,7 +179,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         """Gradients of ``x``, the bias, ``alpha`` and the kept ``values``."""
-        xc, alpha, values, indices, frozen, weight = ctx.saved_tensors
+        xc, alpha, values, indices, frozen, weight, original, merged = ctx.saved_tensors
         w0 = ctx.w0
         need_x, _, need_b, need_alpha, need_values = ctx.needs_input_grad[:5]
         shape = (w0.shape[0], w0.shape[1])
@@ -191,7 +194,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
             elif frozen is not None:
                 grad_x = gc @ _rebuild_weight(w0, alpha, values, indices, frozen).to(cd)
             else:
-                with _SwappedWeight(w0, _kept_weight(w0.view(-1), alpha, values, indices), indices):
+                with _SwappedWeight(w0, merged, original, indices):
                     grad_x = gc @ w0
             grad_x = grad_x.reshape(*grad_out.shape[:-1], shape[1]).to(ctx.x_dtype)
         if need_b and ctx.has_bias:
