@@ -73,7 +73,8 @@ def phase_budget(job: Job) -> dict[str, float]:
     weights (``pruning.final_lr``, else ``adapter.lr``), and the rounds' rate (``pruning.round_lr``, else
     ``adapter.lr``; NaN without rounds)."""
     m = job.metrics
-    history = [r for r in (m.get("prune/history") or []) if isinstance(r, dict)]  # a damaged record is skipped
+    # a damaged record (not a dict) is skipped
+    history = [r for r in (m.get("prune/history") or []) if isinstance(r, dict)]
     search = float(history[-1].get("global_step") or 0) if history else 0.0
     total = _num(m.get("time/steps_n"))
     lr = _num(get(job.config, "adapter.lr"))
