@@ -12,6 +12,7 @@ from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import random_mask_
 from rigsa_lightning.adapters.rigsa.sparse import (
     SAMPLED_MAX_DENSITY,
+    SWAP_MAX_DENSITY,
     SparseDeltaLinear,
     sampled_weight_grad,
     sparse_param_groups,
@@ -249,12 +250,15 @@ def test_bf16_autocast_gradients_match_dense_storage(grad_mode):
     torch.testing.assert_close(ga_s, ga_d, rtol=1e-2, atol=1e-6)
 
 
+@pytest.mark.parametrize("density", [0.05, 0.3])
 @pytest.mark.parametrize("grad_mode", ["dense", "sampled"])
-def test_kept_entries_swapped_into_w0_and_restored_bitwise(grad_mode):
-    """fp32 (and a bf16 base): the kept entries are swapped into W0 for the matmuls and restored bit for bit, also
-    when the matmul raises; forward and input gradient equal the dense module's."""
+def test_kept_entries_swapped_into_w0_and_restored_bitwise(grad_mode, density):
+    """fp32 (and a bf16 base): up to SWAP_MAX_DENSITY the kept entries are swapped into W0 for the matmuls and
+    restored bit for bit, also when the matmul raises; above it a fresh copy takes them. Either way forward and input
+    gradient equal the dense module's and W0 is left as it was."""
+    assert (density <= SWAP_MAX_DENSITY) == (density == 0.05)
     for dtype in (torch.float32, torch.bfloat16):
-        dense = make_module(density=0.15, seed=4)
+        dense = make_module(density=density, seed=4)
         dense.base_layer.to(dtype)
         sparse = to_sparse_storage(dense, grad_mode=grad_mode)
         w0 = sparse.base_layer.weight

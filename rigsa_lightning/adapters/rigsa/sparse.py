@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 GRAD_MODES = ("auto", "sampled", "dense")
+#: The forward swaps the kept entries into W0 (O(nnz) random access) up to this density, copies W0 above (CPU: the
+#: swap's 5 scattered passes over nnz entries cost about a 4-byte copy of the matrix near d = 0.1).
+SWAP_MAX_DENSITY = 0.1
 #: ``grad_mode="auto"`` uses the sampled product at densities up to this (CPU: SDDMM ~ dense matmul near 0.25).
 SAMPLED_MAX_DENSITY = 0.2
 
@@ -101,6 +104,17 @@ def _kept_weight(
     return merged_weight(w0_flat.index_select(0, indices), alpha, values)
 
 
+def _fresh_weight(
+    w0: torch.Tensor, alpha: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A fresh contiguous copy of ``W0`` in ``dtype`` (the rounding of ``.to(dtype)``) with the kept entries set to
+    ``merged_weight`` there: bitwise the dense module's merged weight in ``dtype``."""
+    weight = torch.empty(w0.shape, dtype=dtype, device=w0.device)
+    weight.copy_(w0)
+    weight.view(-1).index_put_((indices,), _kept_weight(w0.reshape(-1), alpha, values, indices).to(dtype))
+    return weight
+
+
 class _SwappedWeight:
     """Context manager: the kept entries of ``W0`` hold ``merged`` (``W0 + alpha·ΔW`` there) inside the block and
     ``original`` (their values in ``W0``, gathered by the caller) again on exit - bit for bit, also on an exception.
@@ -126,9 +140,11 @@ class _SwappedWeight:
 class _SparseDeltaLinearFn(torch.autograd.Function):
     """``y = x (W0 + alpha·scatter(values))ᵀ + b`` without a dense copy of ``W0`` in the adapter's own precision.
 
-    * compute dtype = W0's dtype (fp32 training, a bf16 base; W0 contiguous): the kept entries are swapped into ``W0`` around the
-      matmul (:class:`_SwappedWeight`), in forward and again in backward for the input gradient; nothing dense is
-      saved (the frozen floor saves nothing dense either).
+    * compute dtype = W0's dtype (fp32 training, a bf16 base; W0 contiguous) and density <= ``SWAP_MAX_DENSITY``:
+      the kept entries are swapped into ``W0`` around the matmul (:class:`_SwappedWeight`), in forward and again in
+      backward for the input gradient; nothing dense is saved (the frozen floor saves nothing dense either). Above
+      that density the random-access swap costs more than a copy: a fresh copy (:func:`_fresh_weight`), rebuilt in
+      backward.
     * compute dtype != W0's dtype (bf16 autocast over fp32 weights; or a non-contiguous W0): ``W0`` is cast once (as autocast casts the
       frozen weight of a plain linear layer), the kept entries are written into the cast copy, and that copy is
       saved for the input gradient (the same tensor autocast's linear would save).
@@ -147,6 +163,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         frozen: torch.Tensor | None,
         compute_dtype: torch.dtype,
         grad_mode: str,
+        swap: bool = True,
     ) -> torch.Tensor:
         """``y``; saves ``x`` (in the compute dtype), the gate, values and indices (and the cast weight under
         autocast)."""
@@ -155,18 +172,16 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         weight = original = merged = None
         if frozen is not None:
             y = F.linear(xc, _rebuild_weight(w0, alpha, values, indices, frozen).to(compute_dtype), b)
-        elif compute_dtype == w0.dtype and w0.is_contiguous():
+        elif swap and compute_dtype == w0.dtype and w0.is_contiguous():
             original = w0.view(-1).index_select(0, indices)
             merged = merged_weight(original, alpha, values)
             with _SwappedWeight(w0, merged, original, indices):
                 y = F.linear(xc, w0, b)
         else:
-            weight = torch.empty(w0.shape, dtype=compute_dtype, device=w0.device)
-            weight.copy_(w0)  # always a fresh contiguous copy (the rounding of .to(compute_dtype))
-            weight.view(-1).index_put_(
-                (indices,), _kept_weight(w0.reshape(-1), alpha, values, indices).to(compute_dtype)
-            )
+            weight = _fresh_weight(w0, alpha, values, indices, compute_dtype)
             y = F.linear(xc, weight, b)
+            if compute_dtype == w0.dtype:
+                weight = None  # not kept: rebuilt in backward (nothing dense saved in W0's own precision)
         # The swap's nnz originals and merged values are kept for backward's swap (O(nnz): ∝ density).
         ctx.save_for_backward(xc, alpha, values, indices, frozen, weight, original, merged)
         ctx.w0 = w0  # a frozen parameter (not an activation): held by reference
@@ -193,9 +208,11 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
                 grad_x = gc @ weight
             elif frozen is not None:
                 grad_x = gc @ _rebuild_weight(w0, alpha, values, indices, frozen).to(cd)
-            else:
+            elif merged is not None:
                 with _SwappedWeight(w0, merged, original, indices):
                     grad_x = gc @ w0
+            else:
+                grad_x = gc @ _fresh_weight(w0, alpha, values, indices, cd)
             grad_x = grad_x.reshape(*grad_out.shape[:-1], shape[1]).to(ctx.x_dtype)
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
@@ -218,7 +235,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
                     eff = frozen.clone()
                     eff.view(-1)[indices] = values
                     grad_alpha = (full * eff).sum().reshape(alpha.shape).to(alpha.dtype)
-        return grad_x, None, grad_b, grad_alpha, grad_values, None, None, None, None
+        return grad_x, None, grad_b, grad_alpha, grad_values, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------- module
@@ -382,6 +399,7 @@ class SparseDeltaLinear(AdapterLayer):
                 self.frozen,
                 compute_dtype,
                 self.resolved_grad_mode(),
+                self.density() <= SWAP_MAX_DENSITY,
             )
 
     def extra_repr(self) -> str:
