@@ -190,12 +190,17 @@ def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path)
 
 
 def csv_rows(run_dir: Path) -> list[dict[str, str]]:
-    """The non-empty cells of every row of ``csv/metrics.csv`` (wall-clock columns left out), in file order."""
+    """The non-empty cells of every row of ``csv/metrics.csv`` (wall-clock columns left out: time/*, memory/*,
+    prune/seconds), in file order."""
     import csv
 
     with (run_dir / "csv" / "metrics.csv").open(newline="") as fh:
         return [
-            {k: v for k, v in row.items() if v not in ("", None) and not k.startswith(IGNORED_METRICS)}
+            {
+                k: v
+                for k, v in row.items()
+                if v not in ("", None) and not k.startswith(IGNORED_METRICS) and k != "prune/seconds"
+            }
             for row in csv.DictReader(fh)
         ]
 
