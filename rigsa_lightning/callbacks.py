@@ -167,7 +167,49 @@ def build_callbacks(
         out.callbacks.append(LearningRateMonitor(logging_interval="step"))
     if bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stderr.isatty():
         out.callbacks.append(RichProgressBar())
+    else:  # sweeps, nohup, a log file: periodic one-line progress of the optimizer steps in the run's log
+        out.callbacks.append(TrainingProgressLog())
     return out
+
+
+class TrainingProgressLog(L.Callback):
+    """Periodic one-line progress of the training steps when no terminal shows Lightning's bar (``RIGSA_PROGRESS``:
+    ``off`` silences it): ``training steps 40/375 (11 %), 0.12 step/s, ~46 min left`` in the run's log."""
+
+    def __init__(self, clock: Any = None) -> None:
+        self._clock = clock
+        self._progress: Any = None
+        self._start = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start counting from the run's current step (a resumed run counts what is left)."""
+        from rigsa_lightning.progress import Progress, progress_mode
+
+        mode = "off" if progress_mode() == "off" else "log"
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        total = total or int(trainer.estimated_stepping_batches)
+        self._start = int(trainer.global_step)
+        self._progress = Progress(
+            "training steps",
+            total=max(0, int(total) - int(trainer.global_step)),
+            unit="step",
+            mode=mode,
+            logger=log,
+            clock=self._clock,
+        )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """The optimizer steps done since the start (batches that only accumulate gradients add none)."""
+        if self._progress is not None:
+            self._progress.update(int(trainer.global_step) - self._start - self._progress.n)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The closing line (``done``, or ``stopped`` short of the total: stop_at or an interruption)."""
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
 
 def build_trainer(

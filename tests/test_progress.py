@@ -244,3 +244,31 @@ def test_textual_mnist_scoring_and_imp_round_report(tiny_model, caplog, every_up
     running = _progress_of(caplog, "IMP round 1: matrix passes")
     assert running[0] == (1, total) and all(t == total for _, t in running)
     assert f"IMP round 1: matrix passes done: {total}/{total}" in caplog.text
+
+
+def test_training_steps_report_progress_in_the_log(caplog) -> None:
+    """Without a terminal, the optimizer steps get periodic lines and a closing one (fake clock: 10 s per step)."""
+    import logging
+    from types import SimpleNamespace
+
+    from rigsa_lightning.callbacks import TrainingProgressLog
+
+    now = [0.0]
+    cb = TrainingProgressLog(clock=lambda: now[0])
+    trainer = SimpleNamespace(max_steps=-1, estimated_stepping_batches=20, global_step=0)
+    with caplog.at_level(logging.INFO, logger="rigsa_lightning.train"):
+        cb.on_train_start(trainer, None)
+        for step in range(1, 21):
+            now[0] += 10.0
+            trainer.global_step = step
+            cb.on_train_batch_end(trainer, None, None, None, step - 1)
+        cb.on_train_end(trainer, None)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training steps")]
+    assert lines[0] == "training steps 1/20 (5 %), 0.10 step/s, ~3 min left"
+    assert "training steps 2/20 (10 %)" in lines[1]
+    assert lines[-1].startswith("training steps done: 20/20 in 3 min")
+    # a resumed run counts the steps left from its checkpoint
+    cb2 = TrainingProgressLog(clock=lambda: now[0])
+    trainer.global_step = 15
+    cb2.on_train_start(trainer, None)
+    assert cb2._progress.total == 5
