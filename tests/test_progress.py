@@ -272,3 +272,21 @@ def test_training_steps_report_progress_in_the_log(caplog) -> None:
     trainer.global_step = 15
     cb2.on_train_start(trainer, None)
     assert cb2._progress.total == 5
+
+
+def test_drift_probe_reports_generation_and_scoring(tiny_model, tmp_path, caplog, every_update_logged):
+    """The drift probe's base answers (generation, batches of 4) and its scoring of a model, 6 prompts each."""
+    from rigsa_lightning.forgetting.drift import DriftProbe
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    model, tok = tiny_model
+    probe = DriftProbe(
+        tok, {"num_prompts": 6, "max_new_tokens": 4, "batch_size": 4, "top_k": 16}, "t", tmp_path
+    )
+    probe.reference(model)
+    probe.measure(model)
+    assert _progress_of(caplog, "drift probe: base answers") == [(4, 6)]
+    assert [d for d, _ in _progress_of(caplog, "drift probe")] == [1, 2, 3, 4, 5]
+    lines = _lines(caplog)
+    assert any(line.startswith("drift probe: base answers done: 6/6 in ") for line in lines)
+    assert any(line.startswith("drift probe done: 6/6 in ") for line in lines)

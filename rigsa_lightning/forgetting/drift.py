@@ -39,6 +39,7 @@ from rigsa_lightning.config import get
 from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS
 from rigsa_lightning.io import atomic_write
+from rigsa_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,10 @@ class DriftProbe:
         eos = tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         answers: list[list[int]] = []
-        with _eval_no_grad(base_model):
+        with (
+            _eval_no_grad(base_model),
+            Progress("drift probe: base answers", total=len(self.prompt_ids), unit="prompt") as progress,
+        ):
             device = _device_of(base_model)
             for idx in _batches(len(self.prompt_ids), self.batch_size):
                 seqs = [self.prompt_ids[i] for i in idx]
@@ -174,6 +178,7 @@ class DriftProbe:
                     if eos is not None and eos in new:
                         new = new[: new.index(eos) + 1]  # keep the stop decision, drop what follows
                     answers.append(new or ([eos] if eos is not None else [pad]))
+                progress.update(len(idx))
             top_idx, top_logp, rest_logp = [], [], []
             nll_sum = 0.0
             for i, logp_rows in enumerate(self._answer_logprobs(base_model, answers)):
@@ -212,8 +217,9 @@ class DriftProbe:
         assert ref is not None
         answers = ref["answer_ids"]
         kl_sum, nll_sum, total = 0.0, 0.0, 0
-        with _eval_no_grad(model):
+        with _eval_no_grad(model), Progress("drift probe", total=len(answers), unit="prompt") as progress:
             for i, logq in enumerate(self._answer_logprobs(model, answers)):
+                progress.update(1)
                 idx = ref["top_idx"][i].long()
                 logp_top = ref["top_logp"][i]
                 logp_rest = ref["rest_logp"][i]
