@@ -78,7 +78,11 @@ def phase_of(name: str, method: str) -> str:
 def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """One row per job: the searched phase (column ``method``), its learning rate, validation accuracy with its
     Wilson interval, test accuracy; sorted by phase and rate."""
-    return sorted(lr_rows_unsorted(jobs), key=lambda r: (r["method"], r["lr"]))
+    return _by_phase_and_rate(lr_rows_unsorted(jobs))
+
+
+def _by_phase_and_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["method"], r["lr"]))
 
 
 def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -193,14 +197,15 @@ def write_lr_table(folder: str | Path) -> dict[str, Path]:
     """Write ``lr_search.md`` and ``lr_search.csv`` into ``folder`` (a search's sweep or archive folder)."""
     root = Path(folder)
     jobs = [load_job(p, root) for p in find_job_dirs(root)]
-    rows = lr_rows(jobs)
+    unsorted = lr_rows_unsorted(jobs)  # one pass over the jobs (each reads its metrics CSV)
+    rows = _by_phase_and_rate(unsorted)
     command = None
     multirun = root / "multirun.yaml"
     if multirun.is_file():
         command = _sweep_command(root)
     md = root / "lr_search.md"
     grids: dict[str, set[float]] = {}
-    for job, row in zip(jobs, lr_rows_unsorted(jobs)):
+    for job, row in zip(jobs, unsorted):
         grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
     md.write_text(markdown(rows, command, grids))
     out = root / "lr_search.csv"
