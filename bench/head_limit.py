@@ -2,7 +2,7 @@
 
 The main job's step: the embedded SmolLM2-135M in fp32 under CPU bf16 autocast (``trainer.precision=bf16-mixed``),
 one real Textual MNIST training batch (8 x ~105 tokens of 8x8 digits, labels on the answer digit and the
-end-of-turn token), the LM head at the supervised positions only (``rigsa_lightning.head``), fused AdamW
+end-of-turn token), the LM head at the supervised positions only (``rigsa_lightning.models.head``), fused AdamW
 (``optim.impl``). Variants, all timed side by side in one run:
 
 * ``floor``: nothing trains; the input embeddings' output requires grad so backward runs through every layer - the
@@ -65,7 +65,7 @@ def task_batch(tokenizer: Any, batch_size: int) -> dict[str, Any]:
     """The first training batch of the main job's data (``conf/data/digits.yaml``, data seed 0)."""
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
 
     data = OmegaConf.load(f"{CONFIG_DIR}/data/digits.yaml")
@@ -83,7 +83,7 @@ def qlora_model(r: int = 16) -> tuple[Any, list[Any], Any]:
     from bench.common import MODEL_NAME, TARGETS
     from bench.steps import adamw
     from rigsa_lightning.adapters.lora.model import apply_lora, load_qlora_base, lora_param_groups
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
 
     cfg = OmegaConf.merge(
         OmegaConf.load(f"{CONFIG_DIR}/adapter/lora.yaml"),

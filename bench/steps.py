@@ -6,7 +6,7 @@ base layers) with its own optimizer. Swapping is a ``setattr`` per module, so al
 and the frozen base weights exist once. PEFT LoRA, which rewrites the model, gets its own model copy.
 
 A step is what the Lightning module does per batch: forward (``use_cache=False``) of the decoder body, the LM head
-and the shifted cross-entropy at the supervised positions only (``rigsa_lightning.head``; ``full_head=True``: over
+and the shifted cross-entropy at the supervised positions only (``rigsa_lightning.models.head``; ``full_head=True``: over
 every position, as before), backward, gradient clipping at 1.0 over the trainable tensors, AdamW step (fused, as
 ``optim.impl``), ``zero_grad`` (set to None), then the adapter's post-step hook (``enforce_mask`` for masked dense
 storage).
@@ -43,7 +43,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], full_head: bool = 
     the supervised (and ``answer_pos``) positions only, fp32 loss. ``full_head``: the head over every position and
     the whole ``[batch, seq, vocab]`` logits cast to fp32 (the step before the restricted head)."""
     if not full_head:
-        from rigsa_lightning.head import supervised_loss_and_answer_logits
+        from rigsa_lightning.models.head import supervised_loss_and_answer_logits
 
         return supervised_loss_and_answer_logits(model, batch)[0]
     logits = model(
@@ -145,7 +145,7 @@ def frozen_variant() -> Variant:
 
 def adamw(groups: Any, impl: str = "fused") -> torch.optim.Optimizer:
     """AdamW as ``RigsaLitModule`` builds it (``optim.impl``: fused by default; ``loop`` is torch's CPU default)."""
-    from rigsa_lightning.module import adamw_impl_kwargs
+    from rigsa_lightning.training.module import adamw_impl_kwargs
 
     return torch.optim.AdamW(groups, **adamw_impl_kwargs(impl))
 

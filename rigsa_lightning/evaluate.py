@@ -25,13 +25,13 @@ configure_offline_environment()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
+import rigsa_lightning.config.access  # noqa: E402,F401  (registers resolvers)
 from rigsa_lightning.adapters.registry import method_for_export, method_for_export_kind  # noqa: E402
-from rigsa_lightning.config import CONFIG_DIR  # noqa: E402
-from rigsa_lightning.errors import ConfigError  # noqa: E402
+from rigsa_lightning.config.access import CONFIG_DIR  # noqa: E402
+from rigsa_lightning.config.errors import ConfigError  # noqa: E402
+from rigsa_lightning.config.validation import resolve_auto_precision  # noqa: E402
 from rigsa_lightning.io import atomic_write_json  # noqa: E402
 from rigsa_lightning.task import run_job  # noqa: E402
-from rigsa_lightning.validation import resolve_auto_precision  # noqa: E402
 
 log = logging.getLogger("rigsa_lightning.evaluate")
 
@@ -53,11 +53,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from rigsa_lightning.adapters import model_key
+    from rigsa_lightning.config.options import check_options
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.models import load_model, resolve_model_path
-    from rigsa_lightning.options import check_options
-    from rigsa_lightning.scoring import score_textual_mnist
+    from rigsa_lightning.training.scoring import score_textual_mnist
 
     check_options(cfg)  # every option's type and range before anything loads
     t0 = time.time()

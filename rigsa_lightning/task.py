@@ -6,7 +6,7 @@
 * bad input (:class:`ConfigError`) is one line on stderr and exit status 2, and the run folder it would have used is
   removed when it holds nothing but Hydra's bookkeeping; in a multirun the job records ``failed.json`` and the sweep
   goes on;
-* a non-finite training state (:class:`~rigsa_lightning.module.NonFiniteError`) and any other failure are logged
+* a non-finite training state (:class:`~rigsa_lightning.training.module.NonFiniteError`) and any other failure are logged
   with the run folder and recorded in ``failed.json`` / ``FAILED``;
 * ``skip_completed`` (a study rerun): a completed job is skipped, an interrupted one continues, a failed one is
   moved aside and started again (:func:`completed_metrics`, :func:`prepare_job_folder`, :class:`SkipJob`).
@@ -25,9 +25,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
+from rigsa_lightning.config.validation import RUN_MARKERS
 from rigsa_lightning.io import atomic_write_json, atomic_write_text
-from rigsa_lightning.validation import RUN_MARKERS
 
 log = logging.getLogger("rigsa_lightning.train")
 
@@ -146,7 +146,7 @@ def _bad_input(exc: ConfigError, run_dir: Path, multirun: bool) -> None:
 def _finish_wandb() -> None:
     """Finish the W&B run, if W&B was used at all (an evaluation never imports it)."""
     if "wandb" in sys.modules:
-        from rigsa_lightning.tracking import finish_wandb
+        from rigsa_lightning.training.tracking import finish_wandb
 
         finish_wandb()
 
@@ -154,7 +154,7 @@ def _finish_wandb() -> None:
 def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
     """Run ``work(cfg)`` as one Hydra job in ``cfg.paths.run_dir`` (see the module docstring); return its result,
     or None for a multirun job that failed or was skipped for good."""
-    from rigsa_lightning.module import NonFiniteError
+    from rigsa_lightning.training.module import NonFiniteError
 
     run_dir = Path(cfg.paths.run_dir)
     multirun = is_multirun()

@@ -23,13 +23,11 @@ configure_offline_environment()  # before datasets/transformers/lm_eval are impo
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import rigsa_lightning.config  # noqa: E402,F401  (registers resolvers)
+import rigsa_lightning.config.access  # noqa: E402,F401  (registers resolvers)
 from rigsa_lightning.adapters.registry import AdapterMethod, get_method  # noqa: E402
-from rigsa_lightning.config import CONFIG_DIR, check_experiment_args, is_null, is_secret  # noqa: E402
-from rigsa_lightning.errors import ConfigError  # noqa: E402
-from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
-from rigsa_lightning.task import is_multirun, run_job  # noqa: E402
-from rigsa_lightning.validation import (  # noqa: E402
+from rigsa_lightning.config.access import CONFIG_DIR, check_experiment_args, is_null, is_secret  # noqa: E402
+from rigsa_lightning.config.errors import ConfigError  # noqa: E402
+from rigsa_lightning.config.validation import (  # noqa: E402
     check_max_steps,
     check_resume_folder,
     check_run_folder_free,
@@ -37,14 +35,16 @@ from rigsa_lightning.validation import (  # noqa: E402
     resolve_auto_precision,
     validate_cfg,
 )
+from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
+from rigsa_lightning.task import is_multirun, run_job  # noqa: E402
 
 if TYPE_CHECKING:
     from rigsa_lightning.adapters import PreparedModel
-    from rigsa_lightning.callbacks import TrainCallbacks
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
     from rigsa_lightning.forgetting import ForgettingEvaluator
-    from rigsa_lightning.module import RigsaLitModule
     from rigsa_lightning.pruning import PruningSchedule
+    from rigsa_lightning.training.callbacks import TrainCallbacks
+    from rigsa_lightning.training.module import RigsaLitModule
 
 log = logging.getLogger("rigsa_lightning.train")
 
@@ -85,8 +85,8 @@ def _start_run(cfg: DictConfig) -> tuple[Path, Path | None, Path | None]:
 def _load_model(cfg: DictConfig) -> PreparedModel:
     """The base model with the method's adapter injected (``torch.compile`` when ``compile`` asks for it)."""
     from rigsa_lightning.adapters import prepare_model
-    from rigsa_lightning.head import split_causal_lm
     from rigsa_lightning.models import compile_forward
+    from rigsa_lightning.models.head import split_causal_lm
 
     prepared = prepare_model(cfg, Path(cfg.paths.cache_dir))
     if compile_forward(prepared.model, cfg.get("compile")):
@@ -118,7 +118,7 @@ def _score_task(
 ) -> tuple[str, dict[str, float]]:
     """The test split's task metrics and their prefix: ``textual_mnist`` (acc, gen_acc), or a data module's own
     (``chat``: exact_match, loss, token_acc)."""
-    from rigsa_lightning.scoring import score_textual_mnist
+    from rigsa_lightning.training.scoring import score_textual_mnist
 
     precision = str(cfg.trainer.get("precision", "32-true"))
     if hasattr(dm, "score_split"):
@@ -172,7 +172,12 @@ def _fit(
 ) -> tuple[TrainCallbacks | None, list[Any]]:
     """Train (methods that train) and add the final ``val/`` and ``train/`` numbers to ``metrics``; return the
     callbacks and loggers (callbacks None on the non-zero ranks of a multi-process run, which stop there)."""
-    from rigsa_lightning.callbacks import TrainCallbacks, build_callbacks, build_loggers, build_trainer
+    from rigsa_lightning.training.callbacks import (
+        TrainCallbacks,
+        build_callbacks,
+        build_loggers,
+        build_trainer,
+    )
 
     run_dir = Path(cfg.paths.run_dir)
     loggers = build_loggers(cfg, run_dir, ckpt_path)
@@ -256,7 +261,7 @@ def _model_metrics(
 
 def _write_metrics(run_dir: Path, metrics: dict[str, Any], loggers: list[Any]) -> None:
     """``metrics.json`` (a resumed run that completes is no longer failed), and the summary to the loggers."""
-    from rigsa_lightning.tracking import log_summary
+    from rigsa_lightning.training.tracking import log_summary
 
     atomic_write_json(run_dir / "metrics.json", metrics)
     for stale in ("failed.json", "FAILED"):
@@ -273,8 +278,8 @@ def train(
     pruning schedule (what :func:`validate_cfg` returned; parsed from ``cfg.pruning`` when not given).
     """
     from rigsa_lightning.forgetting import ForgettingEvaluator
-    from rigsa_lightning.module import RigsaLitModule
     from rigsa_lightning.pruning import PruningSchedule
+    from rigsa_lightning.training.module import RigsaLitModule
 
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -317,7 +322,7 @@ def train(
     if cbs is None:  # a non-zero rank: rank 0 evaluates and writes the results
         return {}
     timings["time/train_s"] = time.time() - t
-    from rigsa_lightning.timing import time_breakdown
+    from rigsa_lightning.training.timing import time_breakdown
 
     timings.update(
         time_breakdown(
@@ -341,7 +346,7 @@ def train(
     metrics["status"] = "completed"
     if resume is not None:
         metrics["resumed_from"] = str(ckpt_path)
-    from rigsa_lightning.model_card import finish_run_exports
+    from rigsa_lightning.export import finish_run_exports
 
     metrics.update(finish_run_exports(cfg, run_dir, metrics))  # export.peft, then a README.md card per export
     _write_metrics(run_dir, metrics, loggers)
@@ -403,7 +408,7 @@ def _train_job(cfg: DictConfig) -> dict[str, Any] | None:
     schedule = validate_cfg(cfg)  # bad input: one line, before the config tree is printed and anything loads
     quiet_console()  # every line once, no adverts; third-party warnings in the run's log file only
     if cfg.get("print_config", True):
-        from rigsa_lightning.config import print_config_tree
+        from rigsa_lightning.config.access import print_config_tree
 
         print_config_tree(cfg)
     metrics = train(cfg, validate=False, schedule=schedule)

@@ -83,7 +83,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
 def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.sweep_callback import ArchiveCallback
+    from rigsa_lightning.report.sweep_callback import ArchiveCallback
 
     archive, old, sweep = tmp_path / "jobs", tmp_path / "old", tmp_path / "sweep"
     _job(old, "rigsa_paper_s0", completed=True)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from tests.test_resume import SMALL, run_cli, run_dirs, tail
 
 BASE = ["experiment=rigsa_50", *SMALL]
@@ -44,14 +44,14 @@ def compose_cfg(overrides: list[str]) -> Any:
     """The train config as Hydra composes it (no run folder is created)."""
     from hydra import compose, initialize_config_dir
 
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
 def validate(overrides: list[str]) -> None:
-    from rigsa_lightning.validation import validate_cfg
+    from rigsa_lightning.config.validation import validate_cfg
 
     validate_cfg(compose_cfg(["experiment=rigsa_50", "model=tiny", *overrides]))
 
@@ -241,7 +241,7 @@ def test_qlora_without_bitsandbytes_direct(monkeypatch: pytest.MonkeyPatch) -> N
         bnb_config({"quant": {}})
     assert info.value.option == "adapter" and "adapter=lora" in info.value.one_line()
     with pytest.raises(ConfigError, match="QLoRA needs bitsandbytes"):
-        from rigsa_lightning.validation import validate_cfg
+        from rigsa_lightning.config.validation import validate_cfg
 
         validate_cfg(compose_cfg(["experiment=qlora_r16", "model=tiny"]))
 

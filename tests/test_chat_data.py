@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.data.chat import (
     ChatDataModule,
     assign_splits,
@@ -19,7 +20,6 @@ from rigsa_lightning.data.chat import (
     load_chat_examples,
     normalize_text,
 )
-from rigsa_lightning.errors import ConfigError
 from tests.test_bad_input import assert_nothing_written, assert_one_line_error
 from tests.test_resume import only_run_dir, run_cli, tail
 
@@ -252,7 +252,7 @@ def test_exact_match_of_the_greedy_completion(tokenizer: Any) -> None:
 
 
 def test_loss_equals_the_training_loss_on_a_real_model(tokenizer: Any, tiny_model: Any) -> None:
-    from rigsa_lightning.head import supervised_loss_and_answer_logits
+    from rigsa_lightning.models.head import supervised_loss_and_answer_logits
 
     model, _ = tiny_model
     dm = _dm(tokenizer)

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from rigsa_lightning.config import choice, get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import choice, get
+from rigsa_lightning.config.errors import ConfigError
 
 
 @pytest.mark.parametrize(

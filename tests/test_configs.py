@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rigsa_lightning.config import CONFIG_DIR, available
+from rigsa_lightning.config.access import CONFIG_DIR, available
 
 GROUPS = ["model", "data", "adapter", "pruning", "trainer", "logger", "eval", "paths", "debug", "experiment"]
 

@@ -78,7 +78,7 @@ def test_gen_acc_shortcut_equals_full_greedy_generation(
 
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule, parse_first_digit
     from rigsa_lightning.models import load_model
-    from rigsa_lightning.scoring import score_textual_mnist
+    from rigsa_lightning.training.scoring import score_textual_mnist
 
     model, tok = load_model({"name_or_path": tiny_model_dir})
     with torch.no_grad():  # make digit "3" (more or less) likely everywhere: mixes both code paths

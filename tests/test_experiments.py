@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from rigsa_lightning.config import CONFIG_DIR, available
+from rigsa_lightning.config.access import CONFIG_DIR, available
 
 COMMON = ["model=tiny", "debug=fast", "logger=csv", "eval.enabled=false", "threads=1", "print_config=false"]
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
 from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import random_mask_
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.export import load_sparse_adapter, merge_adapter, save_sparse_adapter
 from rigsa_lightning.pruning import IterativeMagnitudePruning
 

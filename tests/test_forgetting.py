@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting import ForgettingEvaluator, benchmarks, items
 from rigsa_lightning.forgetting.drift import DriftProbe
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS

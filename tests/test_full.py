@@ -16,7 +16,7 @@ from rigsa_lightning.adapters.full.model import (
     load_full_weights,
     save_full_weights,
 )
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.models import load_model
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rigsa_lightning.head import answer_logits, selected_logits, split_causal_lm
+from rigsa_lightning.models.head import answer_logits, selected_logits, split_causal_lm
 
 #: a loss computed another way may differ by a few float32 ulps (relative): 4 x 1.19e-7
 ULPS = 4 * torch.finfo(torch.float32).eps
@@ -32,7 +32,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         # seed=0: the adapters are drawn from their own seeds as written (the run seed offsets them)
@@ -44,7 +44,7 @@ def build(case: str, cache_dir: str, extra: tuple[str, ...] = ()) -> tuple[Any, 
     from rigsa_lightning.adapters import prepare_model
     from rigsa_lightning.adapters.rigsa.seeding import random_mask_
     from rigsa_lightning.data.textual_mnist import TextualMNISTDataModule
-    from rigsa_lightning.module import RigsaLitModule
+    from rigsa_lightning.training.module import RigsaLitModule
 
     cfg = compose([*CASES[case], *extra])
     torch.manual_seed(0)
@@ -148,8 +148,8 @@ def test_head_runs_on_the_scored_rows_only(cache_dir: str) -> None:
 
 
 def test_bad_lm_head_value_is_a_config_error() -> None:
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.head import check_lm_head
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.models.head import check_lm_head
 
     assert check_lm_head("full") and not check_lm_head("scored")
     with pytest.raises(ConfigError, match="lm_head"):
@@ -174,7 +174,7 @@ def test_other_heads_fall_back_to_the_full_forward(tiny_model, caplog: pytest.Lo
     ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
     select = torch.zeros_like(ids, dtype=torch.bool)
     select[0, 3] = select[1, 5] = select[1, 8] = True
-    with caplog.at_level(logging.INFO, logger="rigsa_lightning.head"):
+    with caplog.at_level(logging.INFO, logger="rigsa_lightning.models.head"):
         assert split_causal_lm(model) is None
         assert split_causal_lm(model) is None
     assert sum("full-logits forward" in r.getMessage() for r in caplog.records) == 1  # one line per model
@@ -193,7 +193,7 @@ def test_other_heads_fall_back_to_the_full_forward(tiny_model, caplog: pytest.Lo
 def _adamw_run(impl: str, steps: int = 5) -> list[torch.Tensor]:
     """``steps`` AdamW steps of ``optim.impl`` on small dense and sparse-like adapter tensors with the train job's
     groups (decay 1.0 on ΔW, none on the gates); returns the parameters."""
-    from rigsa_lightning.module import adamw_impl_kwargs
+    from rigsa_lightning.training.module import adamw_impl_kwargs
 
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in [(24, 40), (7, 9), (333,)]]
@@ -216,8 +216,8 @@ def _adamw_run(impl: str, steps: int = 5) -> list[torch.Tensor]:
 
 def test_adamw_impls_take_the_same_steps() -> None:
     """fused (the default) equals torch's per-tensor loop up to fp32 rounding; foreach equals it bitwise."""
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.module import adamw_impl_kwargs
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.training.module import adamw_impl_kwargs
 
     loop, fused, foreach = _adamw_run("loop"), _adamw_run("fused"), _adamw_run("foreach")
     start = _adamw_run("loop", steps=0)
@@ -254,7 +254,7 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(cache_dir: str) -> None:
 def test_checkpoints_from_before_optim_impl_resume_with_the_loop() -> None:
     """A checkpoint written before ``optim.impl`` existed trained with AdamW's per-tensor loop: resuming it asks for
     ``optim.impl=loop`` (the default fused differs) instead of failing on a missing key."""
-    from rigsa_lightning.module import config_differences
+    from rigsa_lightning.training.module import config_differences
 
     old = {"seed": 42, "optim.eps": 1e-8}
     assert config_differences(old, {"seed": 42, "optim.eps": 1e-8, "optim.impl": "loop"}) == []

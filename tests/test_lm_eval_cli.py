@@ -26,7 +26,7 @@ def test_cli_task_folder_scores_like_the_framework_item_by_item(tiny_model_dir, 
     from rigsa_lightning.data import TextualMNISTDataModule
     from rigsa_lightning.data.preview import load_data_cfg
     from rigsa_lightning.models import load_model
-    from rigsa_lightning.scoring import answer_log_probs, score_textual_mnist
+    from rigsa_lightning.training.scoring import answer_log_probs, score_textual_mnist
 
     out, cache = tmp_path / "tasks", tmp_path / "cache"
     assert main(["--out", str(out), "--model", tiny_model_dir, "--cache-dir", str(cache), *SIZES]) == 0

@@ -19,7 +19,7 @@ from rigsa_lightning.adapters.lora.model import (
     save_peft_adapter,
 )
 from rigsa_lightning.adapters.targets import find_target_linears
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.models import load_model
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

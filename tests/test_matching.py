@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy.stats import t as student_t
 
-from rigsa_lightning.matching import (
+from rigsa_lightning.report.matching import (
     PHASE_START,
     CurveValue,
     compared_phase,

@@ -17,8 +17,8 @@ import pytest
 
 from rigsa_lightning.adapters import registry
 from rigsa_lightning.adapters.registry import AdapterMethod, get_method, method_names, register_method
-from rigsa_lightning.config import CONFIG_DIR
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import CONFIG_DIR
+from rigsa_lightning.config.errors import ConfigError
 from tests.test_resume import only_run_dir, run_cli, tail
 
 # The plugin: a complete method module, as a user would write it next to their own code (no torch at import).
@@ -180,8 +180,8 @@ def _compose(overrides: list[str]) -> Any:
 
 
 def test_the_option_check_accepts_a_method_registered_after_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rigsa_lightning import options
-    from rigsa_lightning.options import OPTIONS, check_options
+    from rigsa_lightning.config import options
+    from rigsa_lightning.config.options import OPTIONS, check_options
     from rigsa_lightning.report.figures import _method_color
     from rigsa_lightning.report.table import _group_sort_key
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
+from rigsa_lightning.adapters.model_card import CARD_MEASURES, write_model_card, write_run_cards
 from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
 from rigsa_lightning.adapters.rigsa.peft_export import export_peft
 from rigsa_lightning.export import main, save_sparse_adapter
-from rigsa_lightning.model_card import CARD_MEASURES, write_model_card, write_run_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A real run of the claims study (metrics.json, forgetting.json with paired CIs, .hydra/).

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.models import embedded_gguf_path, load_model, resolve_model_path
 
 

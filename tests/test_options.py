@@ -1,4 +1,4 @@
-"""Every option declared once (rigsa_lightning/options.py): each shipped config file's keys are declared, each
+"""Every option declared once (rigsa_lightning/config/options.py): each shipped config file's keys are declared, each
 declaration is used by some file, and bad values end in one line ``error: <option>: ... -> <fix>`` (exit 2)
 before the config tree is printed or anything is written."""
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from rigsa_lightning.config import CONFIG_DIR, available
-from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.options import OPTIONS, check_options
+from rigsa_lightning.config.access import CONFIG_DIR, available
+from rigsa_lightning.config.errors import ConfigError
+from rigsa_lightning.config.options import OPTIONS, check_options
 from tests.test_bad_input import assert_nothing_written, assert_one_line_error, compose_cfg
 from tests.test_resume import SMALL, run_cli
 
@@ -48,7 +48,7 @@ def _yaml_keys() -> set[str]:
     """Every dotted key that some shipped config produces (composed as above)."""
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.options import _leaves
+    from rigsa_lightning.config.options import _leaves
 
     keys: set[str] = set()
     for root, overrides in CASES:
@@ -96,7 +96,7 @@ def test_bad_values_are_one_line_errors(override: str, option: str, fragments: t
 
 
 def test_per_task_values_name_benchmarks() -> None:
-    from rigsa_lightning.options import check_value
+    from rigsa_lightning.config.options import check_value
 
     with pytest.raises(ConfigError, match=r"^eval\.limit: names no benchmark \('arc'\)"):
         check_value("eval.limit", {"piqa": 10, "arc": 5})
@@ -156,8 +156,8 @@ def test_evaluate_checks_options(tmp_path: Path) -> None:
 def test_resume_null_spellings_agree(value: Any) -> None:
     """``resume=none`` (a string on the command line): the run-folder resolver and the training code agree that
     nothing is resumed, so hydra.run.dir is a fresh folder, never one named ``none``."""
-    from rigsa_lightning.config import _run_dir_resolver
-    from rigsa_lightning.validation import resume_folder
+    from rigsa_lightning.config.access import _run_dir_resolver
+    from rigsa_lightning.config.validation import resume_folder
 
     assert _run_dir_resolver(value, "outputs/runs/fresh") == "outputs/runs/fresh"
     assert resume_folder({"resume": value}) is None
@@ -175,8 +175,8 @@ def test_resume_none_composes_a_fresh_run_dir(tmp_path: Path) -> None:
 def test_secret_names_one_list_for_cli_and_wandb() -> None:
     """One list decides both what the command line refuses and what W&B never receives; options that merely
     mention tokens (eval.token_budget, eval.drift.max_new_tokens) are not credentials."""
-    from rigsa_lightning.config import is_secret
-    from rigsa_lightning.tracking import flat_config
+    from rigsa_lightning.config.access import is_secret
+    from rigsa_lightning.training.tracking import flat_config
 
     for key in ("logger.api_key", "wandb_api_key", "hf_token", "token", "db.password", "client_secret"):
         assert is_secret(key), key

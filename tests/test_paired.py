@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting import items, paired
 
 

@@ -260,10 +260,10 @@ def test_end_of_run_export_peft_and_its_early_check(tiny_model, tiny_model_dir, 
     ``pruning.pruned_value=init`` the option is refused before anything runs."""
     from peft import PeftModel
 
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.model_card import finish_run_exports
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.options import check_relations
+    from rigsa_lightning.export import finish_run_exports
     from rigsa_lightning.models import load_model
-    from rigsa_lightning.options import check_relations
 
     model, _ = tiny_model
     run = tmp_path / "run"

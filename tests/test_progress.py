@@ -197,7 +197,7 @@ def test_textual_mnist_scoring_and_imp_round_report(tiny_model, caplog, every_up
     from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.data import TextualMNISTDataModule
     from rigsa_lightning.pruning import PruningSchedule, compute_prune_masks
-    from rigsa_lightning.scoring import score_textual_mnist
+    from rigsa_lightning.training.scoring import score_textual_mnist
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     model, tok = tiny_model
@@ -251,7 +251,7 @@ def test_training_steps_report_progress_in_the_log(caplog) -> None:
     import logging
     from types import SimpleNamespace
 
-    from rigsa_lightning.callbacks import TrainingProgressLog
+    from rigsa_lightning.training.callbacks import TrainingProgressLog
 
     now = [0.0]
     cb = TrainingProgressLog(clock=lambda: now[0])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_rigsa
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.pruning import (
     IterativeMagnitudePruning,
     PruningSchedule,
@@ -501,7 +501,7 @@ def test_module_finds_the_pruning_callback_by_class_not_by_name() -> None:
     as one (a lookup by class name missed it), a foreign class that happens to share the name does not."""
     from types import SimpleNamespace
 
-    from rigsa_lightning.module import RigsaLitModule, has_pruning_callback
+    from rigsa_lightning.training.module import RigsaLitModule, has_pruning_callback
 
     class TunedPruning(IterativeMagnitudePruning):
         pass

@@ -23,8 +23,8 @@ from rigsa_lightning.adapters.registry import (
     method_names,
     register_method,
 )
-from rigsa_lightning.config import CONFIG_DIR
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import CONFIG_DIR
+from rigsa_lightning.config.errors import ConfigError
 
 BUILTINS = ("rigsa", "random_mask", "lora", "qlora", "full", "none")
 # What each call site asked of the method names before the registry (the behaviour the flags keep).
@@ -91,7 +91,7 @@ def test_unknown_method_is_one_line_config_error() -> None:
 
 
 def test_options_choices_are_the_registry() -> None:
-    from rigsa_lightning.options import METHODS, OPTIONS
+    from rigsa_lightning.config.options import METHODS, OPTIONS
 
     assert METHODS == method_names()
     assert OPTIONS["adapter.method"].choices == method_names()
@@ -104,7 +104,7 @@ def test_options_choices_are_the_registry() -> None:
 def test_options_report_and_registry_import_no_torch() -> None:
     code = (
         "import sys\n"
-        "import rigsa_lightning.options, rigsa_lightning.report.table, rigsa_lightning.report.figures\n"
+        "import rigsa_lightning.config.options, rigsa_lightning.report.table, rigsa_lightning.report.figures\n"
         "from rigsa_lightning.adapters.registry import get_method, gated_methods\n"
         "get_method('rigsa'); gated_methods()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

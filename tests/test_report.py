@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from rigsa_lightning.config import CONFIG_DIR
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import CONFIG_DIR
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.report import build_report, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -419,7 +419,7 @@ def test_cli_and_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def _compose(conf_dir: Path, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
-    import rigsa_lightning.config  # noqa: F401  (registers rigsa_run_dir)
+    import rigsa_lightning.config.access  # noqa: F401  (registers rigsa_run_dir)
 
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return compose(config_name="train", overrides=overrides, return_hydra_config=True)
@@ -462,7 +462,7 @@ def test_sweep_configs_compose(conf_dir: Path, sweep: str) -> None:
     experiments, seeds = SWEEPS[sweep]
     assert str(params.experiment).split(",") == experiments
     assert str(params.seed) == seeds
-    assert cfg.hydra.callbacks.report._target_ == "rigsa_lightning.sweep_callback.ReportCallback"
+    assert cfg.hydra.callbacks.report._target_ == "rigsa_lightning.report.sweep_callback.ReportCallback"
     assert cfg.task_name == {"paper": "study_paper"}.get(sweep, f"sweep_{sweep}")  # paper: the study at scale
     for exp in experiments:  # every grid point names an experiment file that exists
         assert (CONFIG_DIR / "experiment" / f"{exp}.yaml").is_file(), exp
@@ -502,7 +502,7 @@ def test_launchers_compose(conf_dir: Path, launcher: str, target: str) -> None:
 def test_report_callback_on_multirun_end(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.sweep_callback import ReportCallback
+    from rigsa_lightning.report.sweep_callback import ReportCallback
 
     root = make_fake_sweep(tmp_path / "sweep")
     cb = ReportCallback()
@@ -527,7 +527,7 @@ import json
 from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
-import rigsa_lightning.config
+import rigsa_lightning.config.access
 
 @hydra.main(version_base="1.3", config_path={str(conf_dir)!r}, config_name="train")
 def job(cfg):
@@ -590,7 +590,7 @@ def test_real_two_job_multirun_tiny_model(tmp_path: Path) -> None:
             "logger=csv",
             f"paths.output_dir={out}",
             "print_config=false",
-            "+hydra.callbacks.report._target_=rigsa_lightning.sweep_callback.ReportCallback",
+            "+hydra.callbacks.report._target_=rigsa_lightning.report.sweep_callback.ReportCallback",
         ],
         capture_output=True,
         text=True,

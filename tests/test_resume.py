@@ -1,7 +1,7 @@
 """Resuming and failures: SIGKILL mid-round and resume bit-for-bit, NaN stops, atomic writes, run-folder guards.
 
 The kill is real: ``RIGSA_TEST_KILL_AT_STEP=<n>`` makes the training process SIGKILL itself when global step ``n``
-starts (rigsa_lightning/module.py), so nothing in the process gets a chance to clean up.
+starts (rigsa_lightning/training/module.py), so nothing in the process gets a chance to clean up.
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ def test_checkpoint_save_refuses_non_finite_state(tiny_model: tuple[Any, Any]) -
 
     from rigsa_lightning.adapters import PreparedModel
     from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
-    from rigsa_lightning.config import CONFIG_DIR
-    from rigsa_lightning.module import NonFiniteError, RigsaLitModule, restore_rng_state
+    from rigsa_lightning.config.access import CONFIG_DIR
+    from rigsa_lightning.training.module import NonFiniteError, RigsaLitModule, restore_rng_state
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=rigsa_50", "model=tiny"])
@@ -273,7 +273,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
 
     import numpy as np
 
-    from rigsa_lightning.module import capture_rng_state, restore_rng_state
+    from rigsa_lightning.training.module import capture_rng_state, restore_rng_state
 
     np.random.normal()  # a cached Gaussian in NumPy's state
     random.gauss(0, 1)
@@ -297,8 +297,8 @@ def test_resume_of_missing_folder_is_one_line_and_creates_nothing(tmp_path: Path
 
 
 def test_resume_of_completed_or_checkpointless_run_is_refused(tmp_path: Path) -> None:
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.validation import check_resume_folder
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.validation import check_resume_folder
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -317,8 +317,8 @@ def test_resume_of_completed_or_checkpointless_run_is_refused(tmp_path: Path) ->
 def test_truncated_checkpoint_is_a_one_line_resume_error(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.validation import check_checkpoint
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.validation import check_checkpoint
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
@@ -332,8 +332,8 @@ def test_pickled_object_in_checkpoint_is_refused(tmp_path: Path) -> None:
     """weights_only: a checkpoint carrying arbitrary Python objects is not unpickled."""
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.validation import check_checkpoint
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.validation import check_checkpoint
 
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Path("/")}, ckpt)
@@ -413,8 +413,8 @@ def test_new_run_never_writes_into_an_existing_run_folder(tmp_path: Path) -> Non
 
 
 def test_run_folder_guard_inside_train(tmp_path: Path) -> None:
-    from rigsa_lightning.errors import ConfigError
-    from rigsa_lightning.validation import check_run_folder_free
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.validation import check_run_folder_free
 
     check_run_folder_free(tmp_path)  # a fresh (or only-.hydra) folder is fine
     (tmp_path / "checkpoints").mkdir()

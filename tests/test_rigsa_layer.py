@@ -12,7 +12,7 @@ from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups, inject_r
 from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta, random_mask_
 from rigsa_lightning.adapters.targets import find_target_linears
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 CFG = {"seed": 1234, "alpha_init": 1e-6, "lr": 1e-3, "alpha_lr": 2e-3, "weight_decay": 1.0}
 

@@ -40,7 +40,7 @@ def test_cpu_flags_reads_this_machine() -> None:
 
 
 def test_train_resolves_auto_precision_in_the_config(monkeypatch) -> None:
-    from rigsa_lightning.validation import resolve_auto_precision
+    from rigsa_lightning.config.validation import resolve_auto_precision
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "auto"}})

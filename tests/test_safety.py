@@ -159,7 +159,7 @@ def test_trust_remote_code_is_off_unless_configured(
     from hydra import compose, initialize_config_dir
 
     import rigsa_lightning.models as models
-    from rigsa_lightning.config import CONFIG_DIR, available
+    from rigsa_lightning.config.access import CONFIG_DIR, available
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for name in available("model"):

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rigsa_lightning.errors import ConfigError
-from rigsa_lightning.stopping import StopAtAccuracy, check_stop_at
+from rigsa_lightning.config.errors import ConfigError
+from rigsa_lightning.training.stopping import StopAtAccuracy, check_stop_at
 from tests.test_train import only_run_dir, run_cli
 
 

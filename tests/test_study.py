@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rigsa_lightning.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
+from rigsa_lightning.report.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
 from tests.test_resume import SMALL, run_cli, tail
 
 
@@ -87,7 +87,7 @@ def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog
 def test_study_configs_compose() -> None:
     from hydra import compose, initialize_config_dir
 
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         main = compose(config_name="train", overrides=["+sweep=study"], return_hydra_config=True)
@@ -103,7 +103,7 @@ def test_study_configs_compose() -> None:
 def test_lr_search_and_paper_scale_compose() -> None:
     from hydra import compose, initialize_config_dir
 
-    from rigsa_lightning.config import CONFIG_DIR
+    from rigsa_lightning.config.access import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         lr = compose(
@@ -150,8 +150,8 @@ def test_study_runs_each_method_at_its_searched_learning_rate() -> None:
     """lr_by_method sets adapter.lr per method in one sweep; the command line still wins."""
     from hydra import compose, initialize_config_dir
 
-    from rigsa_lightning.config import CONFIG_DIR
-    from rigsa_lightning.options import check_options
+    from rigsa_lightning.config.access import CONFIG_DIR
+    from rigsa_lightning.config.options import check_options
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.data import (
     EpochSeededSampler,
     PadCollator,
@@ -24,7 +25,6 @@ from rigsa_lightning.data import (
     write_idx,
     write_lm_eval_task,
 )
-from rigsa_lightning.errors import ConfigError
 
 
 def small_cfg(**overrides):
@@ -143,8 +143,8 @@ def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
     number textual_mnist_accuracy gives on the same logits."""
     from types import SimpleNamespace
 
-    from rigsa_lightning.module import RigsaLitModule
-    from rigsa_lightning.scoring import score_textual_mnist
+    from rigsa_lightning.training.module import RigsaLitModule
+    from rigsa_lightning.training.scoring import score_textual_mnist
 
     model, _ = tiny_model
     model.eval()
@@ -165,7 +165,7 @@ def test_training_and_scoring_use_the_tested_metric(tiny_model, dm) -> None:
 
 
 def test_single_token_digit_check_reads_the_tokenizer(tok) -> None:
-    from rigsa_lightning.scoring import digits_are_single_tokens
+    from rigsa_lightning.training.scoring import digits_are_single_tokens
 
     assert digits_are_single_tokens(tok)  # SmolLM2: one token per digit
 

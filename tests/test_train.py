@@ -153,7 +153,7 @@ def test_unknown_compile_backend_is_one_line(tmp_path: Path) -> None:
 def test_round_forgetting_evaluates_each_round_once_and_keeps_its_checkpoint_key() -> None:
     from types import SimpleNamespace
 
-    from rigsa_lightning.callbacks import RoundForgetting
+    from rigsa_lightning.training.callbacks import RoundForgetting
 
     stages: list[str] = []
     logged: list[dict] = []

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rigsa_lightning.tracking import resolve_wandb_mode
+from rigsa_lightning.training.tracking import resolve_wandb_mode
 
 
 def test_auto_mode_is_offline_without_key(monkeypatch) -> None:

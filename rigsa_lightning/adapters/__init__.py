@@ -11,61 +11,13 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rigsa_lightning.adapters.base import PreparedModel, base_model_key, load_base, model_key
 from rigsa_lightning.adapters.registry import get_method
 from rigsa_lightning.adapters.seeds import ADAPTER_SEED, MASK_SEED
-from rigsa_lightning.config import get
-
-if TYPE_CHECKING:
-    from torch import nn
-
-
-@dataclass
-class PreparedModel:
-    """A base model with its adapter injected, and what the LightningModule needs to train and export it."""
-
-    model: nn.Module
-    tokenizer: Any
-    method: str
-    model_key: str
-    gated: dict[str, nn.Module] = field(default_factory=dict)  # DenseDeltaLinear modules (rigsa/random_mask)
-    targets: dict[str, nn.Module] = field(default_factory=dict)  # full fine-tuning targets
-
-
-def model_key(model_cfg: Any, path: str) -> str:
-    """A stable identifier of the base model for caches (name, the resolved folder's config, the dtype; QLoRA adds
-    its 4-bit settings in its ``prepare``)."""
-    name = str(get(model_cfg, "name_or_path"))
-    dtype = get(model_cfg, "dtype", None)
-    suffix = f"|dtype={dtype}" if dtype else ""  # the precision is part of what a cached "before" measured
-    p = Path(path)
-    if p.is_dir() and (p / "config.json").is_file():
-        stat = (p / "config.json").stat()
-        return f"{name}|{p.resolve()}|{stat.st_size}{suffix}"
-    return name + suffix
-
-
-def base_model_key(cfg: Any, cache_dir: str | os.PathLike | None) -> str:
-    """:func:`model_key` of ``cfg.model`` once its path is resolved (the embedded model converted once)."""
-    from rigsa_lightning.models import resolve_model_path
-
-    return model_key(cfg.model, resolve_model_path(cfg.model, cache_dir))
-
-
-def load_base(cfg: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any, str]:
-    """The full-precision base model, its tokenizer and :func:`base_model_key` (gradient checkpointing enabled
-    when ``model.gradient_checkpointing`` is set)."""
-    from rigsa_lightning.models import load_model
-
-    key = base_model_key(cfg, cache_dir)
-    model, tok = load_model(cfg.model, cache_dir)
-    if bool(get(cfg.model, "gradient_checkpointing", False)):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return model, tok, key
+from rigsa_lightning.config.access import get
 
 
 def replicate_seeds(cfg: Any) -> Any:
@@ -99,3 +51,15 @@ def export_adapter(prepared: PreparedModel, cfg: Any, folder: Path) -> Path | No
 def param_groups(prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
     """AdamW parameter groups for the prepared method (only adapter tensors are trainable)."""
     return get_method(prepared.method).param_groups(prepared, adapter_cfg)
+
+
+__all__ = [
+    "PreparedModel",
+    "base_model_key",
+    "export_adapter",
+    "load_base",
+    "model_key",
+    "param_groups",
+    "prepare_model",
+    "replicate_seeds",
+]

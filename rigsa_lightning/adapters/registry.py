@@ -14,95 +14,17 @@ it; each hook imports the heavy implementation (``rigsa``, ``lora.model``, ``ful
 from __future__ import annotations
 
 import importlib
-import math
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
-from rigsa_lightning.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rigsa_lightning.adapters import PreparedModel
+from rigsa_lightning.adapters.base import AdapterMethod
+from rigsa_lightning.config.errors import ConfigError
 
 #: Environment variable naming the modules of methods from outside the package (comma-separated module names).
 METHOD_MODULES_ENV = "RIGSA_METHOD_MODULES"
 #: The report's place for a method that declares no ``order`` (after every method that does).
 UNLISTED_ORDER = 99
-
-
-class AdapterMethod:
-    """One adaptation method: its flags and the hooks call sites use (defaults: the method has nothing to do).
-
-    Flags: ``name`` (the ``adapter.method`` value); ``gated`` (gated sparse adapters with an alpha gate and a mask in
-    ``PreparedModel.gated``: sparse storage, density and gate statistics apply); ``prunes`` (the IMP schedule and
-    callback apply: LR segments per round, ``stop_at`` after the last prune); ``quantized`` (a 4-bit base: its own
-    zero-shot and "before" caches); ``trains`` (False: zero-shot, nothing is fitted); ``export_kind`` /
-    ``export_file`` (the name of the folder format the method exports and the file that identifies it; None: no
-    export).
-    """
-
-    name: ClassVar[str] = ""
-    gated: ClassVar[bool] = False
-    prunes: ClassVar[bool] = False
-    quantized: ClassVar[bool] = False
-    trains: ClassVar[bool] = True
-    export_kind: ClassVar[str | None] = None
-    export_file: ClassVar[str | None] = None
-    label: ClassVar[str] = ""
-    order: ClassVar[int | None] = None
-    color: ClassVar[str | None] = None
-
-    def check(self, cfg: Any) -> None:
-        """Early checks that need a library or files (run by train's ``validate_cfg``); raise ConfigError."""
-
-    def prepare(self, cfg: Any, cache_dir: str | os.PathLike | None) -> PreparedModel:
-        """Load ``cfg.model`` and inject this method's adapter (the whole run config: the pruning group too)."""
-        raise NotImplementedError(f"adapter method {self.name!r} has no prepare()")
-
-    def param_groups(self, prepared: PreparedModel, adapter_cfg: Any) -> list[dict]:
-        """AdamW parameter groups of the trainable tensors (empty: nothing trains)."""
-        return []
-
-    def parameter_counts(self, prepared: PreparedModel) -> dict[str, int]:
-        """``params/trainable`` and ``params/adapter_nnz`` (every trainable entry is an adapter entry)."""
-        trainable = trainable_count(prepared.model)
-        return {"params/trainable": trainable, "params/adapter_nnz": trainable}
-
-    def export(self, prepared: PreparedModel, cfg: Any, folder: Path) -> Path | None:
-        """Write what users take away into ``folder``; return it, or None when the method exports nothing."""
-        return None
-
-    def detects(self, folder: Path) -> bool:
-        """Whether ``folder`` holds this method's export format."""
-        return self.export_file is not None and (Path(folder) / self.export_file).is_file()
-
-    def load_export(self, model: Any, folder: Path) -> Any:
-        """Load an exported folder onto ``model``; return the (possibly wrapped) model."""
-        raise ConfigError("adapter_path", f"method {self.name!r} exports no adapter to load")
-
-    def merge(self, model: Any) -> Any:
-        """The model with the loaded adapter baked into plain weights (default: it already is plain)."""
-        return model
-
-    def run_tags(self, cfg: Any) -> list[str]:
-        """Tracking tags naming this method's budget (e.g. ``sparsity:0.5``)."""
-        return []
-
-    def config_density(self, get: Callable[[str], float]) -> float | None:
-        """The adapter density a run's config implies (report fallback when ``adapter/density`` is absent);
-        ``get("group.key")`` returns a number or NaN. None: not defined for this method."""
-        return None
-
-
-def trainable_count(model: Any) -> int:
-    """Number of trainable entries of ``model`` (shared parameters counted once)."""
-    return int(sum({id(p): p.numel() for p in model.parameters() if p.requires_grad}.values()))
-
-
-def finite_or_none(value: float) -> float | None:
-    """``value`` when it is a finite number, else None."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 _REGISTRY: dict[str, AdapterMethod] = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)\d+(?:\.|$)")
 

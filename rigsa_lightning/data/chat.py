@@ -11,7 +11,7 @@ model's own chat template, turn by turn, and tokenised piece by piece::
 Only assistant tokens are supervised (every assistant turn of a conversation; the last one is "the completion").
 The sequence stops after the last turn's end token (the template's trailing newline is not part of it), and the
 prompt tokens (everything before the completion) are exactly what greedy generation starts from. The loss runs
-through the same restricted LM head as Textual MNIST (:mod:`rigsa_lightning.head`: the head only at supervised
+through the same restricted LM head as Textual MNIST (:mod:`rigsa_lightning.models.head`: the head only at supervised
 positions).
 
 Splits: a folder ``data.path`` with ``train*`` / ``val*`` (``valid*``, ``validation*``, ``dev*``) / ``test*`` files,
@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.data.batching import EpochSeededSampler
-from rigsa_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -689,7 +689,7 @@ class ChatDataModule(L.LightningDataModule):
         """Sums over one batch: ``loss_sum`` / ``tokens`` (supervised tokens), ``token_correct`` / ``completion_tokens``
         (teacher-forced argmax on the completion), ``exact`` (per row: whitespace-normalised exact match of the
         greedy completion). One forward with the LM head at the supervised positions only."""
-        from rigsa_lightning.head import selected_logits
+        from rigsa_lightning.models.head import selected_logits
 
         labels = batch["labels"]
         n, t = labels.shape

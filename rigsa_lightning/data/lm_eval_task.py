@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.io import atomic_write_text
 
 __all__ = ["TASK_NAME", "DEFAULT_MODEL", "write_lm_eval_task", "main"]
@@ -165,8 +165,8 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
 
 def _checked_inputs(args: argparse.Namespace, opts: dict[str, Any]) -> tuple[dict[str, Any], str, Path]:
     """The data options, the split and the output folder, every value checked (one-line ConfigError)."""
+    from rigsa_lightning.config.options import OPTIONS, check_value
     from rigsa_lightning.data.preview import load_data_cfg
-    from rigsa_lightning.options import OPTIONS, check_value
 
     name = str(args.data or "digits")
     data_cfg = load_data_cfg(name, opts)

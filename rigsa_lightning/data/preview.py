@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "data"
 
@@ -43,7 +43,7 @@ def load_data_cfg(name: str = "digits", overrides: dict[str, Any] | None = None)
 
 def preview_text(data_cfg: Any, tokenizer: Any, n: int = 3, split: str = "train", full: bool = False) -> str:
     """Render the first ``n`` examples of ``split`` (prompt built exactly as in training) as printable text."""
-    from rigsa_lightning.config import get
+    from rigsa_lightning.config.access import get
     from rigsa_lightning.data.prompt import DEFAULT_PROMPT, PromptFormatter
     from rigsa_lightning.data.render import render_batch
     from rigsa_lightning.data.sources import load_source, make_splits, prepare_images

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROMPT",

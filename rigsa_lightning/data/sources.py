@@ -8,7 +8,7 @@
   hub's parquet files - columns ``image`` {bytes, path} and ``label`` - or the original IDX files
   ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
   ``t10k-labels-idx1-ubyte[.gz]``), else from the hub (``ylecun/mnist`` through ``datasets``). An unreachable hub
-  fails at once with a :class:`~rigsa_lightning.errors.ConfigError` naming ``data.source`` - never a retry loop.
+  fails at once with a :class:`~rigsa_lightning.config.errors.ConfigError` naming ``data.source`` - never a retry loop.
 
 Splits (:func:`make_splits`): with an official test split (MNIST), ``test`` is drawn from it and ``val``/``train``
 from the official train part (validation is held out of train); otherwise all three are drawn from one seeded
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 
 __all__ = [
     "SOURCES",

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.data.batching import EpochSeededSampler, PadCollator, TokenizedSplit
 from rigsa_lightning.data.prompt import (
     DEFAULT_PROMPT,
@@ -59,7 +60,6 @@ from rigsa_lightning.data.prompt import (
 )
 from rigsa_lightning.data.render import render_batch
 from rigsa_lightning.data.sources import load_source, make_splits, prepare_images, source_fingerprint
-from rigsa_lightning.errors import ConfigError
 from rigsa_lightning.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting.tasks import (
     BUILTIN_TASK_YAMLS,
     DEFAULT_NUM_FEWSHOT,

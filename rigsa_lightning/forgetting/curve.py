@@ -6,7 +6,7 @@ with the base model's (its own ``before`` stage). Each point holds the step, epo
 measure, the paired mean change with its 95% bootstrap CI; the points go to the loggers (``curve/...`` at the
 step), to ``metrics.json`` (``forget_curve``) and from there to the sweep report. With a run folder, each point's
 per-item records are kept too (``forgetting_items/curve/step<N>.json.gz``, with the base's ``before.json.gz``), so
-that two methods can be compared item by item at a common accuracy (:func:`rigsa_lightning.claims` pairs them).
+that two methods can be compared item by item at a common accuracy (:func:`rigsa_lightning.report.claims` pairs them).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting.prompts import GENERAL_PROMPTS
 from rigsa_lightning.io import atomic_write
 from rigsa_lightning.progress import Progress

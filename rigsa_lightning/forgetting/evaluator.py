@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get, plain_cfg
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting import benchmarks, items, paired
 from rigsa_lightning.forgetting.drift import DriftProbe
-from rigsa_lightning.forgetting.options import plain_cfg
 from rigsa_lightning.forgetting.stages import StageReport
 from rigsa_lightning.io import atomic_write_json
 

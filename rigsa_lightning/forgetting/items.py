@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 #: Fields a local copy of each benchmark must have (the hub datasets' own names).
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {

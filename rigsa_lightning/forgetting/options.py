@@ -1,24 +1,13 @@
-"""The ``eval`` option checks run before a model loads (:func:`check_eval_cfg`), and config -> plain python."""
+"""The ``eval`` option checks run before a model loads (:func:`check_eval_cfg`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import plain_cfg
+from rigsa_lightning.config.errors import ConfigError
 
 __all__ = ["check_eval_cfg", "plain_cfg"]
-
-
-def plain_cfg(cfg: Any) -> Any:
-    """OmegaConf containers -> plain python (resolved); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return cfg
 
 
 def check_eval_cfg(eval_cfg: Any) -> None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 
-from rigsa_lightning.head import split_causal_lm
+from rigsa_lightning.models.head import split_causal_lm
 from rigsa_lightning.progress import Progress
 
 log = logging.getLogger(__name__)

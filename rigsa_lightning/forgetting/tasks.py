@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.models import hub_reachable
 
 #: The forgetting benchmarks of the paper and their built-in YAML inside ``lm_eval/tasks``.

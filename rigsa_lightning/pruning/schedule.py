@@ -1,7 +1,7 @@
 """When IMP prunes and how much it keeps: :class:`PruningSchedule` and the options of the ``pruning`` group.
 
 Everything the paper leaves open is an option (conf/pruning/imp.yaml documents each default); ``from_cfg``
-validates them all and raises :class:`~rigsa_lightning.errors.ConfigError` with a one-line fix. Imports no torch.
+validates them all and raises :class:`~rigsa_lightning.config.errors.ConfigError` with a one-line fix. Imports no torch.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rigsa_lightning.adapters.rigsa.constants import PRUNED_VALUES
-from rigsa_lightning.config import choice, get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import choice, get
+from rigsa_lightning.config.errors import ConfigError
 
 KEEP_OF = ("all", "sign_stable")
 CRITERIA = ("sign_magnitude", "magnitude")

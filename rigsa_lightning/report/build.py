@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rigsa_lightning.adapters.registry import gated_methods
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.figures import (
     FIGURE_CAPTIONS,
@@ -153,8 +153,8 @@ def _try_figure(
 
 def _forget_curves(completed: list[Job]) -> list[CurveRun]:
     """Every run that recorded a forgetting curve, with how many of its points precede its last training phase and
-    where that phase starts when it starts from the base model again (:func:`~rigsa_lightning.matching.phase_start`)."""
-    from rigsa_lightning.matching import PHASE_START, compared_phase
+    where that phase starts when it starts from the base model again (:func:`~rigsa_lightning.report.matching.phase_start`)."""
+    from rigsa_lightning.report.matching import PHASE_START, compared_phase
 
     runs = []
     for j in completed:
@@ -318,7 +318,7 @@ def _claims_lines(folder: Path, title: str, completed: list[Job]) -> list[str]:
     if any(j.metrics.get("method") == "rigsa" for j in completed) and any(
         j.metrics.get("method") in ("qlora", "random_mask") for j in completed
     ):
-        from rigsa_lightning.claims import claims_markdown, dense_step_markdown, evaluate_claims
+        from rigsa_lightning.report.claims import claims_markdown, dense_step_markdown, evaluate_claims
 
         claims_md = claims_markdown(evaluate_claims(completed))
         dense = dense_step_markdown(completed)

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.report.build import build_report
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
 
 NAN = float("nan")
 _SKIP_DIRS = {"wandb", "checkpoints", "adapter", "csv", "lightning_logs", "__pycache__"}

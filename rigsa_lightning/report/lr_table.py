@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from rigsa_lightning.claims import wilson
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
+from rigsa_lightning.report.claims import wilson
 from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
 
 COLUMNS = (

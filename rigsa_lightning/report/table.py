@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rigsa_lightning.adapters.registry import find_method, method_label, method_order
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
 from rigsa_lightning.io import atomic_write_text
 from rigsa_lightning.report.jobs import NAN, Job, _finite, _num
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
 from rigsa_lightning.report.jobs import Job
 
 log = logging.getLogger("rigsa_lightning.report")
@@ -23,7 +23,7 @@ def log_to_wandb(
     except ImportError:
         log.warning("report --wandb: wandb is not installed; skipped")
         return None
-    from rigsa_lightning.tracking import resolve_wandb_mode
+    from rigsa_lightning.training.tracking import resolve_wandb_mode
 
     cfg = next((j.config for j in jobs if j.config), {})
     project = get(cfg, "logger.project") or "rigsa-lightning"

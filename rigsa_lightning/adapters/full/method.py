@@ -8,8 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters import PreparedModel, load_base
-from rigsa_lightning.adapters.registry import AdapterMethod, trainable_count
+from rigsa_lightning.adapters.base import AdapterMethod, PreparedModel, load_base, trainable_count
 
 
 class Full(AdapterMethod):

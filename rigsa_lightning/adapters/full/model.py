@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from rigsa_lightning.adapters.targets import find_target_linears
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.io import atomic_write, atomic_write_json
 
 FULL_WEIGHTS = "full_weights.safetensors"

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters import PreparedModel, base_model_key, load_base
-from rigsa_lightning.adapters.registry import AdapterMethod
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.adapters.base import AdapterMethod, PreparedModel, base_model_key, load_base
+from rigsa_lightning.config.errors import ConfigError
 
 
 class Lora(AdapterMethod):

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from rigsa_lightning.adapters.seeds import ADAPTER_SEED
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.io import atomic_dir
 
 log = logging.getLogger(__name__)

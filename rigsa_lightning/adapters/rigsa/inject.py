@@ -18,8 +18,8 @@ from rigsa_lightning.adapters.rigsa.layer import FORWARD_MODES, KEEP_INIT, Dense
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, derive_seed, random_mask_
 from rigsa_lightning.adapters.seeds import ADAPTER_SEED, MASK_SEED
 from rigsa_lightning.adapters.targets import find_target_linears, replace_module
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GATES = ("matrix", "layer", "global")

@@ -27,7 +27,7 @@ from torch import nn
 
 from rigsa_lightning.adapters.chunks import float_mask, row_chunks
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, generate_initial_delta, initial_delta_chunks
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 FORWARD_MODES = ("merged", "two_matmul")
 KEEP_INIT = ("regenerate", "copy")

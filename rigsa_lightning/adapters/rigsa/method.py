@@ -9,11 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.adapters import PreparedModel, load_base
-from rigsa_lightning.adapters.registry import AdapterMethod, finite_or_none, trainable_count
+from rigsa_lightning.adapters.base import (
+    AdapterMethod,
+    PreparedModel,
+    finite_or_none,
+    load_base,
+    trainable_count,
+)
 from rigsa_lightning.adapters.seeds import MASK_SEED
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.pruning.schedule import PruningSchedule
 
 
@@ -71,7 +76,7 @@ class GatedSparseMethod(AdapterMethod):
         """The sparse adapter (kept values + indices, gates, config) in ``folder``."""
         from omegaconf import OmegaConf
 
-        from rigsa_lightning.export import save_sparse_adapter
+        from rigsa_lightning.adapters.rigsa.export import save_sparse_adapter
 
         save_sparse_adapter(
             prepared.gated,
@@ -84,14 +89,14 @@ class GatedSparseMethod(AdapterMethod):
 
     def load_export(self, model: Any, folder: Path) -> Any:
         """Inject the exported sparse adapter into ``model``."""
-        from rigsa_lightning.export import load_sparse_adapter
+        from rigsa_lightning.adapters.rigsa.export import load_sparse_adapter
 
         load_sparse_adapter(model, folder)
         return model
 
     def merge(self, model: Any) -> Any:
         """Every gated adapter replaced by its base linear with ``W0 + alpha·ΔW`` baked in."""
-        from rigsa_lightning.export import merge_adapter
+        from rigsa_lightning.adapters.rigsa.export import merge_adapter
 
         return merge_adapter(model)
 

@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.adapters.rigsa.constants import PEFT_VALUE_DTYPES, SPLIT_MANIFEST
+from rigsa_lightning.config.errors import ConfigError
 
 #: The output folder's list of adapter sub-folders when the export is split (absent for a single folder).
-SPLIT_MANIFEST = "rigsa_peft_adapters.json"
 #: The SHiRA ``mask_type`` written into the configs: anything but ``random`` makes PEFT draw no mask on load.
 MASK_TYPE = "rigsa"
 #: Value dtypes the export can round ``α·ΔW`` to (the base model's dtype: merge adds the update in it).
-VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VALUE_DTYPES = {name: getattr(torch, name) for name in PEFT_VALUE_DTYPES}
 WEIGHTS_NAME_PEFT = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 
@@ -162,7 +162,7 @@ def read_rigsa_for_peft(folder: str | os.PathLike) -> tuple[dict[str, Any], dict
     """The validated sparse RIGSA export in ``folder`` (config, tensors); ConfigError when it is not one, or when
     it cannot be sparse (``pruned_value: init``)."""
     from rigsa_lightning.adapters.registry import method_for_export
-    from rigsa_lightning.export import CONFIG_NAME, WEIGHTS_NAME, read_sparse_adapter
+    from rigsa_lightning.adapters.rigsa.export import CONFIG_NAME, WEIGHTS_NAME, read_sparse_adapter
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -192,18 +192,6 @@ def read_rigsa_for_peft(folder: str | os.PathLike) -> tuple[dict[str, Any], dict
             "use this package's loader (load_sparse_adapter + merge_adapter) or train with pruning.pruned_value=zero",
         )
     return config, tensors
-
-
-def run_model_dtype(run_dir: str | os.PathLike) -> str | None:
-    """The base weights' dtype a run trained with (``model.dtype`` of ``<run>/.hydra/config.yaml``), or None."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    dtype = ((config or {}).get("model") or {}).get("dtype") if isinstance(config, dict) else None
-    return dtype if dtype in VALUE_DTYPES else None
 
 
 def _check_destination(src: Path, dst: Path) -> None:
@@ -271,7 +259,7 @@ def export_peft(
                 },
             )
         if card:
-            from rigsa_lightning.model_card import write_model_card
+            from rigsa_lightning.adapters.model_card import write_model_card
 
             write_model_card(
                 tmp,
@@ -308,7 +296,7 @@ def _write_folder(out: Path, folder: PeftFolder, config: dict[str, Any], save_fi
 
 def _peft_base_model(base_model: str) -> str | None:
     """The base model as PEFT records it (the hub id of the embedded model; local names as they are)."""
-    from rigsa_lightning.model_card import hub_base_model
+    from rigsa_lightning.adapters.model_card import hub_base_model
 
     return hub_base_model(base_model) or base_model or None
 

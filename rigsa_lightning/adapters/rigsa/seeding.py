@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 if TYPE_CHECKING:
     from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear

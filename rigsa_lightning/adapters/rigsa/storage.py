@@ -22,7 +22,7 @@ from rigsa_lightning.adapters.rigsa.inject import unique_alphas
 from rigsa_lightning.adapters.rigsa.layer import AdapterLayer, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.sparse import GRAD_MODES, SparseDeltaLinear
 from rigsa_lightning.adapters.targets import replace_module
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 #: ``adapter.storage``: auto (sparse on one device, dense under DDP/FSDP), sparse, dense.
 STORAGES = ("auto", "dense", "sparse")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 __all__ = ["PRUNE_HISTORY_FILE", "TicketCounts", "read_ticket_counts"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.config import get
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import get
+from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.io import atomic_dir
 from rigsa_lightning.runtime import hub_reachable
 
@@ -227,13 +227,13 @@ def compile_forward(model: Any, compile_cfg: Any) -> bool:
 
     Only the bound ``forward`` is replaced, so module names, ``state_dict`` keys and checkpoints are unchanged; a
     module swapped later (sparse storage after a prune) just triggers a recompilation. When the model splits into a
-    decoder body and a plain linear head (:func:`rigsa_lightning.head.split_causal_lm`), the body's ``forward`` is
+    decoder body and a plain linear head (:func:`rigsa_lightning.models.head.split_causal_lm`), the body's ``forward`` is
     the one compiled: the training and scoring steps call the body and apply the head at the scored positions
     only, and the whole model's forward (generation) runs the compiled body too.
     """
     if compile_cfg is None or not bool(compile_cfg.get("enabled", False)):
         return False
-    from rigsa_lightning.head import split_causal_lm
+    from rigsa_lightning.models.head import split_causal_lm
 
     backend = str(compile_cfg.get("backend", "inductor"))
     dynamic = bool(compile_cfg.get("dynamic", True))

@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rigsa_lightning.adapters.registry import find_method, method_names
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 # Groups whose extra keys are handed to a library as they are (any key the library accepts is allowed).
 PASSTHROUGH = ("trainer.",)

@@ -203,7 +203,7 @@ def adamw_impl_kwargs(impl: str) -> dict[str, bool]:
     took 0.23x the time of the per-tensor loop (torch's CPU default) and 0.34x on the sparse storage's kept values
     (``python -m bench.run --only optimizer``, 1 thread); it equals the loop up to fp32 rounding (not bitwise).
     """
-    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.config.errors import ConfigError
 
     if impl not in ADAMW_IMPLS:
         raise ConfigError(
@@ -325,10 +325,10 @@ class RigsaLitModule(L.LightningModule):
 
     def _loss_and_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Shifted cross-entropy (fp32) over the supervised labels and the logits ``[batch, vocab]`` at
-        ``answer_pos`` (None without it). The LM head runs at those positions only (``rigsa_lightning.head``):
+        ``answer_pos`` (None without it). The LM head runs at those positions only (``rigsa_lightning.models.head``):
         the loss equals the full-logits loss, and the model falls back to the full forward when its head is not a
         plain linear layer (or with ``lm_head=full``)."""
-        from rigsa_lightning.head import check_lm_head, supervised_loss_and_answer_logits
+        from rigsa_lightning.models.head import check_lm_head, supervised_loss_and_answer_logits
 
         full_head = check_lm_head(self.cfg.get("lm_head", "scored"))
         return supervised_loss_and_answer_logits(self.model, batch, full_head=full_head)
@@ -430,7 +430,7 @@ class RigsaLitModule(L.LightningModule):
         Textual MNIST digit accuracy."""
         score = getattr(getattr(self._trainer, "datamodule", None), "score_batch", None)
         if score is not None:
-            from rigsa_lightning.head import check_lm_head
+            from rigsa_lightning.models.head import check_lm_head
 
             return score(self.model, batch, full_head=check_lm_head(self.cfg.get("lm_head", "scored")))
         loss, logits = self._loss_and_logits(batch)

@@ -62,7 +62,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
             out[prefix] = value
 
     walk("", {k: v for k, v in container.items() if k != "hydra"})
-    from rigsa_lightning.config import is_secret
+    from rigsa_lightning.config.access import is_secret
 
     return {k: v for k, v in out.items() if not is_secret(k)}
 

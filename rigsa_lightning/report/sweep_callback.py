@@ -5,7 +5,7 @@ Registered by the sweep configs (``conf/sweep/*.yaml``)::
     hydra:
       callbacks:
         report:
-          _target_: rigsa_lightning.sweep_callback.ReportCallback
+          _target_: rigsa_lightning.report.sweep_callback.ReportCallback
 
 It runs :func:`rigsa_lightning.report.build_report` on the sweep folder (``hydra.sweep.dir``) in the launching
 process, after every job has returned. A report failure is logged and never turns a finished sweep into an error:
@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("rigsa_lightning.sweep_callback")
+log = logging.getLogger("rigsa_lightning.report.sweep_callback")
 
 
 class ReportCallback(Callback):

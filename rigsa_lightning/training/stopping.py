@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ the run's measured numbers when the run folder holds them (Textual MNIST test ac
 forgetting deltas with their paired 95 % CIs from ``forgetting.json``), the command that produced the run (its
 Hydra overrides from ``.hydra/overrides.yaml``) and how to load the adapter (this package, PEFT, merged).
 
-``finish_run_exports(cfg, run_dir, metrics)`` ends a training run's exports (``export.peft``: the PEFT folder, then
-the cards); ``write_run_cards(run_dir)`` writes the cards of a run (``adapter/`` and, with ``export.peft``,
+``write_run_cards(run_dir)`` writes the cards of a run (``adapter/`` and, with ``export.peft``,
 ``adapter_peft/``); ``write_model_card(folder, ...)`` one card. All write through ``rigsa_lightning.io``.
 """
 
@@ -19,6 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.adapters.rigsa.constants import PEFT_VALUE_DTYPES, SPLIT_MANIFEST
 from rigsa_lightning.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -346,8 +346,6 @@ def write_model_card(
 
 def export_kind(folder: Path) -> tuple[str | None, dict[str, Any] | None, list[str] | None]:
     """What ``folder`` holds: (kind, its adapter config, the split PEFT adapters) or (None, None, None)."""
-    from rigsa_lightning.adapters.rigsa.peft_export import SPLIT_MANIFEST
-
     manifest = _read_json(folder / SPLIT_MANIFEST)
     if manifest.get("adapters"):
         source = _read_json(Path(str(manifest.get("source", ""))) / "adapter_config.json")
@@ -370,8 +368,6 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
     """The cards of every export of a finished run (``adapter/``, ``adapter_peft/``); returns the files written.
 
     ``metrics``: the run's final metrics when ``metrics.json`` is not written yet (the end of a run)."""
-    from rigsa_lightning.adapters.rigsa.peft_export import run_model_dtype
-
     run_dir = Path(run_dir)
     record = run_record(run_dir)
     if metrics is not None:
@@ -392,32 +388,13 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
     return written
 
 
-def finish_run_exports(cfg: Any, run_dir: str | os.PathLike, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The end of a run's exports: ``export.peft`` (gated methods) writes ``adapter_peft/`` (SHiRA folders, values
-    rounded to ``model.dtype``), then every export gets its card. Returns the metrics to add (``adapter/peft_*``)."""
-    from rigsa_lightning.adapters.registry import find_method
-    from rigsa_lightning.adapters.rigsa.peft_export import VALUE_DTYPES, export_peft
-    from rigsa_lightning.config import get
+def run_model_dtype(run_dir: str | os.PathLike) -> str | None:
+    """The base weights' dtype a run trained with (``model.dtype`` of ``<run>/.hydra/config.yaml``), or None."""
+    import yaml
 
-    run_dir = Path(run_dir)
-    added: dict[str, Any] = {}
-    spec = find_method(get(cfg, "adapter.method"))
-    if get(cfg, "export.peft", False) and spec is not None and spec.gated and (run_dir / "adapter").is_dir():
-        dtype = str(get(cfg, "model.dtype", "float32"))
-        target = run_dir / "adapter_peft"
-        folders = export_peft(
-            run_dir / "adapter", target, dtype=dtype if dtype in VALUE_DTYPES else "float32", card=False
-        )
-        added["adapter/peft_path"] = str(target)
-        added["adapter/peft_adapters"] = len(folders)
-        if len(folders) > 1:
-            log.info(
-                "export.peft: one SHiRA folder cannot hold every module (one r per folder): split into %d adapters "
-                "in %s (load all of them, see its README.md)",
-                len(folders),
-                target,
-            )
-        else:
-            log.info("export.peft: PEFT SHiRA adapter in %s", target)
-    write_run_cards(run_dir, {**metrics, **added})
-    return added
+    try:
+        config = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    dtype = ((config or {}).get("model") or {}).get("dtype") if isinstance(config, dict) else None
+    return dtype if dtype in PEFT_VALUE_DTYPES else None

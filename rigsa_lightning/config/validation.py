@@ -1,6 +1,6 @@
 """Config validation before anything is loaded or written: one-line :class:`ConfigError` naming the option.
 
-:func:`validate_cfg` runs :func:`rigsa_lightning.options.check_options` (every option's type and range) first, then
+:func:`validate_cfg` runs :func:`rigsa_lightning.config.options.check_options` (every option's type and range) first, then
 the checks that need more than the option schema (the method, the machine, the pruning schedule, data sizes,
 checkpoints). The run-folder checks (:func:`check_run_start`, :func:`check_checkpoint`) and the checks that need the
 loaded data (:func:`check_max_steps`) run from :func:`rigsa_lightning.train.train` once those are known.
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, open_dict
 
 from rigsa_lightning.adapters.registry import get_method
-from rigsa_lightning.config import is_null
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.access import is_null
+from rigsa_lightning.config.errors import ConfigError
 
 if TYPE_CHECKING:
     from rigsa_lightning.pruning import PruningSchedule
@@ -93,10 +93,10 @@ def _check_storage_early(cfg: DictConfig) -> None:
 
 def _check_components(cfg: DictConfig) -> None:
     """Options checked by the component that uses them (stop_at, compile, optim.impl, lm_head, storage, eval)."""
-    from rigsa_lightning.head import check_lm_head
     from rigsa_lightning.models import check_compile_cfg
-    from rigsa_lightning.module import adamw_impl_kwargs
-    from rigsa_lightning.stopping import check_stop_at
+    from rigsa_lightning.models.head import check_lm_head
+    from rigsa_lightning.training.module import adamw_impl_kwargs
+    from rigsa_lightning.training.stopping import check_stop_at
 
     check_stop_at(cfg.get("stop_at"))
     check_compile_cfg(cfg.get("compile"))
@@ -119,7 +119,7 @@ def validate_cfg(cfg: DictConfig) -> PruningSchedule:
     """
     import torch
 
-    from rigsa_lightning.options import check_options
+    from rigsa_lightning.config.options import check_options
     from rigsa_lightning.pruning import PruningSchedule
 
     check_options(cfg)  # every option's type and range, unknown keys, relations between options
@@ -164,7 +164,7 @@ def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
     """
     import torch
 
-    from rigsa_lightning.module import CKPT_KEY, config_differences, trajectory_config
+    from rigsa_lightning.training.module import CKPT_KEY, config_differences, trajectory_config
 
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)

@@ -125,7 +125,7 @@ def _answer_batches(
     """``(batch on the model's device, [batch, vocab] logits at the answer positions)`` over ``split``'s loader in
     order, reported as progress ``desc`` (the LM head at the answer position only; a full forward for models
     without a plain linear head)."""
-    from rigsa_lightning.head import answer_logits
+    from rigsa_lightning.models.head import answer_logits
 
     device = next(model.parameters()).device
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()

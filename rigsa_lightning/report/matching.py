@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rigsa_lightning.config import get
+from rigsa_lightning.config.access import get
 
 
 @dataclass

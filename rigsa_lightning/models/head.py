@@ -144,7 +144,7 @@ LM_HEAD_MODES = ("scored", "full")
 
 def check_lm_head(value: Any) -> bool:
     """``lm_head`` option -> whether to run the full head (``full``); one-line error for anything else."""
-    from rigsa_lightning.errors import ConfigError
+    from rigsa_lightning.config.errors import ConfigError
 
     if value not in LM_HEAD_MODES:
         raise ConfigError("lm_head", f"unknown value {value!r}", f"use one of {list(LM_HEAD_MODES)}")

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rigsa_lightning import matching
 from rigsa_lightning.forgetting import items as item_records
+from rigsa_lightning.report import matching
 
 CHANCE = 0.1
 #: Forgetting measures compared: (task, per-item measure, sign such that a positive value = more forgetting, label).
@@ -295,7 +295,7 @@ def _claims_forgetting(
 
     The end-of-training numbers (hierarchical bootstrap of the difference over seeds and items, per measure) decide
     when every compared run stopped at the same ``stop_at.val_acc`` target; otherwise the forgetting curves decide,
-    read at the highest validation accuracy every compared run reaches (:mod:`rigsa_lightning.matching`)."""
+    read at the highest validation accuracy every compared run reaches (:mod:`rigsa_lightning.report.matching`)."""
     c3 = Claim(3, "RIGSA forgets less than QLoRA, particularly on GSM8k (more forgetting = positive below).")
     c4 = Claim(
         4,
@@ -398,7 +398,7 @@ def _curve_votes(
 
     Per measure, the hierarchical bootstrap of the per-item changes at the matched level when every run kept its
     curve's per-item records (``forgetting_items/curve/``); otherwise an approximation from each curve point's own
-    CI (:func:`rigsa_lightning.matching.matched_difference`)."""
+    CI (:func:`rigsa_lightning.report.matching.matched_difference`)."""
     curves = {
         id(j): matching.compared_phase(j.metrics.get("forget_curve") or [], j.config, j.metrics)
         for j in (*rigsa, *others)

@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rigsa_lightning.errors import ConfigError
+from rigsa_lightning.config.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 _MISSING = object()
 # Leaf values that are never looked into for a (dotted) key: ``getattr`` on them would find methods.
@@ -48,6 +48,18 @@ def choice(cfg: Any, key: str, choices: Sequence[Any], default: Any, *, option: 
 
 # Values of an optional path option (``resume``) that mean "not set", however they were typed on a command line.
 NULL_VALUES = (None, False, "", "null", "Null", "NULL", "None", "none", "false", "False")
+
+
+def plain_cfg(cfg: Any) -> Any:
+    """OmegaConf containers -> plain python (resolved); anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return cfg
 
 
 def is_null(value: Any) -> bool:

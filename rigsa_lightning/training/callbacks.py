@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from rigsa_lightning.adapters.registry import AdapterMethod
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.pruning import IterativeMagnitudePruning, PruningSchedule
-    from rigsa_lightning.stopping import StopAtAccuracy
-    from rigsa_lightning.timing import StageTimer
+    from rigsa_lightning.training.stopping import StopAtAccuracy
+    from rigsa_lightning.training.timing import StageTimer
 
 log = logging.getLogger("rigsa_lightning.train")
 
@@ -59,7 +59,7 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
 def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> list[Any]:
     """Lightning loggers per ``logger.type`` (W&B offline unless an API key and network are there). Starting
     from ``ckpt_path`` in the same folder (a resume), the CSV keeps the rows logged before the checkpoint."""
-    from rigsa_lightning.csv_history import ContinuousCSVLogger, checkpoint_step
+    from rigsa_lightning.training.csv_history import ContinuousCSVLogger, checkpoint_step
 
     kind = str(cfg.logger.get("type", "csv"))
     loggers: list[Any] = []
@@ -70,7 +70,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None)
         ContinuousCSVLogger(save_dir=str(run_dir), name="csv", version="", resume_step=resume_step)
     )
     if kind == "wandb":
-        from rigsa_lightning.tracking import make_wandb_logger
+        from rigsa_lightning.training.tracking import make_wandb_logger
 
         loggers.append(make_wandb_logger(cfg, run_dir))
     return loggers
@@ -144,8 +144,8 @@ def build_callbacks(
 
     from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE
     from rigsa_lightning.pruning import IterativeMagnitudePruning
-    from rigsa_lightning.stopping import StopAtAccuracy, check_stop_at
-    from rigsa_lightning.timing import StageTimer
+    from rigsa_lightning.training.stopping import StopAtAccuracy, check_stop_at
+    from rigsa_lightning.training.timing import StageTimer
 
     out = TrainCallbacks(timer=StageTimer())
     out.callbacks.append(out.timer)  # first: its validation hooks run before the forgetting curve's
