@@ -10,10 +10,9 @@ training; ~10% of the signs flip). One round of :class:`rigsa_lightning.pruning.
 * ``naive_per_matrix``: ``torch.topk`` on each matrix's masked scores;
 * ``naive_global``: concatenate every score into one tensor, ``torch.kthvalue`` for the threshold.
 
-and with the first prototype of a memory-lean round (``lean_per_matrix`` / ``lean_global``, :func:`_lean`: row
-chunks, candidates recomputed instead of stored, but the whole initial ΔW held), kept as a reference now that the
-library round streams over row chunks and draws the initial ΔW chunk by chunk. All variants select exactly the
-library's entries (the ``same masks`` column compares mask digests).
+All variants select exactly the library's entries (the ``same masks`` column compares mask digests). (Entries
+recorded before 2026-12-05 also hold ``lean_per_matrix`` / ``lean_global``, a first memory-lean prototype of the
+round since removed: the library round streams over row chunks itself.)
 
 Every measurement regenerates the adapters from the same seeds (identical inputs), returns freed memory to the OS
 (``malloc_trim``), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``) and reads ``VmHWM`` afterwards:
@@ -140,133 +139,6 @@ def _naive(adapters: dict[str, Any], scope: str, density: float) -> None:
             mod.apply_mask((scores[name] >= threshold) & cands[name], rewind=True)
 
 
-def _row_slices(rows: int, chunks: int) -> list[slice]:
-    step = max(1, -(-rows // chunks))
-    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
-
-
-def _lean(adapters: dict[str, Any], scope: str, density: float, chunks: int = 8) -> None:
-    """Prototype of a memory-lean round (same masks as the library): row chunks, nothing per-matrix kept.
-
-    Per matrix only the regenerated initial ΔW (4 B/entry, needed for the sign test and the rewind) and the new
-    bool mask (1 B/entry) are whole-matrix; candidates, scores and bit patterns exist one row chunk at a time, and
-    the rewind writes ΔW chunk by chunk. Global scope recomputes the candidates (and regenerates the initial ΔW) in
-    every pass instead of keeping a bool mask of every matrix. Uses the library's radix select and tie rule
-    (private helpers of rigsa_lightning.pruning.select): the masks are identical.
-    """
-    import torch
-
-    from rigsa_lightning.adapters.chunks import float_mask
-    from rigsa_lightning.pruning import count_true, sign_stable
-    from rigsa_lightning.pruning.select import _masked_bits, _radix_threshold, _select
-
-    names = list(adapters)
-
-    def sources(name: str, init: Any) -> list[tuple[Any, Any]]:
-        mod = adapters[name]
-        delta = mod.delta.detach()
-        out = []
-        for sl in _row_slices(delta.shape[0], chunks):
-
-            def cand(sl: slice = sl) -> Any:
-                return mod.mask[sl] & sign_stable(delta[sl], init[sl])
-
-            def bits(sl: slice = sl) -> Any:
-                return _masked_bits(delta[sl].abs(), cand(sl))
-
-            out.append((cand, bits))
-        return out
-
-    def apply(name: str, new_mask: Any, init: Any) -> None:
-        mod = adapters[name]
-        with torch.no_grad():
-            for sl in _row_slices(mod.delta.shape[0], chunks):
-                torch.mul(init[sl], float_mask(new_mask[sl]), out=mod.delta.data[sl])
-            mod.mask.copy_(new_mask)
-            mod.pruned_init.fill_(False)
-            mod.alpha.fill_(mod.alpha_init)
-        mod.pruned_value = "zero"
-        mod._frozen = None
-        mod._full = None
-
-    def select(name: str, init: Any, threshold: Any, ties: int) -> tuple[Any, int]:
-        mod = adapters[name]
-        new_mask = torch.empty_like(mod.mask)
-        for (cand, bits), sl in zip(sources(name, init), _row_slices(mod.delta.shape[0], chunks)):
-            keep, ties = _select(bits(), cand(), threshold, ties)
-            new_mask[sl] = keep.view(new_mask[sl].shape)
-        return new_mask, ties
-
-    if scope == "per_matrix":
-        for name in names:
-            mod = adapters[name]
-            init = mod.initial_delta()
-            srcs = sources(name, init)
-            n_cand = [count_true(c()) for c, _ in srcs]
-            k = int(round(density * mod.mask.numel()))
-            if k >= sum(n_cand):
-                new_mask = torch.zeros_like(mod.mask)
-                for (c, _), sl in zip(srcs, _row_slices(mod.delta.shape[0], chunks)):
-                    new_mask[sl] = c()
-                del c
-            else:
-                sizes = [mod.mask[sl].numel() for sl in _row_slices(mod.delta.shape[0], chunks)]
-                thr = _radix_threshold([b for _, b in srcs], [z - n for z, n in zip(sizes, n_cand)], k)
-                new_mask, _ = select(name, init, thr, thr.ties)
-            apply(name, new_mask, init)
-            del init, srcs, new_mask  # the chunk closures hold the initial ΔW too
-        return
-
-    # global: every pass regenerates each matrix's initial ΔW; only one matrix's worth exists at a time
-    def all_bits() -> list[Any]:
-        fns = []
-        for name in names:
-            for i in range(len(_row_slices(adapters[name].delta.shape[0], chunks))):
-
-                def fn(name: str = name, i: int = i) -> Any:
-                    cache = fn_cache
-                    if cache.get("name") != name:
-                        cache.clear()
-                        cache["name"] = name
-                        cache["srcs"] = sources(name, adapters[name].initial_delta())
-                    return cache["srcs"][i][1]()
-
-                fns.append(fn)
-        return fns
-
-    fn_cache: dict[str, Any] = {}
-
-    def counts(name: str) -> list[tuple[int, int]]:  # (candidates, entries) per chunk; frees the initial ΔW
-        srcs = sources(name, adapters[name].initial_delta())
-        slices = _row_slices(adapters[name].delta.shape[0], chunks)
-        return [(count_true(c()), adapters[name].mask[sl].numel()) for (c, _), sl in zip(srcs, slices)]
-
-    n_cand, sizes = [], []
-    for name in names:
-        for n_c, size in counts(name):
-            n_cand.append(n_c)
-            sizes.append(size)
-    total = sum(a.mask.numel() for a in adapters.values())
-    k = int(round(density * total))
-    keep_all = k >= sum(n_cand)
-    if not keep_all:
-        thr = _radix_threshold(all_bits(), [z - n for z, n in zip(sizes, n_cand)], k)
-        ties = thr.ties
-    fn_cache.clear()
-    for name in names:
-        init = adapters[name].initial_delta()
-        if keep_all:
-            mod = adapters[name]
-            new_mask = torch.empty_like(mod.mask)
-            for (c, _), sl in zip(sources(name, init), _row_slices(mod.delta.shape[0], chunks)):
-                new_mask[sl] = c()
-            del c  # the closure holds the initial ΔW
-        else:
-            new_mask, ties = select(name, init, thr, ties)
-        apply(name, new_mask, init)
-        del init, new_mask
-
-
 def mask_digest(adapters: dict[str, Any]) -> str:
     """sha1 of every module's mask bytes (module order): equal digests = identical masks."""
     import hashlib
@@ -283,8 +155,6 @@ def _run_variant(variant: str, adapters: dict[str, Any]) -> None:
     if variant in ("per_matrix", "global"):
         cb = IterativeMagnitudePruning({**IMP_CFG, "scope": variant}, log_per_module=False)
         cb.prune(adapters)
-    elif variant.startswith("lean_"):
-        _lean(adapters, variant.removeprefix("lean_"), 0.5)
     else:
         _naive(adapters, variant.removeprefix("naive_"), 0.5)
 
@@ -424,7 +294,7 @@ def run(
     reps = reps or (1 if quick else 3)
     t_start = time.time()
     env = environment()
-    variants = ["per_matrix", "global", "lean_per_matrix", "lean_global"]
+    variants = ["per_matrix", "global"]
     variants += [] if quick else ["naive_per_matrix", "naive_global"]
     rounds: dict[str, Any] = {}
     for n in threads:
@@ -536,7 +406,7 @@ def run(
         ],
     )
     verdicts = {}
-    for v in ("per_matrix", "global", "lean_per_matrix", "lean_global"):
+    for v in ("per_matrix", "global"):
         best = min(summaries[v][f"seconds_{n}thr"]["median"] for n in threads)
         verdicts[v] = {
             "seconds_best": best,
@@ -570,7 +440,7 @@ def headline(entry: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     target_mem = entry["targets"]["extra_peak_bytes"]
     for v, r in entry["verdicts"].items():
-        # The lean_* prototype is a reference for the library round, not a target of its own.
+        # Entries recorded before 2026-12-05 also hold the lean_* prototype (since removed): a reference row.
         ref = v.startswith("lean_")
         rows.append(
             (

@@ -18,36 +18,16 @@ import pytest
 import torch
 
 from rigsa_lightning.config.errors import ConfigError
-from tests.test_resume import SMALL, run_cli, run_dirs, tail
+from tests.helpers import (
+    SMALL,
+    assert_nothing_written,
+    assert_one_line_error,
+    compose_cfg,
+    run_cli,
+    run_dirs,
+)
 
 BASE = ["experiment=rigsa_50", *SMALL]
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess, option: str, *fragments: str) -> str:
-    """Exit 2, last stderr line ``error: <option>: ...`` with a fix (``->``), no traceback; returns the line."""
-    assert res.returncode == 2, tail(res)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert lines, tail(res)
-    line = lines[-1]
-    assert line.startswith(f"error: {option}: "), tail(res)
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, tail(res)
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
-
-
-def assert_nothing_written(root: Path) -> None:
-    assert run_dirs(root) == [], run_dirs(root)
-
-
-def compose_cfg(overrides: list[str]) -> Any:
-    """The train config as Hydra composes it (no run folder is created)."""
-    from hydra import compose, initialize_config_dir
-
-    from rigsa_lightning.config.access import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def validate(overrides: list[str]) -> None:

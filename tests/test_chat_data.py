@@ -20,8 +20,7 @@ from rigsa_lightning.data.chat import (
     load_chat_examples,
     normalize_text,
 )
-from tests.test_bad_input import assert_nothing_written, assert_one_line_error
-from tests.test_resume import only_run_dir, run_cli, tail
+from tests.helpers import assert_nothing_written, assert_one_line_error, only_run_dir, run_cli, tail
 
 DATA = Path(__file__).parent / "data" / "chat_arithmetic.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]

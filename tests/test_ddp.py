@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import only_run_dir, run_cli
+from tests.helpers import only_run_dir, run_cli
 
 
 @pytest.mark.slow

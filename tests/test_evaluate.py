@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train import only_run_dir, run_cli
+from tests.helpers import only_run_dir, run_cli
 
 FAST = [
     "model=tiny",

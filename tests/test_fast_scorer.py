@@ -155,7 +155,7 @@ def test_fast_scorer_falls_back_when_the_probe_disagrees(tiny_model, forgetting_
 
 # ------------------------------------------------------------------------------------------- in the train command
 def _train_with_real_eval(tmp_path: Path, forgetting_data: Path, experiment: str):
-    from tests.test_resume import SMALL, only_run_dir, run_cli, tail
+    from tests.helpers import SMALL, only_run_dir, run_cli, tail
 
     args = [
         f"experiment={experiment}",
@@ -246,7 +246,7 @@ def test_gold_nll_without_generation_uses_the_same_prompts(tiny_model, forgettin
 def test_forgetting_curve_along_training(tmp_path, forgetting_data):
     import json
 
-    from tests.test_resume import SMALL, only_run_dir, run_cli, tail
+    from tests.helpers import SMALL, only_run_dir, run_cli, tail
 
     args = [
         "experiment=rigsa_50",

@@ -19,7 +19,7 @@ from rigsa_lightning.adapters import registry
 from rigsa_lightning.adapters.registry import AdapterMethod, get_method, method_names, register_method
 from rigsa_lightning.config.access import CONFIG_DIR
 from rigsa_lightning.config.errors import ConfigError
-from tests.test_resume import only_run_dir, run_cli, tail
+from tests.helpers import only_run_dir, run_cli, tail
 
 # The plugin: a complete method module, as a user would write it next to their own code (no torch at import).
 PLUGIN = '''

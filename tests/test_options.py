@@ -12,8 +12,7 @@ import pytest
 from rigsa_lightning.config.access import CONFIG_DIR, available
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.config.options import OPTIONS, check_options
-from tests.test_bad_input import assert_nothing_written, assert_one_line_error, compose_cfg
-from tests.test_resume import SMALL, run_cli
+from tests.helpers import SMALL, assert_nothing_written, assert_one_line_error, compose_cfg, run_cli
 
 
 def _compose(config_name: str, overrides: list[str]) -> Any:

@@ -17,7 +17,7 @@ from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta, rando
 from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE, read_ticket_counts
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.training.module import lr_factor, phase_lr_scales, segment_at
-from tests.test_resume import SMALL, only_run_dir, run_cli, run_dirs, tail
+from tests.helpers import SMALL, only_run_dir, run_cli, run_dirs, tail
 
 ADAPTER = {
     "method": "random_mask",

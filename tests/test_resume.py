@@ -7,7 +7,6 @@ starts (rigsa_lightning/training/module.py), so nothing in the process gets a ch
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,61 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-SMALL = [
-    "model=tiny",
-    "data.train_size=32",
-    "data.val_size=8",
-    "data.test_size=8",
-    "data.batch_size=4",
-    "eval=none",
-    "logger=csv",
-    "print_config=false",
-    "trainer.enable_progress_bar=false",
-]
+from tests.helpers import SMALL, load_ckpt, only_run_dir, run_cli, run_dirs, tail
+
 IGNORED_METRICS = ("time/", "memory/", "run_dir", "adapter/path", "resumed_from")
-
-
-def run_cli(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """The training CLI offline, one thread, in ``cwd`` (``env`` adds variables)."""
-    full_env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        WANDB_MODE="offline",
-        OMP_NUM_THREADS="1",
-    )
-    full_env.pop("RIGSA_TEST_KILL_AT_STEP", None)
-    full_env.pop("RIGSA_TEST_NAN_AT_STEP", None)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "rigsa_lightning.train", "threads=1", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "outputs" / "runs").glob("*/*") if p.is_dir())
-
-
-def only_run_dir(root: Path) -> Path:
-    runs = run_dirs(root)
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def tail(res: subprocess.CompletedProcess) -> str:
-    return res.stdout[-3000:] + "\n---stderr---\n" + res.stderr[-3000:]
-
-
-def load_ckpt(path: Path) -> dict[str, Any]:
-    """A checkpoint loaded the safe way (no pickle beyond tensors and primitives)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def comparable_metrics(run_dir: Path) -> dict[str, Any]:

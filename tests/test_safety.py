@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.test_resume import SMALL, only_run_dir, run_cli, tail
+from tests.helpers import SMALL, only_run_dir, run_cli, tail
 
 SECRET = "secret-xyz"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".joblib", ".npy", ".npz")

@@ -11,7 +11,7 @@ import torch
 
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.training.stopping import StopAtAccuracy, check_stop_at
-from tests.test_train import only_run_dir, run_cli
+from tests.helpers import only_run_dir, run_cli
 
 
 def _trainer(acc: float | None, epoch: int, step: int = 10, sanity: bool = False) -> SimpleNamespace:

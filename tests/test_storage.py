@@ -11,7 +11,7 @@ from torch import nn
 
 from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.storage import remap_param_state, to_dense_storage, to_sparse_storage
-from tests.test_resume import SMALL, load_ckpt, only_run_dir, run_cli, tail
+from tests.helpers import SMALL, load_ckpt, only_run_dir, run_cli, tail
 
 EXACT = [*SMALL, "trainer.precision=32-true", "adapter.sparse_grad=dense"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rigsa_lightning.report.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
-from tests.test_resume import SMALL, run_cli, tail
+from tests.helpers import SMALL, run_cli, tail
 
 
 def test_skip_completed_continues_then_skips(tmp_path: Path) -> None:

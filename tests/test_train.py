@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run_cli(
-    args: list[str], cwd: Path, timeout: float = 600, module: str = "rigsa_lightning.train"
-) -> subprocess.CompletedProcess:
-    """Run a CLI of the package (training by default) offline in ``cwd`` with one thread."""
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1"
-    )
-    return subprocess.run(
-        [sys.executable, "-m", module, "threads=1", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def only_run_dir(root: Path) -> Path:
-    runs = [p for p in (root / "outputs" / "runs").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
+from tests.helpers import only_run_dir, run_cli
 
 
 def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
