@@ -193,7 +193,7 @@ def test_other_heads_fall_back_to_the_full_forward(tiny_model, caplog: pytest.Lo
 def _adamw_run(impl: str, steps: int = 5) -> list[torch.Tensor]:
     """``steps`` AdamW steps of ``optim.impl`` on small dense and sparse-like adapter tensors with the train job's
     groups (decay 1.0 on ΔW, none on the gates); returns the parameters."""
-    from rigsa_lightning.training.module import adamw_impl_kwargs
+    from rigsa_lightning.training.schedule import adamw_impl_kwargs
 
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in [(24, 40), (7, 9), (333,)]]
@@ -217,7 +217,7 @@ def _adamw_run(impl: str, steps: int = 5) -> list[torch.Tensor]:
 def test_adamw_impls_take_the_same_steps() -> None:
     """fused (the default) equals torch's per-tensor loop up to fp32 rounding; foreach equals it bitwise."""
     from rigsa_lightning.config.errors import ConfigError
-    from rigsa_lightning.training.module import adamw_impl_kwargs
+    from rigsa_lightning.training.schedule import adamw_impl_kwargs
 
     loop, fused, foreach = _adamw_run("loop"), _adamw_run("fused"), _adamw_run("foreach")
     start = _adamw_run("loop", steps=0)
@@ -254,7 +254,7 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(cache_dir: str) -> None:
 def test_checkpoints_from_before_optim_impl_resume_with_the_loop() -> None:
     """A checkpoint written before ``optim.impl`` existed trained with AdamW's per-tensor loop: resuming it asks for
     ``optim.impl=loop`` (the default fused differs) instead of failing on a missing key."""
-    from rigsa_lightning.training.module import config_differences
+    from rigsa_lightning.training.checkpoint import config_differences
 
     old = {"seed": 42, "optim.eps": 1e-8}
     assert config_differences(old, {"seed": 42, "optim.eps": 1e-8, "optim.impl": "loop"}) == []

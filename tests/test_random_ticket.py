@@ -16,7 +16,7 @@ from rigsa_lightning.adapters.rigsa import inject_rigsa
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta, random_mask_, random_mask_counts_
 from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE, read_ticket_counts
 from rigsa_lightning.config.errors import ConfigError
-from rigsa_lightning.training.module import lr_factor, phase_lr_scales, segment_at
+from rigsa_lightning.training.schedule import lr_factor, phase_lr_scales, segment_at
 from tests.helpers import SMALL, only_run_dir, run_cli, run_dirs, tail
 
 ADAPTER = {

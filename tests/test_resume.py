@@ -1,7 +1,7 @@
 """Resuming and failures: SIGKILL mid-round and resume bit-for-bit, NaN stops, atomic writes, run-folder guards.
 
 The kill is real: ``RIGSA_TEST_KILL_AT_STEP=<n>`` makes the training process SIGKILL itself when global step ``n``
-starts (rigsa_lightning/training/module.py), so nothing in the process gets a chance to clean up.
+starts (rigsa_lightning/training/faults.py), so nothing in the process gets a chance to clean up.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def test_checkpoint_save_refuses_non_finite_state(tiny_model: tuple[Any, Any]) -
     from rigsa_lightning.adapters import PreparedModel
     from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
     from rigsa_lightning.config.access import CONFIG_DIR
-    from rigsa_lightning.training.module import NonFiniteError, RigsaLitModule, restore_rng_state
+    from rigsa_lightning.training.checkpoint import restore_rng_state
+    from rigsa_lightning.training.module import NonFiniteError, RigsaLitModule
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=rigsa_50", "model=tiny"])
@@ -220,7 +221,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
 
     import numpy as np
 
-    from rigsa_lightning.training.module import capture_rng_state, restore_rng_state
+    from rigsa_lightning.training.checkpoint import capture_rng_state, restore_rng_state
 
     np.random.normal()  # a cached Gaussian in NumPy's state
     random.gauss(0, 1)

@@ -95,7 +95,7 @@ def _check_components(cfg: DictConfig) -> None:
     """Options checked by the component that uses them (stop_at, compile, optim.impl, lm_head, storage, eval)."""
     from rigsa_lightning.models import check_compile_cfg
     from rigsa_lightning.models.head import check_lm_head
-    from rigsa_lightning.training.module import adamw_impl_kwargs
+    from rigsa_lightning.training.schedule import adamw_impl_kwargs
     from rigsa_lightning.training.stopping import check_stop_at
 
     check_stop_at(cfg.get("stop_at"))
@@ -164,7 +164,7 @@ def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
     """
     import torch
 
-    from rigsa_lightning.training.module import CKPT_KEY, config_differences, trajectory_config
+    from rigsa_lightning.training.checkpoint import CKPT_KEY, config_differences, trajectory_config
 
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
