@@ -25,17 +25,16 @@ from omegaconf import DictConfig  # noqa: E402
 
 import rigsa_lightning.config.access  # noqa: E402,F401  (registers resolvers)
 from rigsa_lightning.adapters.registry import AdapterMethod, get_method  # noqa: E402
-from rigsa_lightning.config.access import CONFIG_DIR, check_experiment_args, is_null, is_secret  # noqa: E402
+from rigsa_lightning.config.access import CONFIG_DIR  # noqa: E402
+from rigsa_lightning.config.arguments import prepare_args  # noqa: E402
 from rigsa_lightning.config.errors import ConfigError  # noqa: E402
 from rigsa_lightning.config.validation import (  # noqa: E402
     check_max_steps,
-    check_resume_folder,
-    check_run_folder_free,
     check_run_start,
     resolve_auto_precision,
     validate_cfg,
 )
-from rigsa_lightning.io import atomic_write_json, atomic_write_text  # noqa: E402
+from rigsa_lightning.io import atomic_write_json  # noqa: E402
 from rigsa_lightning.task import is_multirun, run_job  # noqa: E402
 
 if TYPE_CHECKING:
@@ -353,56 +352,6 @@ def train(
     return metrics
 
 
-def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{metrics.get('name')} — results", show_lines=False)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    keys = [
-        "textual_mnist/zero_shot_acc",
-        "textual_mnist/zero_shot_gen_acc",
-        "textual_mnist/acc",
-        "textual_mnist/gen_acc",
-        "chat/zero_shot_exact_match",
-        "chat/exact_match",
-        "chat/loss",
-        "adapter/density",
-        "params/trainable",
-        "params/adapter_nnz",
-        "adapter/bytes",
-        "forget/drift/kl/after",
-        "forget/drift/nll/before",
-        "forget/drift/nll/after",
-        "time/total_s",
-        "memory/peak_rss_gb",
-    ]
-    keys += sorted(
-        k for k in metrics if k.startswith("forget/") and k.endswith("/delta") and "drift" not in k
-    )
-    for key in keys:
-        if key in metrics:
-            v = metrics[key]
-            text = f"{v:.4f}" if isinstance(v, float) else str(v)
-            if f"{key}_ci_lo" in metrics:  # paired change with its 95% bootstrap CI (and McNemar's p)
-                text += f" [{metrics[key + '_ci_lo']:+.4f}, {metrics[key + '_ci_hi']:+.4f}]"
-                if f"{key}_p" in metrics:
-                    text += f" p={metrics[key + '_p']:.2g}"
-            table.add_row(key, text)
-    console = Console()
-    console.print(table)
-    if metrics.get("forget/skipped"):
-        console.print(
-            f"forgetting benchmarks skipped: {', '.join(metrics['forget/skipped'])} (see the log line above)"
-        )
-    # Plain prints: paths must never be wrapped or styled, users copy them.
-    print(f"run folder : {run_dir}")
-    print(f"metrics    : {run_dir / 'metrics.json'}")
-    if metrics.get("adapter/path"):
-        print(f"adapter    : {metrics['adapter/path']}")
-
-
 def _train_job(cfg: DictConfig) -> dict[str, Any] | None:
     """One training job as :func:`run_job` runs it: validate, print the config tree, train, print the results."""
     schedule = validate_cfg(cfg)  # bad input: one line, before the config tree is printed and anything loads
@@ -412,8 +361,10 @@ def _train_job(cfg: DictConfig) -> dict[str, Any] | None:
 
         print_config_tree(cfg)
     metrics = train(cfg, validate=False, schedule=schedule)
+    from rigsa_lightning.training.summary import print_summary
+
     if metrics:
-        _print_summary(metrics, Path(cfg.paths.run_dir))
+        print_summary(metrics, Path(cfg.paths.run_dir))
     return metrics
 
 
@@ -424,70 +375,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if metrics and key in metrics:
             return float(metrics[key])
     return None
-
-
-def _override_key(arg: str) -> str:
-    return arg.lstrip("+~").split("=", 1)[0]
-
-
-def _arg_value(args: list[str], key: str) -> str | None:
-    value = None
-    for arg in args:
-        if "=" in arg and _override_key(arg) == key:
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def prepare_args(args: list[str]) -> list[str]:
-    """Check the command line before Hydra creates or touches any folder; return the arguments to run with.
-
-    * ``experiment=``/``sweep=`` name existing files (the error lists the valid ones);
-    * ``resume=<run folder>`` points at a resumable run; that run's own overrides (its ``.hydra/overrides.yaml``,
-      saved as ``overrides.original.yaml`` before Hydra rewrites it) are put in front, so ``resume=<folder>`` alone
-      continues it with the same options (an override given again on this command line wins, and the checkpoint
-      check then reports the difference);
-    * ``hydra.run.dir=<folder>`` never names a folder that already holds a run, unless resuming it;
-    * no credential is passed as an override (it would be written into the run folder).
-    """
-    check_experiment_args(args)
-    for arg in args:
-        key = _override_key(arg)
-        if "=" in arg and is_secret(key):
-            raise ConfigError(
-                key,
-                "credentials must not be passed as config overrides (they would be written to .hydra/config.yaml)",
-                "set WANDB_API_KEY in the environment or run `wandb login` (stored in ~/.netrc)",
-            )
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    resume = _arg_value(args, "resume")
-    if resume is not None and not is_null(resume):
-        if multirun:
-            raise ConfigError(
-                "resume", "can't be combined with a multirun (-m)", "resume one job folder at a time"
-            )
-        folder = check_resume_folder(resume)
-        # Hydra rewrites .hydra/overrides.yaml at every start (also of a failed resume attempt): the run's own
-        # overrides are kept once, before the first resume, in overrides.original.yaml.
-        overrides_file = folder / ".hydra" / "overrides.yaml"
-        original_file = folder / ".hydra" / "overrides.original.yaml"
-        if overrides_file.is_file() and not original_file.is_file():
-            atomic_write_text(original_file, overrides_file.read_text())
-        if original_file.is_file():
-            import yaml
-
-            original = yaml.safe_load(original_file.read_text()) or []
-            given = {_override_key(a) for a in args if "=" in a}
-            skip = given | {"resume", "ckpt_path", "hydra.run.dir"}
-            kept = [str(o) for o in original if _override_key(str(o)) not in skip]
-            if kept:
-                print(f"resume: continuing {folder} with its original overrides: {' '.join(kept)}")
-            return kept + list(args)
-        return list(args)
-    run_dir = _arg_value(args, "hydra.run.dir")
-    skip_completed = str(_arg_value(args, "skip_completed") or "").lower() in ("true", "1", "yes")
-    if run_dir and not multirun and not skip_completed:  # skip_completed reuses its job folder on purpose
-        check_run_folder_free(Path(os.path.expanduser(run_dir)))
-    return list(args)
 
 
 def main() -> None:
