@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from rigsa_lightning.config.errors import ConfigError
-from rigsa_lightning.data.chat import (
-    ChatDataModule,
+from rigsa_lightning.data.chat import ChatDataModule
+from rigsa_lightning.data.chat_rows import (
     assign_splits,
     check_chat_data,
     exact_match,

@@ -69,7 +69,7 @@ def _check_data_early(data: Any) -> None:
             )
     source = str(data.get("source", "digits"))
     if source == "chat":  # your own data: every row checked now (one line naming file, row and column)
-        from rigsa_lightning.data.chat import check_chat_data
+        from rigsa_lightning.data.chat_rows import check_chat_data
 
         check_chat_data(data)
         return
