@@ -275,6 +275,8 @@ def train(
 
     ``validate=False`` when the caller already ran :func:`validate_cfg` on this config; ``schedule`` is the run's
     pruning schedule (what :func:`validate_cfg` returned; parsed from ``cfg.pruning`` when not given).
+
+    (About 80 lines: the pipeline's named steps, each a call.)
     """
     from rigsa_lightning.forgetting import ForgettingEvaluator
     from rigsa_lightning.pruning import PruningSchedule

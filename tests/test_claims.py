@@ -12,7 +12,8 @@ import pytest
 
 from rigsa_lightning.forgetting import items
 from rigsa_lightning.report import build_report
-from rigsa_lightning.report.claims import evaluate_claims, hierarchical_difference, t_interval, wilson
+from rigsa_lightning.report.claims import evaluate_claims
+from rigsa_lightning.report.statistics import hierarchical_difference, t_interval, wilson
 
 
 def test_wilson_and_t_intervals():
@@ -376,7 +377,7 @@ def test_seed_interval_is_welch_over_run_means_and_gates_the_verdict(tmp_path: P
     ~1 degree of freedom) does not, so the verdict stays inconclusive and the line shows both intervals."""
     from scipy.stats import t as student_t
 
-    from rigsa_lightning.report.claims import seed_interval
+    from rigsa_lightning.report.statistics import seed_interval
 
     first = [{d: 0.1 for d in range(10)}, {d: 0.5 for d in range(10)}]
     second = [{d: 0.0 for d in range(10)}, {d: 0.02 for d in range(10)}]
@@ -409,8 +410,9 @@ def test_dense_step_point_from_the_committed_v1_jobs() -> None:
     from the committed v1 job folders (exactly the numbers in their metrics.json), with the mean over seeds."""
     import json
 
-    from rigsa_lightning.report.claims import dense_step_markdown, t_interval
+    from rigsa_lightning.report.claims import dense_step_markdown
     from rigsa_lightning.report.jobs import find_job_dirs, load_job
+    from rigsa_lightning.report.statistics import t_interval
 
     root = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_cpu" / "jobs"
     jobs = [j for j in (load_job(p, root) for p in find_job_dirs(root)) if j.status == "completed"]

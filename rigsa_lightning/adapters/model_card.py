@@ -178,7 +178,10 @@ def _load_section(
     kind: str, base: str, peft_adapters: list[str] | None, base_dtype: str = "float32"
 ) -> list[str]:
     """How to load the folder: this package, PEFT and as a merged plain model (``base_dtype``: the dtype the SHiRA
-    values were rounded to, the base weights' dtype that merges them exactly)."""
+    values were rounded to, the base weights' dtype that merges them exactly).
+
+    (Over ~80 lines: the card's loading instructions per export kind, mostly text.)
+    """
     model = hub_base_model(base) or base or "<base model>"
     lines = ["## How to load", ""]
     if kind == "sparse":

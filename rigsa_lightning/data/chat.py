@@ -29,6 +29,8 @@ so only the other rows are generated. ``val/acc`` is this exact match, so ``stop
 Bad data is one line naming the file, the row (1-based; for JSONL the line number) and the column, raised by
 :func:`check_chat_data` before the model loads (``validation.validate_cfg``); an example longer than
 ``data.max_length`` tokens is one line naming its file and row once the tokenizer is known.
+
+(Over ~400 lines on purpose: most of it is this description; the rows are read in ``chat_rows.py``.)
 """
 
 from __future__ import annotations

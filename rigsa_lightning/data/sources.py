@@ -14,6 +14,8 @@ Splits (:func:`make_splits`): with an official test split (MNIST), ``test`` is d
 from the official train part (validation is held out of train); otherwise all three are drawn from one seeded
 permutation. A size of ``null`` means "all that remains" (``train_size``; ``test_size`` only with an official
 test split).
+
+(Over ~400 lines on purpose: one reader per image source, each with its own file formats and checks.)
 """
 
 from __future__ import annotations

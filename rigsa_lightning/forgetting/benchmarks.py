@@ -160,6 +160,8 @@ def run_lm_eval(
     the model's train/eval flags, tied output embedding, tokenizer settings and global RNG states are restored
     afterwards. ``log_samples=True`` keeps lm-eval's per-document records under
     ``"samples"``. ``progress_label`` names the stage in the fast scorer's progress reports (``forgetting before``).
+
+    (Over ~80 lines: lm-eval's one call with its task, few-shot, limit and model wiring, kept in one place.)
     """
     # Long on purpose: one lm-eval run read in order (wrapper, tasks, NLL-only tasks, the one-prefill hookup,
     # simple_evaluate, reference NLL); a third of it is the docstring above.

@@ -2,6 +2,8 @@
 stages, with the ``before`` cache and the per-stage item files. The reporting side (paired statistics, printed lines,
 summary, ``forgetting.json``) is :class:`~rigsa_lightning.forgetting.stages.StageReport`; usage in
 :mod:`rigsa_lightning.forgetting`.
+
+(Over ~400 lines on purpose: options, preflight, before-cache and stage scoring of one evaluator class.)
 """
 
 from __future__ import annotations

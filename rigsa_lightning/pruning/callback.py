@@ -109,7 +109,10 @@ class IterativeMagnitudePruning(L.Callback):
         epoch: int | None = None,
         global_step: int | None = None,
     ) -> dict[str, Any]:
-        """Run one IMP round on ``adapters`` (usable without a Trainer); returns the history record."""
+        """Run one IMP round on ``adapters`` (usable without a Trainer); returns the history record.
+
+        (Over ~80 lines: one prune event's steps in order, each a call; splitting it would hide the order.)
+        """
         t0 = time.perf_counter()
         sched = self.schedule
         round_index = self.round + 1 if round_index is None else int(round_index)

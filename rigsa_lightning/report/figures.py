@@ -1,5 +1,9 @@
 """Every figure of the report: forgetting vs accuracy, forgetting along training, the density sweep and the
-pruning rounds (matplotlib, imported inside the functions; PNGs written atomically)."""
+pruning rounds (matplotlib, imported inside the functions; PNGs written atomically).
+
+(Over ~400 lines on purpose: one plotting function per figure, each short, kept side by side so the figures
+share their colours, labels and file handling.)
+"""
 
 from __future__ import annotations
 

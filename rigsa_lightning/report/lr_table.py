@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from rigsa_lightning.config.access import get
-from rigsa_lightning.report.claims import wilson
 from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
+from rigsa_lightning.report.statistics import wilson
 
 COLUMNS = (
     "method",
