@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["EpochSeededSampler", "PadCollator", "TokenizedSplit"]
 
@@ -141,3 +141,61 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_items
+
+
+class SplitLoaders:
+    """The loaders of a data module (a mixin): epoch-seeded training batches, fixed-order validation and test.
+
+    The data module provides ``_split(split)`` (a dataset with ``lengths``), ``collator()`` (its padding collator)
+    and the attributes ``batch_size``, ``eval_batch_size``, ``num_workers``, ``order_seed``, ``length_bucketing``
+    and ``_train_sampler`` (None until the first call)."""
+
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    order_seed: int
+    length_bucketing: bool
+    _train_sampler: EpochSeededSampler | None
+
+    def _split(self, split: str) -> Any:
+        raise NotImplementedError
+
+    def collator(self) -> Any:
+        """The collate function of the training and evaluation batches."""
+        raise NotImplementedError
+
+    def train_sampler(self) -> EpochSeededSampler:
+        """The epoch-seeded train sampler (one per DataModule, so Lightning's ``set_epoch`` reaches it)."""
+        ds = self._split("train")
+        if self._train_sampler is None:
+            self._train_sampler = EpochSeededSampler(
+                len(ds),
+                seed=self.order_seed,
+                lengths=ds.lengths,
+                batch_size=self.batch_size,
+                bucket=self.length_bucketing,
+            )
+        return self._train_sampler
+
+    def _loader(self, split: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(
+            self._split(split),
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (epoch-seeded), right-padded training batches of ``data.batch_size``."""
+        return self._loader("train", self.batch_size, sampler=self.train_sampler())
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches of ``data.eval_batch_size`` in a fixed order."""
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches of ``data.eval_batch_size`` in a fixed order."""
+        return self._loader("test", self.eval_batch_size)

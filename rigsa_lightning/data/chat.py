@@ -44,11 +44,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from rigsa_lightning.config.access import get
 from rigsa_lightning.config.errors import ConfigError
-from rigsa_lightning.data.batching import EpochSeededSampler
+from rigsa_lightning.data.batching import EpochSeededSampler, SplitLoaders
 from rigsa_lightning.data.chat_rows import (
     SPLITS,
     ChatExample,
@@ -237,7 +237,7 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class ChatDataModule(L.LightningDataModule):
+class ChatDataModule(SplitLoaders, L.LightningDataModule):
     """A chat / prompt-completion dataset: ``data.*`` options (``conf/data/chat.yaml``), a tokenizer.
 
     Same loaders and sampler contract as :class:`~rigsa_lightning.data.textual_mnist.TextualMNISTDataModule`
@@ -321,38 +321,9 @@ class ChatDataModule(L.LightningDataModule):
         return self.examples[int(uid)].completion
 
     # -- loaders -----------------------------------------------------------------------------------------------
-    def train_sampler(self) -> EpochSeededSampler:
-        """The epoch-seeded train sampler (one per DataModule, so Lightning's ``set_epoch`` reaches it)."""
-        ds = self._split("train")
-        if self._train_sampler is None:
-            self._train_sampler = EpochSeededSampler(
-                len(ds), seed=self.order_seed, lengths=ds.lengths, batch_size=self.batch_size,
-                bucket=self.length_bucketing,
-            )  # fmt: skip
-        return self._train_sampler
-
-    def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
-        return DataLoader(
-            self._split(split),
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            collate_fn=ChatCollator(self.pad_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (epoch-seeded), right-padded training batches of ``data.batch_size``."""
-        return self._loader("train", self.batch_size, sampler=self.train_sampler())
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches of ``data.eval_batch_size`` in a fixed order."""
-        return self._loader("val", self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches of ``data.eval_batch_size`` in a fixed order."""
-        return self._loader("test", self.eval_batch_size)
+    def collator(self) -> Any:
+        """The right-padding collator of the training and evaluation batches."""
+        return ChatCollator(self.pad_id)
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def generate(

@@ -45,11 +45,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from rigsa_lightning.config.access import get
 from rigsa_lightning.config.errors import ConfigError
-from rigsa_lightning.data.batching import EpochSeededSampler, PadCollator, TokenizedSplit
+from rigsa_lightning.data.batching import EpochSeededSampler, PadCollator, SplitLoaders, TokenizedSplit
 from rigsa_lightning.data.prompt import (
     DEFAULT_PROMPT,
     PromptFormatter,
@@ -104,7 +103,7 @@ def _check_str(cfg: Any, key: str, default: str | None, allow_none: bool) -> str
     return value
 
 
-class TextualMNISTDataModule(L.LightningDataModule):
+class TextualMNISTDataModule(SplitLoaders, L.LightningDataModule):
     """Textual MNIST: ``data.*`` options (see ``conf/data/digits.yaml``), a tokenizer, a cache folder.
 
     ``seed`` (optional) overrides ``data.seed`` for the training order only; the splits always come from
@@ -303,43 +302,9 @@ class TextualMNISTDataModule(L.LightningDataModule):
         return self.splits[split]
 
     # -- loaders -----------------------------------------------------------------------------------------------
-    def train_sampler(self) -> EpochSeededSampler:
-        """The epoch-seeded train sampler (one per DataModule, so Lightning's ``set_epoch`` reaches it)."""
-        ds = self._split("train")
-        if self._train_sampler is None:
-            self._train_sampler = EpochSeededSampler(
-                len(ds),
-                seed=self.order_seed,
-                lengths=ds.lengths,
-                batch_size=self.batch_size,
-                bucket=self.length_bucketing,
-            )
-        return self._train_sampler
-
-    def _loader(
-        self, split: str, batch_size: int, sampler: Sampler | None = None, prompt_only: bool = False
-    ) -> DataLoader:
-        return DataLoader(
-            self._split(split),
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            collate_fn=PadCollator(self.pad_id, prompt_only=prompt_only),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (epoch-seeded), right-padded training batches of ``data.batch_size``."""
-        return self._loader("train", self.batch_size, sampler=self.train_sampler())
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches of ``data.eval_batch_size`` in a fixed order."""
-        return self._loader("val", self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches of ``data.eval_batch_size`` in a fixed order."""
-        return self._loader("test", self.eval_batch_size)
+    def collator(self) -> Any:
+        """The right-padding collator of the training and evaluation batches."""
+        return PadCollator(self.pad_id)
 
     def generation_batches(
         self, split: str = "test", batch_size: int | None = None, indices: Sequence[int] | None = None
