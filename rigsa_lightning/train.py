@@ -210,8 +210,10 @@ def _evaluate_after(
     metrics: dict[str, Any],
 ) -> None:
     """Textual MNIST and the forgetting stage ``after`` (the summary, ``forgetting.json``) into ``metrics``."""
+    started = time.time()
     prefix, after = _score_task(prepared.model, dm, cfg)
     metrics.update({f"{prefix}/{k}": v for k, v in after.items()})
+    metrics[f"time/eval_after/{prefix}_s"] = round(time.time() - started, 3)
     if _forgetting_enabled(cfg):
         # zero-shot: the model is unchanged, score it once
         if not spec.trains and "before" in forgetting.stages:
@@ -220,6 +222,8 @@ def _evaluate_after(
             )
         else:
             metrics.update(forgetting.evaluate(prepared.model, "after"))
+            for part, seconds in forgetting.stage_seconds("after").items():
+                metrics[f"time/eval_after/{part}_s"] = seconds
     forgetting_summary = forgetting.summary()
     metrics.update({k: v for k, v in forgetting_summary.items() if k != "skipped"})
     metrics["forget/skipped"] = sorted(skipped)

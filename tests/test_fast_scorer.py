@@ -236,6 +236,18 @@ def test_gold_nll_without_generation_uses_the_same_prompts(tiny_model, forgettin
         log_samples=True,
     )
     assert "gsm8k" not in nll_only["results"] and "gsm8k" not in nll_only["samples"]
+    # where the time went, per request type and per benchmark (issue 27's end-evaluation split)
+    for run, generated in ((full, True), (nll_only, False)):
+        timing = run["timing"]
+        assert timing["tasks"] == {"generate_until": ["gsm8k"], "loglikelihood": ["piqa"]}
+        seconds = timing["seconds"]
+        assert seconds["loglikelihood"] > 0 and seconds["gold_nll"] > 0
+        assert (seconds["generate_until"] > 0) is generated
+        per_task = benchmarks.benchmark_seconds(timing)
+        assert per_task == {
+            "gsm8k": round(seconds["generate_until"] + seconds["gold_nll"], 3),
+            "piqa": round(seconds["loglikelihood"], 3),
+        }
     assert set(nll_only["gold_nll"]["gsm8k"]) == set(GSM8K_ITEMS)
     for doc_id, (nll, n_tok) in full["gold_nll"]["gsm8k"].items():
         assert nll_only["gold_nll"]["gsm8k"][doc_id][1] == n_tok

@@ -150,6 +150,8 @@ def test_in_process_equals_lm_eval_cli(tiny_model, tiny_model_dir, tmp_path):
     assert {k: v for k, v in ours.items() if k in lm_eval_keys} == pytest.approx(cli_metrics, abs=1e-9)
     assert cli["n-shot"] == {"piqa": 0, "hellaswag": 0, "gsm8k": 5}
     record = ev.stages["after"]["lm_eval"]
+    spent = ev.stage_seconds("after")  # multiple-choice tasks share lm-eval's loglikelihood requests
+    assert {"gsm8k", "hellaswag+piqa"} <= set(spent) and min(spent.values()) > 0
     assert record["n-shot"] == cli["n-shot"]
     assert record["n-samples"] == cli["n-samples"]
     assert record["versions"] == cli["versions"]

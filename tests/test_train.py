@@ -31,6 +31,10 @@ def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
     parts = ("time/steps_s", "time/val_s", "time/curve_s", "time/prune_s", "time/fit_other_s")
     assert sum(metrics[k] for k in parts) == pytest.approx(metrics["time/train_s"], rel=1e-6)
     assert metrics["time/val_s"] > 0 and metrics["time/curve_s"] == 0.0  # eval.curve is off here
+    # the end evaluation's parts: the task's test split, the drift probe (and each benchmark when they run)
+    parts = {k: v for k, v in metrics.items() if k.startswith("time/eval_after/")}
+    assert metrics["time/eval_after/textual_mnist_s"] > 0 and metrics["time/eval_after/drift_s"] > 0
+    assert sum(parts.values()) <= metrics["time/eval_after_s"] + 1e-3
     assert re.search(r"^adapter\s+: .*adapter$", res.stdout, re.M), res.stdout[-2000:]
     assert re.search(r"^metrics\s+: .*metrics\.json$", res.stdout, re.M)
     # what a user sees: every line once (Lightning's own console handler removed), no adverts for other products,

@@ -239,16 +239,23 @@ class ForgettingEvaluator(StageReport):
             raise ValueError(f"bad stage name {stage!r}")
         self.preflight()
         started = time.time()
-        record: dict[str, Any] = {"metrics": {}, "from_cache": False, "lm_eval": None}
+        record: dict[str, Any] = {"metrics": {}, "from_cache": False, "lm_eval": None, "timing": {}}
         with benchmarks.preserve_model_state(model, self.tokenizer):
             if self.drift is not None:
                 record["metrics"].update(self._drift_metrics(model, stage))
+                record["timing"]["drift"] = round(time.time() - started, 3)
             if self.enabled and self.sources:
                 record["metrics"].update(self._benchmark_metrics(model, stage, record))
         record["seconds"] = round(time.time() - started, 3)
         self.stages[stage] = record
         self._finish_stage(stage)
         return dict(record["metrics"])
+
+    def stage_seconds(self, stage: str) -> dict[str, float]:
+        """Where a scored stage's time went: ``drift`` and each benchmark (``gsm8k``: generation and reference NLL;
+        the multiple-choice tasks together, e.g. ``hellaswag+piqa``, as lm-eval batches their requests). Empty for
+        a stage read from the cache or copied."""
+        return dict((self.stages.get(stage) or {}).get("timing") or {})
 
     def _drift_metrics(self, model: torch.nn.Module, stage: str) -> dict[str, float]:
         assert self.drift is not None
@@ -302,6 +309,7 @@ class ForgettingEvaluator(StageReport):
             raw = self._score(model, stage, tasks)
             if raw is None:
                 return {}
+            record["timing"].update(benchmarks.benchmark_seconds(raw.get("timing")))
             gold = raw.get("gold_nll") or {}
             per_item = {
                 task: items.records_from_samples(
@@ -309,7 +317,9 @@ class ForgettingEvaluator(StageReport):
                 )
                 for task in tasks
             }
-            results = benchmarks.trim_results({k: v for k, v in raw.items() if k != "gold_nll"})
+            results = benchmarks.trim_results(
+                {k: v for k, v in raw.items() if k not in ("gold_nll", "timing")}
+            )
             if cache_path is not None:
                 atomic_write_json(cache_path, {"key": key_fields, "results": results, "items": per_item})
         record["lm_eval"] = results
