@@ -12,6 +12,7 @@ import torch
 
 from rigsa_lightning.forgetting import benchmarks
 from rigsa_lightning.forgetting.scorer import FastHFLM, length_batches
+from rigsa_lightning.forgetting.timing import benchmark_seconds
 
 PIQA_ITEMS = [0, 3, 17, 101, 400, 911, 1500, 1837]
 HELLASWAG_ITEMS = [0, 5, 42, 999, 5000, 10041]
@@ -243,7 +244,7 @@ def test_gold_nll_without_generation_uses_the_same_prompts(tiny_model, forgettin
         seconds = timing["seconds"]
         assert seconds["loglikelihood"] > 0 and seconds["gold_nll"] > 0
         assert (seconds["generate_until"] > 0) is generated
-        per_task = benchmarks.benchmark_seconds(timing)
+        per_task = benchmark_seconds(timing)
         assert per_task == {
             "gsm8k": round(seconds["generate_until"] + seconds["gold_nll"], 3),
             "piqa": round(seconds["loglikelihood"], 3),

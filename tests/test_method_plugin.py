@@ -227,4 +227,4 @@ def test_pruning_schedule_imports_no_torch() -> None:
     from rigsa_lightning.adapters.rigsa.constants import PRUNED_VALUES
     from rigsa_lightning.adapters.rigsa.layer import PRUNED_VALUES as LAYER_VALUES
 
-    assert LAYER_VALUES == PRUNED_VALUES
+    assert LAYER_VALUES is PRUNED_VALUES  # one tuple, typed once

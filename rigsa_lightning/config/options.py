@@ -10,9 +10,8 @@ benchmark files, bitsandbytes, a GPU) stay next to the code that uses them and r
 
 ``tests/test_options.py`` composes every shipped config file and asserts each of its keys is declared here.
 
-(Over ~500 lines on purpose: most of it is the one table of every option, which belongs in one place.)
+(Over ~400 lines on purpose: most of it is the one table of every option, which belongs in one place.)
 
-(Over ~400 lines on purpose: the table itself, one entry per option of every group, is most of it.)
 """
 
 from __future__ import annotations
@@ -26,7 +25,18 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rigsa_lightning.adapters.registry import find_method, method_names
+from rigsa_lightning.adapters.rigsa.constants import (
+    FORWARD_MODES,
+    GATES,
+    GRAD_MODES,
+    INIT_SCHEMES,
+    KEEP_INIT,
+    PRUNED_VALUES,
+    STORAGES,
+)
 from rigsa_lightning.config.errors import ConfigError
+from rigsa_lightning.pruning.schedule import CRITERIA, KEEP_OF, REWINDS, SCOPES, SCORES, SIGN_REFERENCES
+from rigsa_lightning.training.schedule import ADAMW_IMPLS
 
 # Groups whose extra keys are handed to a library as they are (any key the library accepts is allowed).
 PASSTHROUGH = ("trainer.",)
@@ -268,7 +278,7 @@ _FIXED: dict[str, Option] = {
     "optim.restart_per_round": _bool("restart the schedule at every pruning event"),
     "optim.betas": Option("float_list", "AdamW's (beta1, beta2)", low=0, high=1, open_high=True, length=2),
     "optim.eps": _float("AdamW's epsilon", 0, open_low=True),
-    "optim.impl": _choice("AdamW implementation", "fused", "loop", "foreach"),
+    "optim.impl": _choice("AdamW implementation", *ADAMW_IMPLS),
     "optim.grad_clip": _float("gradient-norm clipping (0 or null: off)", 0, null=True),
     "adapter_path": _str("an exported adapter folder to evaluate (null: the model itself)", null=True),
     "merge_to": _str("also write the merged plain model to this folder", null=True),
@@ -318,20 +328,20 @@ _FIXED: dict[str, Option] = {
     "adapter.lr": _float("learning rate of the adapter's weights", 0, example="1e-3"),
     "adapter.weight_decay": _float("decoupled AdamW weight decay of the adapter's weights", 0, example="1.0"),
     "adapter.seed": _int("seed of the adapter's initialisation", *_SEED),
-    "adapter.init": _choice("ΔW distribution", "kaiming_uniform", "normal"),
+    "adapter.init": _choice("ΔW distribution", *INIT_SCHEMES),
     "adapter.init_std": _float("standard deviation of ΔW for init=normal", 0, open_low=True),
     "adapter.alpha_init": _float("initial value of the gate alpha", example="1e-6"),
-    "adapter.gate": _choice("gate granularity", "matrix", "layer", "global"),
-    "adapter.forward_mode": _choice("how W0 + alpha*ΔW is applied", "merged", "two_matmul"),
+    "adapter.gate": _choice("gate granularity", *GATES),
+    "adapter.forward_mode": _choice("how W0 + alpha*ΔW is applied", *FORWARD_MODES),
     "adapter.alpha_lr": _float("learning rate of the gates", 0),
     "adapter.density": _float("initial mask density (random_mask: null = the pruning schedule's final density)",
                               0, 1, open_low=True, null=True),
     "adapter.mask_seed": _int("seed of random masks", *_SEED),
     "adapter.density_from": _str("random_mask only: a rigsa run folder (or exported adapter) whose final mask's "
                                  "per-matrix counts the random mask keeps (the random ticket)", null=True),
-    "adapter.keep_init": _choice("how the initial ΔW is kept for rewinding", "regenerate", "copy"),
-    "adapter.storage": _choice("storage of a sparse ΔW", "auto", "sparse", "dense"),
-    "adapter.sparse_grad": _choice("weight gradient of the sparse storage", "auto", "sampled", "dense"),
+    "adapter.keep_init": _choice("how the initial ΔW is kept for rewinding", *KEEP_INIT),
+    "adapter.storage": _choice("storage of a sparse ΔW", *STORAGES),
+    "adapter.sparse_grad": _choice("weight gradient of the sparse storage", *GRAD_MODES),
     "adapter.r": _int("LoRA rank", 1),
     "adapter.lora_alpha": _float("LoRA scaling numerator (scale = lora_alpha / r)", 0, open_low=True),
     "adapter.dropout": _float("LoRA dropout", 0, 1, open_high=True),
@@ -358,13 +368,13 @@ _FIXED: dict[str, Option] = {
     "pruning.densities": Option("float_list", "cumulative density after each round", low=0, high=1,
                                 open_low=True, null=True),
     "pruning.keep_fraction": _float("fraction kept at each round", 0, 1, open_low=True, null=True),
-    "pruning.keep_of": _choice("what keep_fraction applies to", "all", "sign_stable"),
-    "pruning.criterion": _choice("prune candidates", "sign_magnitude", "magnitude"),
-    "pruning.score": _choice("ranking score", "delta", "gated"),
-    "pruning.scope": _choice("one threshold per matrix or one over all", "per_matrix", "global"),
-    "pruning.sign_reference": _choice("sign reference of sign_magnitude", "init", "previous"),
-    "pruning.rewind": _choice("survivors after a prune", "init", "none"),
-    "pruning.pruned_value": _choice("value of pruned entries", "zero", "init"),
+    "pruning.keep_of": _choice("what keep_fraction applies to", *KEEP_OF),
+    "pruning.criterion": _choice("prune candidates", *CRITERIA),
+    "pruning.score": _choice("ranking score", *SCORES),
+    "pruning.scope": _choice("one threshold per matrix or one over all", *SCOPES),
+    "pruning.sign_reference": _choice("sign reference of sign_magnitude", *SIGN_REFERENCES),
+    "pruning.rewind": _choice("survivors after a prune", *REWINDS),
+    "pruning.pruned_value": _choice("value of pruned entries", *PRUNED_VALUES),
     "pruning.reset_alpha": _bool("reset alpha to alpha_init after each prune"),
     "pruning.reset_optimizer": _bool("drop the adapters' optimizer state after each prune"),
     # ---------------------------------------------------------------- trainer (Lightning; extra keys pass through)

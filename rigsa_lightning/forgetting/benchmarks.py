@@ -170,6 +170,7 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     from rigsa_lightning.forgetting.scorer import DEFAULT_TOKEN_BUDGET, FastHFLM
+    from rigsa_lightning.forgetting.timing import tasks_by_type, time_requests
 
     if scorer not in ("fast", "lm_eval"):
         raise ConfigError("eval.scorer", f"must be fast or lm_eval, got {scorer!r}")
@@ -185,7 +186,7 @@ def run_lm_eval(
                 lm.progress_label = str(progress_label)
         else:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size))
-        timing = _time_requests(lm)
+        timing = time_requests(lm)
         tasks, samples = _load_tasks(task_manager, task_names, num_fewshot, choose_items)
         generation_tasks = [t for t in tasks if t.OUTPUT_TYPE == "generate_until"]
         nll_only = {} if generate else {t.config.task: t for t in generation_tasks}
@@ -197,7 +198,7 @@ def run_lm_eval(
             for name, task in nll_only.items()
         }
         timing["gold_nll"] += time.perf_counter() - started
-        by_type = _tasks_by_type([*tasks, *nll_only.values()])
+        by_type = tasks_by_type([*tasks, *nll_only.values()])
         if not tasks:
             return {
                 "results": {},
@@ -247,54 +248,6 @@ def run_lm_eval(
             result.setdefault("gold_nll", {}).update(gold_only)
         result["timing"] = {"seconds": timing, "tasks": by_type}
     return result
-
-
-#: lm-eval's request types whose time is measured (the scorer's methods), and the reference NLL of GSM8k.
-REQUEST_TYPES = ("loglikelihood", "generate_until")
-
-
-def _time_requests(lm: Any) -> dict[str, float]:
-    """Wrap ``lm``'s request methods (on this instance only) to add up their wall time per request type; return the
-    totals (seconds by type, and ``gold_nll`` for the reference solutions' NLL, added by the caller)."""
-    totals = dict.fromkeys((*REQUEST_TYPES, "gold_nll"), 0.0)
-    for name in REQUEST_TYPES:
-        method = getattr(lm, name)
-
-        def timed(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return _method(*args, **kwargs)
-            finally:
-                totals[_name] += time.perf_counter() - started
-
-        setattr(lm, name, timed)
-    return totals
-
-
-def _tasks_by_type(tasks: Sequence[Any]) -> dict[str, list[str]]:
-    """The task names of each request type (``loglikelihood``: multiple choice; ``generate_until``: GSM8k)."""
-    out: dict[str, list[str]] = {}
-    for task in tasks:
-        kind = "generate_until" if task.OUTPUT_TYPE == "generate_until" else "loglikelihood"
-        out.setdefault(kind, []).append(str(task.config.task))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def benchmark_seconds(timing: Mapping[str, Any] | None) -> dict[str, float]:
-    """Seconds per benchmark from :func:`run_lm_eval`'s ``timing``: each request type's time under its tasks' names
-    (``piqa+hellaswag`` when several multiple-choice tasks share the loglikelihood requests: lm-eval batches them
-    together), the reference NLL added to the generation tasks'."""
-    if not timing:
-        return {}
-    seconds, tasks = timing.get("seconds") or {}, timing.get("tasks") or {}
-    out: dict[str, float] = {}
-    for kind, names in tasks.items():
-        spent = float(seconds.get(kind, 0.0))
-        if kind == "generate_until":
-            spent += float(seconds.get("gold_nll", 0.0))
-        if names:
-            out["+".join(names)] = round(spent, 3)
-    return out
 
 
 def _load_tasks(

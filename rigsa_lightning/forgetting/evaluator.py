@@ -23,6 +23,7 @@ from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.forgetting import benchmarks, items, paired
 from rigsa_lightning.forgetting.drift import DriftProbe
 from rigsa_lightning.forgetting.stages import StageReport
+from rigsa_lightning.forgetting.timing import benchmark_seconds
 from rigsa_lightning.io import atomic_write_json
 
 log = logging.getLogger(
@@ -309,7 +310,7 @@ class ForgettingEvaluator(StageReport):
             raw = self._score(model, stage, tasks)
             if raw is None:
                 return {}
-            record["timing"].update(benchmarks.benchmark_seconds(raw.get("timing")))
+            record["timing"].update(benchmark_seconds(raw.get("timing")))
             gold = raw.get("gold_nll") or {}
             per_item = {
                 task: items.records_from_samples(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rigsa_lightning.adapters.rigsa.constants import GATES
 from rigsa_lightning.adapters.rigsa.layer import FORWARD_MODES, KEEP_INIT, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, derive_seed, random_mask_
 from rigsa_lightning.adapters.seeds import ADAPTER_SEED, MASK_SEED
@@ -22,7 +23,6 @@ from rigsa_lightning.config.access import get
 from rigsa_lightning.config.errors import ConfigError
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-GATES = ("matrix", "layer", "global")
 
 _BLOCK_PREFIX = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
 

@@ -26,12 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rigsa_lightning.adapters.chunks import float_mask, row_chunks
+from rigsa_lightning.adapters.rigsa.constants import FORWARD_MODES, KEEP_INIT, PRUNED_VALUES
 from rigsa_lightning.adapters.rigsa.seeding import INIT_SCHEMES, generate_initial_delta, initial_delta_chunks
 from rigsa_lightning.config.errors import ConfigError
-
-FORWARD_MODES = ("merged", "two_matmul")
-KEEP_INIT = ("regenerate", "copy")
-PRUNED_VALUES = ("zero", "init")
 
 
 def merged_weight(w0: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rigsa_lightning.adapters.rigsa.constants import INIT_SCHEMES
 from rigsa_lightning.config.errors import ConfigError
 
 if TYPE_CHECKING:
     from rigsa_lightning.adapters.rigsa.layer import DenseDeltaLinear
-
-INIT_SCHEMES = ("kaiming_uniform", "normal")
 
 
 def derive_seed(seed: int, name: str, purpose: str = "delta") -> int:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rigsa_lightning.adapters.rigsa.constants import GRAD_MODES
 from rigsa_lightning.adapters.rigsa.inject import adapter_param_groups
 from rigsa_lightning.adapters.rigsa.layer import AdapterLayer, merged_weight
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
@@ -50,7 +51,6 @@ __all__ = [
     "sampled_weight_grad",
 ]
 
-GRAD_MODES = ("auto", "sampled", "dense")
 #: The forward swaps the kept entries into W0 (O(nnz) random access) up to this density, copies W0 above (CPU: the
 #: swap's 5 scattered passes over nnz entries cost about a 4-byte copy of the matrix near d = 0.1).
 SWAP_MAX_DENSITY = 0.1

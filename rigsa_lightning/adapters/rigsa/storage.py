@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rigsa_lightning.adapters.rigsa.constants import STORAGES
 from rigsa_lightning.adapters.rigsa.inject import unique_alphas
 from rigsa_lightning.adapters.rigsa.layer import AdapterLayer, DenseDeltaLinear
 from rigsa_lightning.adapters.rigsa.sparse import GRAD_MODES, SparseDeltaLinear
@@ -25,7 +26,6 @@ from rigsa_lightning.adapters.targets import replace_module
 from rigsa_lightning.config.errors import ConfigError
 
 #: ``adapter.storage``: auto (sparse on one device, dense under DDP/FSDP), sparse, dense.
-STORAGES = ("auto", "dense", "sparse")
 
 
 def to_sparse_storage(
