@@ -145,7 +145,7 @@ def frozen_variant() -> Variant:
 
 def adamw(groups: Any, impl: str = "fused") -> torch.optim.Optimizer:
     """AdamW as ``RigsaLitModule`` builds it (``optim.impl``: fused by default; ``loop`` is torch's CPU default)."""
-    from rigsa_lightning.training.module import adamw_impl_kwargs
+    from rigsa_lightning.training.schedule import adamw_impl_kwargs
 
     return torch.optim.AdamW(groups, **adamw_impl_kwargs(impl))
 

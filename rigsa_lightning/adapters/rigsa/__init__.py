@@ -2,14 +2,16 @@
 linear layer, ΔW full rank and drawn at random from a per-module seed, pruned by iterative magnitude pruning.
 
 * ``method.py`` - the registry entries ``rigsa`` and ``random_mask`` (no torch at import);
-* ``constants.py`` - ``PRUNED_VALUES`` (a leaf: the pruning schedule checks it without torch);
+* ``constants.py`` - the option choices (``PRUNED_VALUES``, ``GATES``, ``STORAGES``, ...), typed once (a leaf: the
+  option table and the pruning schedule read them without torch);
 * ``layer.py`` - :class:`DenseDeltaLinear`: the dense storage (the whole ΔW + a bool mask), and
   :class:`AdapterLayer`, the layer contract both storages share;
 * ``sparse.py`` - :class:`SparseDeltaLinear`: the same adapter storing only the kept values + int32 indices;
 * ``seeding.py`` - per-module seeds, the initial ΔW draw (whole or by row chunks), random masks;
 * ``inject.py`` - :func:`inject_rigsa` (wrap the target linears), the gates, the optimizer parameter groups;
 * ``storage.py`` - conversion between the two storages, the optimizer state across it, ``adapter.storage``;
-* ``ticket.py`` - the random ticket's per-matrix counts; ``peft_export.py`` - the PEFT SHiRA export.
+* ``ticket.py`` - the random ticket's per-matrix counts; ``export.py`` - the sparse export (save, load, merge);
+  ``peft_export.py`` - the PEFT SHiRA export.
 
 Import order: ``seeding`` <- ``layer`` <- ``inject`` <- ``sparse`` <- ``storage``. Importing this package imports no
 torch: the names below are loaded from their module on first access.
