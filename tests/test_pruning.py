@@ -501,6 +501,7 @@ def test_module_finds_the_pruning_callback_by_class_not_by_name() -> None:
     as one (a lookup by class name missed it), a foreign class that happens to share the name does not."""
     from types import SimpleNamespace
 
+    from rigsa_lightning.training.gated import GatedAdapterHooks
     from rigsa_lightning.training.module import RigsaLitModule, has_pruning_callback
 
     class TunedPruning(IterativeMagnitudePruning):
@@ -518,6 +519,9 @@ def test_module_finds_the_pruning_callback_by_class_not_by_name() -> None:
             trainer=SimpleNamespace(callbacks=callbacks, log_every_n_steps=50),
             prepared=SimpleNamespace(gated={"layer": gate}),
             global_step=1,
+        )
+        fake.gated_batch_end = lambda batch_idx, enforce: GatedAdapterHooks.gated_batch_end(
+            fake, batch_idx, enforce
         )
         RigsaLitModule.on_train_batch_end(fake, None, None, 1)
         return len(calls)

@@ -340,7 +340,17 @@ def test_sigkill_during_metrics_writes_never_leaves_a_partial_metrics_json(tmp_p
 def test_train_and_result_writers_use_the_atomic_helpers() -> None:
     """No plain write of results in the train path (metrics, failure markers, adapters, forgetting, evaluation)."""
     root = Path(__file__).resolve().parents[1] / "rigsa_lightning"
-    for rel in ("train.py", "scoring.py", "export.py", "forgetting/__init__.py", "adapters/full/model.py"):
+    for rel in (
+        "train.py",
+        "training/scoring.py",
+        "training/summary.py",
+        "adapters/rigsa/export.py",
+        "adapters/model_card.py",
+        "export/__init__.py",
+        "export/__main__.py",
+        "forgetting/__init__.py",
+        "adapters/full/model.py",
+    ):
         text = (root / rel).read_text()
         for needle in (".write_text(", ".write_bytes(", "json.dump(", "torch.save("):
             assert needle not in text, f"{rel} writes with {needle} instead of rigsa_lightning.io"
