@@ -2,9 +2,9 @@
 # The v2 learning-rate search (conf/sweep/lr_search_v2*.yaml), two single-threaded jobs side by side on a 2-core
 # machine; resumable (rerun: completed pilots are restored from the archive and skipped).
 #   bash docs/results/lr_search_v2/run.sh <slot a|b> [archive folder]
-# Slot a: RIGSA's round pilots 1e-4, 3e-4, then (once slot b's round pilots are done) the anchor at the selected round
-# rate, then the final-retraining pilots. Slot b: the round pilots 1e-3, 3e-3, then QLoRA's pilots, then (once the
-# anchor is done) the random-ticket pilots.
+# Slot a: RIGSA's round pilots 1e-4, 3e-4, then (once slot b's round pilots are done) one more beyond an edge of the
+# grid when the best sits there, the anchor at the selected round rate, then the final-retraining pilots.
+# Slot b: the round pilots 1e-3, 3e-3, then QLoRA's pilots, then (once the anchor is done) the random-ticket pilots.
 set -euo pipefail
 slot=$1
 archive=${2:-$PWD/docs/results/lr_search_v2/jobs}
@@ -27,6 +27,11 @@ if [ "$slot" = a ]; then
   run +sweep=lr_search_v2_rounds adapter.lr=1.0e-4,3.0e-4
   until done_job rigsa_rounds_lr0.001 && done_job rigsa_rounds_lr0.003; do sleep 60; done
   rate=$(best_round_rate)
+  # the best at an edge of the grid: one more pilot beyond it (the same number of pilots per phase, plus the edge)
+  case "$rate" in
+    0.003) run +sweep=lr_search_v2_rounds adapter.lr=1.0e-2; rate=$(best_round_rate) ;;
+    0.0001) run +sweep=lr_search_v2_rounds adapter.lr=3.0e-5; rate=$(best_round_rate) ;;
+  esac
   echo "selected round rate: $rate"
   run +sweep=lr_search_v2_anchor lr_by_method.rigsa="$rate"
   run +sweep=lr_search_v2_final lr_by_method.rigsa="$rate"
