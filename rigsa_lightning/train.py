@@ -367,9 +367,9 @@ def _train_job(cfg: DictConfig) -> dict[str, Any] | None:
 
         print_config_tree(cfg)
     metrics = train(cfg, validate=False, schedule=schedule)
-    from rigsa_lightning.training.summary import print_summary
-
     if metrics:
+        from rigsa_lightning.training.summary import print_summary
+
         print_summary(metrics, Path(cfg.paths.run_dir))
     return metrics
 

@@ -375,6 +375,7 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
     record = run_record(run_dir)
     if metrics is not None:
         record["metrics"] = dict(metrics)
+    dtype = model_dtype(record["config"]) or "float32"  # what export.peft rounded the values to
     written = []
     for sub in RUN_EXPORTS:
         folder = run_dir / sub
@@ -385,7 +386,6 @@ def write_run_cards(run_dir: str | os.PathLike, metrics: dict[str, Any] | None =
             continue
         if kind == "shira" and (run_dir / "adapter" / "adapter_config.json").is_file():
             adapter_config = _read_json(run_dir / "adapter" / "adapter_config.json") or adapter_config
-        dtype = run_model_dtype(run_dir) or "float32"  # what export.peft rounded the values to
         text = render_card(kind, adapter_config, record, peft_adapters=parts, base_dtype=dtype)
         written.append(atomic_write_text(folder / CARD_NAME, text))
     return written
@@ -399,5 +399,11 @@ def run_model_dtype(run_dir: str | os.PathLike) -> str | None:
         config = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    dtype = ((config or {}).get("model") or {}).get("dtype") if isinstance(config, dict) else None
+    return model_dtype(config)
+
+
+def model_dtype(config: Any) -> str | None:
+    """``model.dtype`` of a resolved run config (a plain dict) when it is a dtype a PEFT export can round to."""
+    model = config.get("model") if isinstance(config, dict) else None
+    dtype = model.get("dtype") if isinstance(model, dict) else None
     return dtype if dtype in PEFT_VALUE_DTYPES else None
