@@ -117,6 +117,8 @@ def make_fake_sweep(root: Path) -> Path:
                 0.90,
                 **_forget((0.70, 0.69), (0.40, 0.40), (0.30, 0.28)),
                 **{"adapter/density": 0.5, "prune/history": _history([1e-3], [0.5])},
+                **{"time/eval_after/textual_mnist_s": 60.0, "time/eval_after/drift_s": 6.0},
+                **{"time/eval_after/gsm8k_s": 120.0, "time/eval_after/hellaswag+piqa_s": 240.0},
             )
         },
     )
@@ -133,6 +135,8 @@ def make_fake_sweep(root: Path) -> Path:
                 0.94,
                 **_forget((0.70, 0.71), (0.40, 0.38), (0.30, 0.26)),
                 **{"adapter/density": 0.5, "prune/history": _history([2e-3], [0.5]), "time/train_s": 150.0},
+                **{"time/eval_after/textual_mnist_s": 90.0, "time/eval_after/drift_s": 12.0},
+                **{"time/eval_after/gsm8k_s": 180.0, "time/eval_after/hellaswag+piqa_s": float("nan")},
             )
         },
     )
@@ -249,6 +253,27 @@ def test_results_md_lists_failed_and_incomplete(fake_report: dict[str, Any]) -> 
     assert "Command: `python -m rigsa_lightning.train -m +sweep=smoke`" in md
     for name in ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds"):
         assert f"]({name}.png)" in md
+
+
+def test_end_evaluation_parts_in_the_cost_table(fake_report: dict[str, Any]) -> None:
+    """Each ``time/eval_after/<part>_s`` becomes a cost column in minutes (test split and drift first, benchmarks
+    in name order), averaged over the seeds that have it; runs without the parts leave the cell empty."""
+    rows = {r["name"]: r for r in _read_csv(fake_report["results_csv"])}
+    r50 = rows["rigsa_50"]
+    assert float(r50["eval_after/textual_mnist_min_mean"]) == pytest.approx(1.25)  # (60 + 90) / 2 s
+    assert float(r50["eval_after/drift_min_mean"]) == pytest.approx(0.15)
+    assert float(r50["eval_after/gsm8k_min_mean"]) == pytest.approx(2.5)
+    assert float(r50["eval_after/gsm8k_min_std"]) == pytest.approx(statistics.stdev([2.0, 3.0]))
+    assert float(r50["eval_after/hellaswag+piqa_min_mean"]) == pytest.approx(4.0)  # the NaN seed is left out
+    assert rows["rigsa_90"]["eval_after/gsm8k_min_mean"] == ""
+    cost = fake_report["results_md"].read_text().split("## Cost", 1)[1].split("\n\n", 2)[1]
+    header = cost.splitlines()[0]
+    labels = ["end evaluation (min)", "end eval: test split (min)", "end eval: drift probe (min)"]
+    labels += ["end eval: GSM8k (min)", "end eval: HellaSwag+PIQA (min)", "peak RSS (GB)"]
+    at = [header.index(label) for label in labels]
+    assert at == sorted(at)
+    rigsa_50 = next(line for line in cost.splitlines() if "| rigsa_50 |" in line)
+    assert "| 1.25 ± 0.35 |" in rigsa_50 and "| 4.00 |" in rigsa_50
 
 
 def test_figures_written(fake_report: dict[str, Any]) -> None:

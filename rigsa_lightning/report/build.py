@@ -30,6 +30,7 @@ from rigsa_lightning.report.table import (
     _write_csv,
     aggregate,
     benchmark_metrics,
+    eval_after_columns,
     metric_columns,
     run_row,
 )
@@ -53,6 +54,8 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
     tasks = benchmark_metrics(completed)
     runs = [run_row(j, tasks) for j in completed]
     quality, cost = metric_columns(tasks)
+    at = next(i for i, c in enumerate(cost) if c.key == "eval_after_min") + 1
+    cost[at:at] = eval_after_columns(runs)  # the end evaluation's parts, after its total
     groups = aggregate(runs, quality + cost)
     title = folder.name
     results_csv, runs_csv = _write_csvs(folder, runs, groups, tasks, quality + cost)

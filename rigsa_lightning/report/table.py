@@ -146,6 +146,8 @@ def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
     for key, name in TIME_PARTS.items():
         part = _num(m.get(f"time/{name}"))
         row[key] = part / 60 if _finite(part) else NAN
+    for part, seconds in eval_after_parts(m).items():
+        row[f"eval_after/{part}_min"] = seconds / 60
     row["steps_n"] = _num(m.get("time/steps_n"))
     row.update(phase_budget(job))
     row["peak_rss_gb"] = _num(m.get("memory/peak_rss_gb"))
@@ -160,6 +162,36 @@ TIME_PARTS = {
     "prune_min": "prune_s",
     "eval_after_min": "eval_after_s",
 }
+
+
+# the end evaluation's parts that are not a forgetting benchmark, shown first: the task's test split, the drift probe
+EVAL_AFTER_FIRST = ("textual_mnist", "chat", "drift")
+
+
+def eval_after_parts(metrics: dict[str, Any]) -> dict[str, float]:
+    """The end evaluation's parts of one run (``time/eval_after/<part>_s``, seconds; finite ones only)."""
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("time/eval_after/") and key.endswith("_s"):
+            seconds = _num(value)
+            if _finite(seconds):
+                out[key[len("time/eval_after/") : -len("_s")]] = seconds
+    return out
+
+
+def _eval_part_label(part: str) -> str:
+    """``hellaswag+piqa`` -> ``HellaSwag+PIQA``; the task split and the drift probe by what they are."""
+    names = {"textual_mnist": "test split", "chat": "test split", "drift": "drift probe", **BENCHMARKS}
+    return "+".join(names.get(p, p) for p in part.split("+"))
+
+
+def eval_after_columns(runs: Iterable[dict[str, Any]]) -> list[Column]:
+    """One cost column per end-evaluation part found in ``runs`` (``eval_after/<part>_min``): the test split and the
+    drift probe first, then the benchmarks in name order."""
+    parts = {k[len("eval_after/") : -len("_min")] for r in runs for k in r if k.startswith("eval_after/")}
+    first = [p for p in EVAL_AFTER_FIRST if p in parts]
+    ordered = first + sorted(parts - set(first))
+    return [Column(f"eval_after/{p}_min", f"end eval: {_eval_part_label(p)} (min)", "min") for p in ordered]
 
 
 @dataclass
