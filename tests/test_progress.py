@@ -225,8 +225,8 @@ def test_textual_mnist_scoring_and_imp_round_report(tiny_model, caplog, every_up
     result = score_textual_mnist(model, dm, "test")
     assert result["n"] == 20.0
     # batches of 8, 8, 4: a line at the first batch and at each further 10 % step, then the closing line
-    assert _progress_of(caplog, "Textual MNIST test: acc") == [(8, 20), (16, 20)]
-    assert any(line.startswith("Textual MNIST test: acc done: 20/20 in ") for line in _lines(caplog))
+    assert _progress_of(caplog, "Textual MNIST test: scoring") == [(8, 20), (16, 20)]
+    assert any(line.startswith("Textual MNIST test: scoring done: 20/20 in ") for line in _lines(caplog))
 
     caplog.clear()
     adapters = inject_rigsa(

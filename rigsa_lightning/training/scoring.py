@@ -81,7 +81,7 @@ def score_textual_mnist(
     correct = total = gen_correct = 0
     need_generation: list[int] = []
     with _autocast(precision):
-        for batch, at_answer in _answer_batches(model, dm, split, f"Textual MNIST {split}: acc"):
+        for batch, at_answer in _answer_batches(model, dm, split, f"Textual MNIST {split}: scoring"):
             # the same digit selection as the metric training logs (val/acc: textual_mnist_accuracy)
             pred = answer_digit_logits(at_answer, batch["answer_pos"], dm.digit_token_ids).argmax(-1)
             correct += int((pred == batch["digit"]).sum())
