@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # CPU build of torch (local file on these machines). GPU users: see README "Using a GPU".
 TORCH_SPEC ?= torch==2.13.0
 TEST_ARGS ?=
+# Test processes (pytest-xdist, one test file per process at a time, one torch thread each): the 2-core machines.
+TEST_WORKERS ?= 2
 ARGS ?=
 # Real PIQA / HellaSwag / GSM8k copies beside the project (eval.data_dir); a user with the hub leaves it unset.
 ifneq ($(wildcard ../shared/data/forgetting),)
@@ -34,10 +36,10 @@ train: install
 	$(PY) -m rigsa_lightning.train experiment=rigsa_50 $(ARGS)
 
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(TEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
 
 test-fast: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" $(TEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(TEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check rigsa_lightning tests bench
