@@ -9,17 +9,24 @@
 * a non-finite training state (:class:`~rigsa_lightning.training.module.NonFiniteError`) and any other failure are logged
   with the run folder and recorded in ``failed.json`` / ``FAILED``;
 * ``skip_completed`` (a study rerun): a completed job is skipped, an interrupted one continues, a failed one is
-  moved aside and started again (:func:`completed_metrics`, :func:`prepare_job_folder`, :class:`SkipJob`).
+  moved aside and started again (:func:`completed_metrics`, :func:`prepare_job_folder`, :class:`SkipJob`);
+* ``skip_completed`` also claims the job folder first (:func:`claim_job_folder`, ``.job.lock``): two processes
+  running the same grid (two slots of a study) never run, continue or move aside the same job; each takes the jobs
+  the other does not hold.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +60,8 @@ def clean_empty_run_dir(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but Hydra's bookkeeping (bad input must write nothing)."""
     if not run_dir.is_dir():
         return
-    leftovers = [p for p in run_dir.iterdir() if p.name not in (".hydra",) and not p.name.endswith(".log")]
+    ours = (".hydra", ".job.lock")  # Hydra's bookkeeping and this process's claim (``skip_completed``)
+    leftovers = [p for p in run_dir.iterdir() if p.name not in ours and not p.name.endswith(".log")]
     if not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -94,6 +102,106 @@ def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
             if entry.name != ".hydra" and not entry.name.endswith(".log"):
                 entry.rename(aside / entry.name)
         log.warning("skip_completed: %s held a failed run without a checkpoint: moved to %s", run_dir, aside)
+
+
+#: The job folder's claim file (``skip_completed``): who runs the job, refreshed while it runs.
+LOCK_NAME = ".job.lock"
+#: A claim by a process on another machine (a shared file system) is live while refreshed within this many seconds.
+LOCK_STALE_S = 600.0
+#: How often a held claim is refreshed (its modification time).
+LOCK_REFRESH_S = 60.0
+
+
+@dataclass
+class JobClaim:
+    """A held claim on a job folder: refreshed by a daemon thread until :meth:`release`."""
+
+    path: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> JobClaim:
+        """Refresh the claim every :data:`LOCK_REFRESH_S` seconds in the background; return self."""
+
+        def refresh() -> None:
+            while not self.stop.wait(LOCK_REFRESH_S):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    return
+
+        self.thread = threading.Thread(target=refresh, name="job-claim", daemon=True)
+        self.thread.start()
+        return self
+
+    def release(self) -> None:
+        """Stop refreshing and remove the claim file if it is still this process's."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        holder = _claim_holder(self.path)
+        if (
+            holder is not None
+            and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+        ):
+            self.path.unlink(missing_ok=True)
+
+
+def _claim_holder(path: Path) -> dict[str, Any] | None:
+    """The claim file's content (host, pid, started), None when it is missing or unreadable."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _claim_is_live(holder: dict[str, Any] | None, path: Path) -> bool:
+    """Whether the claim's holder still runs the job: a live process on this machine (not this process: a claim
+    this process left behind is stale), or on another machine a claim refreshed within :data:`LOCK_STALE_S`."""
+    if holder is None:
+        return False
+    if holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's live process
+            return True
+        return True
+    try:
+        return time.time() - path.stat().st_mtime < LOCK_STALE_S
+    except OSError:
+        return False
+
+
+def claim_job_folder(run_dir: Path) -> JobClaim | dict[str, Any]:
+    """Claim ``run_dir`` for this process (``.job.lock``: host, pid, start time, created atomically with its
+    content); return the held :class:`JobClaim`, or the holder's record when another live process holds it. A stale
+    claim (its process is gone, or another machine's claim not refreshed for :data:`LOCK_STALE_S`) is taken over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = run_dir / f"{LOCK_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record))
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)  # atomic: fails when a claim exists, never leaves an empty one
+                return JobClaim(path).start()
+            except FileExistsError:
+                holder = _claim_holder(path)
+                if _claim_is_live(holder, path):
+                    return holder or {}
+                log.warning("skip_completed: %s held a stale claim %s: taken over", run_dir, holder)
+                path.unlink(missing_ok=True)
+        return _claim_holder(path) or {}
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _skip_completed(cfg: DictConfig, run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
@@ -158,9 +266,24 @@ def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
 
     run_dir = Path(cfg.paths.run_dir)
     multirun = is_multirun()
+    claim: JobClaim | None = None
     if cfg.get("skip_completed", False):  # a study rerun: finished jobs are kept, interrupted ones continue
+        if completed_metrics(run_dir) is None:
+            held = claim_job_folder(run_dir)
+            if not isinstance(held, JobClaim):
+                log.warning(
+                    "skip_completed: %s is being run by another process (host %s, pid %s, since %s): skipped",
+                    run_dir,
+                    held.get("host"),
+                    held.get("pid"),
+                    held.get("started"),
+                )
+                return None
+            claim = held
         skipped, result = _skip_completed(cfg, run_dir)
         if skipped:
+            if claim is not None:
+                claim.release()
             return result
     try:
         return work(cfg)
@@ -181,3 +304,5 @@ def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
         raise
     finally:
         _finish_wandb()  # the one place: every path out of the job (also sys.exit) passes here
+        if claim is not None:
+            claim.release()

@@ -1,15 +1,22 @@
 """The study's resumability (issue 16): skip_completed skips finished jobs, continues interrupted ones from their
-checkpoint and moves failed attempts aside; the study configs compose; the time estimate counts finished jobs."""
+checkpoint and moves failed attempts aside, and leaves a job another process holds; the study configs compose; the
+time estimate counts finished jobs."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from rigsa_lightning.report.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
+from rigsa_lightning.task import LOCK_NAME, LOCK_STALE_S, JobClaim, claim_job_folder
 from tests.helpers import SMALL, run_cli, tail
 
 
@@ -173,3 +180,75 @@ def test_study_runs_each_method_at_its_searched_learning_rate() -> None:
             assert lr(f"experiment={experiment}") == table[method], experiment
         assert len({table.rigsa, table.qlora, table.full}) > 1  # not one rate for all
         assert lr("experiment=qlora_r16", "adapter.lr=7e-4") == 7e-4
+
+
+def _claim(run_dir: Path, host: str, pid: int) -> str:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"host": host, "pid": pid, "started": "2026-12-05 05:00:00"})
+    (run_dir / LOCK_NAME).write_text(text)
+    return text
+
+
+def test_job_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path: Path) -> None:
+    """One process holds a job folder; a live holder on this machine (or another machine's claim refreshed lately)
+    keeps it; a dead holder's or a long-unrefreshed claim is taken over; release removes only this process's claim."""
+    host = socket.gethostname()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / "live"
+        text = _claim(live, host, sleeper.pid)
+        held = claim_job_folder(live)
+        assert held == json.loads(text)  # busy: the holder's record, the claim untouched
+        assert (live / LOCK_NAME).read_text() == text
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    dead = claim_job_folder(live)  # the same folder once its holder is gone: taken over
+    assert isinstance(dead, JobClaim)
+    record = json.loads((live / LOCK_NAME).read_text())
+    assert record["host"] == host and record["pid"] == os.getpid()
+    other = claim_job_folder(tmp_path / "other")  # another folder: its own claim
+    assert isinstance(other, JobClaim) and other.path == tmp_path / "other" / LOCK_NAME
+    other.release()
+    dead.release()
+    assert not (live / LOCK_NAME).exists()
+    assert not list(live.glob("*.tmp"))
+
+    remote = tmp_path / "remote"
+    text = _claim(remote, host + "-elsewhere", 12345)
+    assert claim_job_folder(remote) == json.loads(text)  # another machine's claim, refreshed just now: live
+    old = time.time() - LOCK_STALE_S - 60
+    os.utime(remote / LOCK_NAME, (old, old))
+    taken = claim_job_folder(remote)
+    assert isinstance(taken, JobClaim)
+    _claim(remote, host + "-elsewhere", 12345)  # someone else's claim now: release leaves it
+    taken.release()
+    assert json.loads((remote / LOCK_NAME).read_text())["pid"] == 12345
+
+
+def test_skip_completed_leaves_a_job_another_process_runs(tmp_path: Path) -> None:
+    """Two processes on one grid: a job folder claimed by a live process is neither run, continued nor moved aside;
+    once its holder is gone, the same command takes the job over, runs it and removes its claim."""
+    run_dir = tmp_path / "study" / "rigsa_50_s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"being written by the other process")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    args = ["experiment=rigsa_50", *SMALL, "skip_completed=true", f"hydra.run.dir={run_dir}"]
+    try:
+        text = _claim(run_dir, socket.gethostname(), sleeper.pid)
+        res = run_cli(args, tmp_path)
+        assert res.returncode == 0, tail(res)
+        said = res.stdout + res.stderr
+        assert f"is being run by another process (host {socket.gethostname()}, pid {sleeper.pid}" in said
+        assert (run_dir / LOCK_NAME).read_text() == text
+        assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"being written by the other process"
+        assert not (run_dir / "metrics.json").exists() and not list(run_dir.parent.glob("*.failed-*"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, tail(again)
+    assert "held a stale claim" in again.stdout + again.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert not (run_dir / LOCK_NAME).exists()
