@@ -123,6 +123,28 @@ def test_phases_with_their_own_rate_and_grid(tmp_path: Path) -> None:
         ("rigsa_rounds", 0.0003),
     ]
     assert selected(rows)["rigsa_final"]["lr"] == 0.01
+    assert [r["option"] for r in rows] == ["final_lr_by_method.rigsa"] * 2 + ["lr_by_method.rigsa_rounds"]
     md = write_lr_table(tmp_path)["md"].read_text()
     assert "| rigsa_final | 0.01 | completed | 62.0 [" in md and "**yes**" in md  # its grid of 2 is complete
     assert "| rigsa_rounds | 0.0003 | completed | 40.0 [" in md and "best so far" in md  # 1 of its grid of 2
+
+
+def test_selected_rates_name_their_study_option_and_their_edge(tmp_path: Path) -> None:
+    """Below the table: each phase's selected rate, the study option it goes into, and whether it sits at an edge of
+    the rates tried (then the grid is extended before the rate counts as decided); the decided ones as overrides."""
+    _job(tmp_path, "random_mask", 0.001, 0.20)
+    _job(tmp_path, "random_mask", 0.003, 0.70)  # best, and the highest rate tried
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| random_mask | 0.003 | `lr_by_method.random_mask` | top edge: extend the grid above it |" in md
+    assert "Study overrides" not in md
+    _job(tmp_path, "random_mask", 0.01, 0.50)  # the pilot beyond the edge: 3e-3 is now inside
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| random_mask | 0.003 | `lr_by_method.random_mask` | inside |" in md
+    assert "Study overrides of the decided phases: `lr_by_method.random_mask=0.003`" in md
+    _job(tmp_path, "qlora", 0.001, 0.40)  # 1 of its grid of 2: not decided, not in the overrides
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| qlora | 0.001 | `lr_by_method.qlora` | search not complete (best so far) |" in md
+    assert "`lr_by_method.random_mask=0.003`" in md and "lr_by_method.qlora=" not in md
+    _job(tmp_path, "qlora", 0.0001, 0.10)  # complete, best at the top of two: an edge
+    md = write_lr_table(tmp_path)["md"].read_text()
+    assert "| qlora | 0.001 | `lr_by_method.qlora` | top edge: extend the grid above it |" in md

@@ -36,6 +36,7 @@ COLUMNS = (
     "val_loss",
     "test_acc",
     "train_min",
+    "option",
 )
 
 
@@ -75,6 +76,12 @@ def phase_of(name: str, method: str) -> str:
     return match.group(1) if match else method
 
 
+def study_option(searched: str, method: str) -> str:
+    """The study's option a searched rate goes into (``conf/sweep/study*.yaml``): ``final_lr_by_method.<method>``
+    for a final-retraining rate (``pruning.final_lr``), else ``lr_by_method.<method>``."""
+    return f"{'final_lr_by_method' if searched == 'pruning.final_lr' else 'lr_by_method'}.{method}"
+
+
 def lr_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """One row per job: the searched phase (column ``method``), its learning rate, validation accuracy with its
     Wilson interval, test accuracy; sorted by phase and rate."""
@@ -96,7 +103,9 @@ def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         ci = wilson(float(val) * n_val, n_val) if isinstance(val, (int, float)) and n_val else None
         name = str(m.get("name") or get(cfg, "name", job.rel))
         method = str(m.get("method") or get(cfg, "adapter.method", "?"))
-        rate = get(cfg, searched_key(job), None)
+        key = searched_key(job)
+        rate = get(cfg, key, None)
+        adapter_method = str(get(cfg, "adapter.method", None) or method)
         rows.append(
             {
                 "method": phase_of(name, method),
@@ -111,6 +120,7 @@ def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 "val_loss": float(m.get("final_val/loss", math.nan)),
                 "test_acc": float(m.get("textual_mnist/acc", math.nan)),
                 "train_min": float(m.get("time/train_s", math.nan)) / 60,
+                "option": study_option(key, adapter_method),
             }
         )
     return rows
@@ -157,7 +167,7 @@ def markdown(
     lines = [
         "# Learning-rate search",
         "",
-        f"Command: `{command}`" if command else "",
+        f"Command: `{command}`" if command else "Each pilot's command line: `<job>/.hydra/overrides.yaml`.",
         "",
         "Selection: the highest final validation accuracy per method (ties: the smaller rate); 95 % Wilson "
         "intervals over the validation images; every validation of the run in order and the final validation loss "
@@ -190,7 +200,45 @@ def markdown(
             f"| {train} | "
             f"{('best so far' if r['method'] in pending else '**yes**') if chosen else ''} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _selection_lines(rows, best, pending)) + "\n"
+
+
+def edge_of(rate: float, tried: set[float]) -> str | None:
+    """``"top"`` / ``"bottom"`` when ``rate`` is the highest / lowest of several ``tried`` rates, else None."""
+    if len(tried) < 2:
+        return None
+    return "top" if rate == max(tried) else "bottom" if rate == min(tried) else None
+
+
+def _selection_lines(
+    rows: Sequence[dict[str, Any]], best: dict[str, dict[str, Any]], pending: set[str]
+) -> list[str]:
+    """Per phase: the selected rate, the study option it goes into and where it sits among the rates tried; then
+    the study overrides of the phases that are decided (complete, best inside the rates tried)."""
+    if not best:
+        return []
+    lines = [
+        "",
+        "## The selected rates",
+        "",
+        "| phase | selected rate | study option | among the rates tried |",
+        "|---|---|---|---|",
+    ]
+    decided = []
+    for phase, row in sorted(best.items()):
+        tried = {r["lr"] for r in rows if r["method"] == phase and r["status"] == "completed"}
+        edge = edge_of(row["lr"], tried)
+        where = (
+            f"{edge} edge: extend the grid {'above' if edge == 'top' else 'below'} it" if edge else "inside"
+        )
+        if phase in pending:
+            where = "search not complete (best so far)"
+        elif not edge:
+            decided.append(f"{row['option']}={row['lr']:g}")
+        lines.append(f"| {phase} | {row['lr']:g} | `{row['option']}` | {where} |")
+    if decided:
+        lines += ["", f"Study overrides of the decided phases: `{' '.join(decided)}`"]
+    return lines
 
 
 def write_lr_table(folder: str | Path) -> dict[str, Path]:
