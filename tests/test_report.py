@@ -118,6 +118,7 @@ def make_fake_sweep(root: Path) -> Path:
                 **_forget((0.70, 0.69), (0.40, 0.40), (0.30, 0.28)),
                 **{"adapter/density": 0.5, "prune/history": _history([1e-3], [0.5])},
                 **{"time/eval_after/textual_mnist_s": 60.0, "time/eval_after/drift_s": 6.0},
+                **{"time/search_s": 30.0, "time/final_s": 90.0},
                 **{"time/eval_after/gsm8k_s": 120.0, "time/eval_after/hellaswag+piqa_s": 240.0},
             )
         },
@@ -266,6 +267,8 @@ def test_end_evaluation_parts_in_the_cost_table(fake_report: dict[str, Any]) -> 
     assert float(r50["eval_after/gsm8k_min_std"]) == pytest.approx(statistics.stdev([2.0, 3.0]))
     assert float(r50["eval_after/hellaswag+piqa_min_mean"]) == pytest.approx(4.0)  # the NaN seed is left out
     assert rows["rigsa_90"]["eval_after/gsm8k_min_mean"] == ""
+    # the mask search's time apart from the final phase's (one seed of rigsa_50 has them)
+    assert float(r50["search_min_mean"]) == pytest.approx(0.5) and float(r50["final_min_mean"]) == 1.5
     cost = fake_report["results_md"].read_text().split("## Cost", 1)[1].split("\n\n", 2)[1]
     header = cost.splitlines()[0]
     labels = ["end evaluation (min)", "end eval: test split (min)", "end eval: drift probe (min)"]

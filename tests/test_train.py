@@ -31,6 +31,11 @@ def test_debug_fast_tiny_runs_end_to_end(tmp_path: Path) -> None:
     parts = ("time/steps_s", "time/val_s", "time/curve_s", "time/prune_s", "time/fit_other_s")
     assert sum(metrics[k] for k in parts) == pytest.approx(metrics["time/train_s"], rel=1e-6)
     assert metrics["time/val_s"] > 0 and metrics["time/curve_s"] == 0.0  # eval.curve is off here
+    # the mask search (epoch 1 and its prune) apart from the final retraining (epoch 2): together the four stages
+    assert sum(metrics[f"time/{k}_s"] for k in ("search", "final")) == pytest.approx(
+        sum(metrics[k] for k in parts[:4]), rel=1e-9
+    )
+    assert metrics["time/search_s"] > metrics["time/prune_s"] and metrics["time/final_s"] > 0
     # the end evaluation's parts: the task's test split, the drift probe (and each benchmark when they run)
     parts = {k: v for k, v in metrics.items() if k.startswith("time/eval_after/")}
     assert metrics["time/eval_after/textual_mnist_s"] > 0 and metrics["time/eval_after/drift_s"] > 0
@@ -154,3 +159,26 @@ def test_round_forgetting_evaluates_each_round_once_and_keeps_its_checkpoint_key
     assert resumed.done == 1
     # Checkpoints written while the class was local to a function keep resuming its state.
     assert cb.state_key == "_round_forgetting_cls.<locals>._RoundForgetting"
+
+
+def test_time_breakdown_splits_the_mask_search_from_the_final_phase() -> None:
+    """time/search_s is every step, validation, curve point and prune up to the last prune's step; time/final_s the
+    rest; a resumed timer (state_dict round trip) splits the same way."""
+    from rigsa_lightning.training.timing import StageTimer, time_breakdown
+
+    timer = StageTimer()
+    timer.steps_s, timer.steps_n, timer.val_s = 10.0, 4, 3.0
+    timer.step_marks = [(1, 1.0), (2, 3.0), (3, 6.0), (4, 10.0)]
+    timer.val_loops = [(2, 1.0), (4, 2.0)]
+    resumed = StageTimer()
+    resumed.load_state_dict(timer.state_dict())
+    curve = [{"step": 2.0, "seconds": 0.5}, {"step": 4.0, "seconds": 0.25}]
+    prunes = [{"global_step": 2, "seconds": 0.125}]
+    for t in (timer, resumed):
+        out = time_breakdown(t, 20.0, curve, prunes)
+        assert (
+            out["time/search_s"] == 3.0 + 1.0 + 0.5 + 0.125
+        )  # steps 1-2, the validation and curve point at 2
+        assert out["time/final_s"] == 7.0 + 2.0 + 0.25
+        assert out["time/fit_other_s"] == 20.0 - 10.0 - 3.0 - 0.75 - 0.125
+    assert "time/search_s" not in time_breakdown(timer, 20.0, curve, [])  # no pruning: no mask search

@@ -161,6 +161,8 @@ TIME_PARTS = {
     "curve_min": "curve_s",
     "prune_min": "prune_s",
     "eval_after_min": "eval_after_s",
+    "search_min": "search_s",
+    "final_min": "final_s",
 }
 
 
@@ -237,6 +239,8 @@ def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
         Column("search_steps", "mask-search steps", "count"),
         Column("final_steps", "final-phase steps", "count"),
         Column("final_lr", "final-phase lr", "float"),
+        Column("search_min", "mask-search time (min)", "min"),
+        Column("final_min", "final-phase time (min)", "min"),
         Column("steps_n", "optimizer steps", "count"),
         Column("steps_min", "in steps (min)", "min"),
         Column("val_min", "in validation (min)", "min"),

@@ -9,7 +9,10 @@
 * ``time/curve_s`` - the forgetting curve (the seconds recorded in each of its points);
 * ``time/prune_s`` - the IMP rounds (the pruning callback's recorded seconds per round);
 * ``time/fit_other_s`` - the rest of ``time/train_s`` (checkpoints, data loading between batches, logging); in a
-  resumed run ``time/train_s`` covers the resumed part only, while the other totals are the whole run's.
+  resumed run ``time/train_s`` covers the resumed part only, while the other totals are the whole run's;
+* ``time/search_s`` / ``time/final_s`` - with pruning, the steps, validations, curve points and prunes up to and
+  including the last prune (the mask search, the lottery-ticket protocol's cost of finding the ticket) and after it
+  (the final retraining); together they are the four stage totals above.
 
 Seconds are accumulated in the callback's state, so a resumed run continues the totals of the run it resumes.
 """
@@ -31,6 +34,10 @@ class StageTimer(L.Callback):
         self.steps_s = 0.0
         self.steps_n = 0
         self.val_s = 0.0
+        # (global step after the batch, steps_s so far) and (global step, seconds) per validation loop: which
+        # phase each second belongs to is known only once the last prune is (time/search_s)
+        self.step_marks: list[tuple[int, float]] = []
+        self.val_loops: list[tuple[int, float]] = []
         self._batch_t0: float | None = None
         self._val_t0: float | None = None
 
@@ -48,6 +55,13 @@ class StageTimer(L.Callback):
             self.steps_s += time.perf_counter() - self._batch_t0
             self.steps_n += 1
             self._batch_t0 = None
+            step = int(trainer.global_step)
+            if (
+                self.step_marks and self.step_marks[-1][0] == step
+            ):  # gradient accumulation: one optimizer step
+                self.step_marks[-1] = (step, self.steps_s)
+            else:
+                self.step_marks.append((step, self.steps_s))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start timing a validation loop (not the sanity check)."""
@@ -56,18 +70,33 @@ class StageTimer(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Add the loop's seconds (runs before the forgetting curve's hook of the same name)."""
         if self._val_t0 is not None:
-            self.val_s += time.perf_counter() - self._val_t0
+            seconds = time.perf_counter() - self._val_t0
+            self.val_s += seconds
+            self.val_loops.append((int(trainer.global_step), seconds))
             self._val_t0 = None
 
     def state_dict(self) -> dict[str, Any]:
         """The totals so far (a resumed run continues them)."""
-        return {"steps_s": self.steps_s, "steps_n": self.steps_n, "val_s": self.val_s}
+        return {
+            "steps_s": self.steps_s,
+            "steps_n": self.steps_n,
+            "val_s": self.val_s,
+            "step_marks": [list(m) for m in self.step_marks],
+            "val_loops": [list(v) for v in self.val_loops],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the totals of the run being resumed."""
         self.steps_s = float(state_dict.get("steps_s", 0.0))
         self.steps_n = int(state_dict.get("steps_n", 0))
         self.val_s = float(state_dict.get("val_s", 0.0))
+        self.step_marks = [(int(g), float(t)) for g, t in state_dict.get("step_marks", [])]
+        self.val_loops = [(int(g), float(t)) for g, t in state_dict.get("val_loops", [])]
+
+    def steps_s_until(self, step: int) -> float:
+        """The seconds of the training steps up to global step ``step`` (inclusive)."""
+        done = [t for g, t in self.step_marks if g <= step]
+        return done[-1] if done else 0.0
 
 
 def time_breakdown(
@@ -94,4 +123,14 @@ def time_breakdown(
         "time/prune_s": prune_s,
     }
     out["time/fit_other_s"] = max(0.0, float(train_s) - timer.steps_s - timer.val_s - curve_s - prune_s)
+    prunes = [rec for rec in (prune_history or []) if isinstance(rec.get("global_step"), (int, float))]
+    if prunes:  # the mask search apart from the final retraining
+        last = int(max(rec["global_step"] for rec in prunes))
+        search = timer.steps_s_until(last) + prune_s
+        search += sum(t for g, t in timer.val_loops if g <= last)
+        search += sum(
+            float(p.get("seconds", 0.0)) for p in (curve_points or []) if float(p.get("step", 0)) <= last
+        )
+        out["time/search_s"] = search
+        out["time/final_s"] = timer.steps_s + timer.val_s + curve_s + prune_s - search
     return out
