@@ -179,6 +179,12 @@ def _claim_is_live(holder: dict[str, Any] | None, path: Path) -> bool:
         return False
 
 
+def secondary_rank() -> bool:
+    """Whether this process is a non-zero rank of a distributed job (Lightning's DDP children, torchrun, SLURM
+    tasks): part of a job that rank 0 has claimed, never a claimant itself."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def claim_job_folder(run_dir: Path) -> JobClaim | dict[str, Any]:
     """Claim ``run_dir`` for this process (``.job.lock``: host, pid, start time, created atomically with its
     content); return the held :class:`JobClaim`, or the holder's record when another live process holds it. A stale
@@ -268,7 +274,7 @@ def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
     multirun = is_multirun()
     claim: JobClaim | None = None
     if cfg.get("skip_completed", False):  # a study rerun: finished jobs are kept, interrupted ones continue
-        if completed_metrics(run_dir) is None:
+        if completed_metrics(run_dir) is None and not secondary_rank():  # one claim per job: rank 0's
             held = claim_job_folder(run_dir)
             if not isinstance(held, JobClaim):
                 log.warning(

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rigsa_lightning.report.sweep_callback import StudyEstimateCallback, sweep_jobs, sweep_params
-from rigsa_lightning.task import LOCK_NAME, LOCK_STALE_S, JobClaim, claim_job_folder
+from rigsa_lightning.task import LOCK_NAME, LOCK_STALE_S, JobClaim, claim_job_folder, secondary_rank
 from tests.helpers import SMALL, run_cli, tail
 
 
@@ -252,3 +252,19 @@ def test_skip_completed_leaves_a_job_another_process_runs(tmp_path: Path) -> Non
     assert "held a stale claim" in again.stdout + again.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_only_rank_zero_claims_a_job(monkeypatch) -> None:
+    """A distributed job's other ranks (Lightning's DDP children, torchrun, SLURM tasks) run the job rank 0 claimed:
+    they never claim it themselves, so they never skip it as held by another process."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    assert not secondary_rank()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not secondary_rank()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert secondary_rank()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "3")
+    assert secondary_rank()
