@@ -252,6 +252,11 @@ def test_results_md_lists_failed_and_incomplete(fake_report: dict[str, Any]) -> 
     assert "92.0 ± 2.8" in md  # rigsa_50 acc in %, mean ± sample std
     assert "-3.0 ± 1.4" in md  # rigsa_50 GSM8k delta in pp
     assert "Command: `python -m rigsa_lightning.train -m +sweep=smoke`" in md
+    assert "[jobs.md](jobs.md)" in md  # each job's own numbers, one row per completed job
+    rows = [line for line in fake_report["jobs_md"].read_text().splitlines() if line.startswith("| `")]
+    assert sorted(line.split(" | ")[0] for line in rows) == sorted(
+        f"| `{j}`" for j in ("0_rigsa_50", "1_rigsa_50", "2_rigsa_90", "3_random_mask_50", "4_zero_shot")
+    )
     for name in ("forgetting_vs_accuracy", "density_sweep", "pruning_rounds"):
         assert f"]({name}.png)" in md
 

@@ -21,6 +21,7 @@ from rigsa_lightning.report.figures import (
     plot_forgetting_vs_accuracy,
     plot_pruning_rounds,
 )
+from rigsa_lightning.report.job_table import jobs_markdown
 from rigsa_lightning.report.jobs import Job, _finite, _sweep_command, _sweep_grid, find_job_dirs, load_job
 from rigsa_lightning.report.table import (
     Column,
@@ -42,7 +43,7 @@ log = logging.getLogger("rigsa_lightning.report")
 def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
     """Write ``results.csv``, ``runs.csv``, ``results.md`` and the figures into the multirun ``folder``.
 
-    Returns a summary dict: ``folder``, ``results_csv``, ``results_md``, ``runs_csv``, ``figures`` (name → path or
+    Returns a summary dict: ``folder``, ``results_csv``, ``results_md``, ``jobs_md``, ``runs_csv``, ``figures`` (name → path or
     None), ``notes`` (name → why a figure was skipped), ``rows`` (the aggregated rows), ``runs`` (per-run rows),
     ``failed`` and ``incomplete`` (job folders), ``wandb_mode``.
 
@@ -61,11 +62,13 @@ def build_report(folder: str | Path, log_wandb: bool = False) -> dict[str, Any]:
     results_csv, runs_csv = _write_csvs(folder, runs, groups, tasks, quality + cost)
     figures, notes = draw_figures(folder, title, completed, runs, groups, tasks)
     results_md = _write_results_md(folder, title, jobs, groups, quality, cost, figures, notes)
+    jobs_md = atomic_write_text(folder / "jobs.md", f"# Jobs of `{title}`\n\n" + jobs_markdown(jobs))
     wandb_mode = log_to_wandb(folder, groups, figures, jobs) if log_wandb else None
     return {
         "folder": folder,
         "results_csv": results_csv,
         "results_md": results_md,
+        "jobs_md": jobs_md,
         "runs_csv": runs_csv,
         "figures": figures,
         "notes": notes,
@@ -259,6 +262,7 @@ def _write_results_md(
     completed = [j for j in jobs if j.status == "completed"]
     md = _header_lines(folder, title, jobs)
     md += _tables_lines(groups, quality, cost, completed)
+    md += ["Each job's own numbers (what it was given and what it measured): [jobs.md](jobs.md)", ""]
     md += _claims_lines(folder, title, completed)
     md += _figures_lines(figures, notes)
     md.append(_failed_section(jobs))

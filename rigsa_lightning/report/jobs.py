@@ -82,7 +82,23 @@ def _load_yaml(path: Path) -> Any:
     try:
         return OmegaConf.to_container(conf, resolve=True)
     except Exception:  # noqa: BLE001 - e.g. ${hydra:...} interpolations outside a Hydra app
-        return OmegaConf.to_container(conf, resolve=False)
+        return _resolve_each(conf, OmegaConf.to_container(conf, resolve=False), "")
+
+
+def _resolve_each(conf: Any, node: Any, key: str) -> Any:
+    """``node`` (at dotted ``key`` of ``conf``) with every interpolation that resolves on its own resolved (e.g.
+    ``adapter.lr: ${lr_by_method.${adapter.method}}``) and the others (``${hydra:...}``) left as written."""
+    from omegaconf import OmegaConf
+
+    if isinstance(node, dict):
+        return {k: _resolve_each(conf, v, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, str) and "${" in node:
+        try:
+            value = OmegaConf.select(conf, key, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - an interpolation that needs Hydra's runtime
+            return node
+        return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+    return node
 
 
 def _last_log_line(path: Path) -> str:
