@@ -14,8 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rigsa_lightning.report.jobs import Job, _finite, _num
-from rigsa_lightning.report.lr_table import val_along
+from rigsa_lightning.report.jobs import Job, _finite, _num, val_along
 from rigsa_lightning.report.statistics import wilson
 from rigsa_lightning.report.table import _density, _md_table, phase_budget
 

@@ -3,6 +3,7 @@ and the sweep's own ``multirun.yaml`` (its command line and grid)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -207,3 +208,13 @@ def _sweep_grid(folder: Path) -> str | None:
     if not isinstance(params, dict) or not params:
         return None
     return ", ".join(f"`{k}`: {v}" for k, v in params.items())
+
+
+def val_along(job: Job) -> list[float]:
+    """Every validation accuracy of the run in order (``csv/metrics.csv``'s ``val/acc``; empty without it): is it
+    still climbing at the end of the budget?"""
+    path = Path(job.path) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from rigsa_lightning.config.access import get
-from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job
+from rigsa_lightning.report.jobs import Job, _sweep_command, find_job_dirs, load_job, val_along
 from rigsa_lightning.report.statistics import wilson
 
 COLUMNS = (
@@ -38,16 +38,6 @@ COLUMNS = (
     "train_min",
     "option",
 )
-
-
-def val_along(job: Job) -> list[float]:
-    """Every validation accuracy of the run in order (``csv/metrics.csv``'s ``val/acc``; empty without it): is it
-    still climbing at the end of the budget?"""
-    path = Path(job.path) / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]
 
 
 # The rates a search may vary: a phase's own rate (pruning.final_lr: RIGSA's final retraining) before adapter.lr.
