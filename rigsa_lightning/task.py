@@ -6,6 +6,8 @@
 * bad input (:class:`ConfigError`) is one line on stderr and exit status 2, and the run folder it would have used is
   removed when it holds nothing but Hydra's bookkeeping; in a multirun the job records ``failed.json`` and the sweep
   goes on;
+* an interruption (Ctrl-C, SIGTERM) is not a failure: nothing is recorded as failed, the process stops (a sweep
+  does not go on to its next job; SIGTERM exits with status 143) and the same command continues the job;
 * a non-finite training state (:class:`~rigsa_lightning.training.module.NonFiniteError`) and any other failure are logged
   with the run folder and recorded in ``failed.json`` / ``FAILED``;
 * ``skip_completed`` (a study rerun): a completed job is skipped, an interrupted one continues, a failed one is
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -299,13 +302,24 @@ def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
     except ConfigError as exc:
         _bad_input(exc, run_dir, multirun)
         return None
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (Lightning's SIGTERMException)
+        sigterm = type(exc).__name__ == "SIGTERMException"
+        log.warning(
+            "run interrupted by %s (run folder %s): not a failure; the same command continues it from its last "
+            "checkpoint with skip_completed=true, and the rest of a sweep does not start",
+            "SIGTERM" if sigterm else type(exc).__name__,
+            run_dir,
+        )
+        if sigterm:
+            raise SystemExit(128 + signal.SIGTERM) from exc  # the exit status of a process ended by SIGTERM
+        raise
     except BaseException as exc:  # noqa: BLE001 - logged with the run folder, then re-raised or recorded
         msg = f"{type(exc).__name__}: {exc}"
         log.exception("run failed (run folder %s): %s", run_dir, msg)
         if run_dir.is_dir():
             atomic_write_json(run_dir / "failed.json", {"status": "failed", "error": msg})
             atomic_write_text(run_dir / "FAILED", msg + "\n")
-        if multirun and not isinstance(exc, KeyboardInterrupt):
+        if multirun:
             return None
         raise
     finally:

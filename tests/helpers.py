@@ -22,7 +22,7 @@ SMALL = [
     "trainer.enable_progress_bar=false",
 ]
 #: Environment switches of the fault-injection hooks; a run gets them only when a test passes them in ``env``.
-FAULT_VARIABLES = ("RIGSA_TEST_KILL_AT_STEP", "RIGSA_TEST_NAN_AT_STEP")
+FAULT_VARIABLES = ("RIGSA_TEST_KILL_AT_STEP", "RIGSA_TEST_NAN_AT_STEP", "RIGSA_TEST_KILL_SIGNAL")
 
 
 def run_cli(

@@ -268,3 +268,25 @@ def test_only_rank_zero_claims_a_job(monkeypatch) -> None:
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("RANK", "3")
     assert secondary_rank()
+
+
+def test_sigterm_stops_the_sweep_and_the_job_continues(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's preemption, ``kill``) is an interruption, not a failure: the sweep stops (its next job
+    does not start), exit status 143, nothing recorded as failed; the same command continues the job."""
+    sweep = tmp_path / "study"
+    args = ["experiment=rigsa_75", *SMALL, "seed=0,1", "skip_completed=true"]
+    args += [f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=s${seed}", "-m"]  # the flag after the overrides
+    stopped = run_cli(args, tmp_path, env={"RIGSA_TEST_KILL_AT_STEP": "12", "RIGSA_TEST_KILL_SIGNAL": "TERM"})
+    said = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, tail(stopped)
+    assert "run interrupted by SIGTERM" in said
+    job = sweep / "s0"
+    assert (job / "checkpoints" / "last.ckpt").is_file() and not (job / "metrics.json").exists()
+    assert not (job / "failed.json").exists() and not (job / LOCK_NAME).exists()
+    assert not (sweep / "s1").exists()  # the sweep stopped: its second job never started
+
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, tail(again)
+    assert "continuing the interrupted run" in again.stdout + again.stderr
+    for seed in (0, 1):
+        assert json.loads((sweep / f"s{seed}" / "metrics.json").read_text())["status"] == "completed"

@@ -2,6 +2,7 @@
 in real runs):
 
 * ``RIGSA_TEST_KILL_AT_STEP=<n>``: SIGKILL this process when global step ``n`` starts (the kill-and-resume tests);
+  ``RIGSA_TEST_KILL_SIGNAL=TERM`` sends SIGTERM instead (the interruption test);
 * ``RIGSA_TEST_NAN_AT_STEP=<n>``: set one gate (alpha) to NaN when global step ``n`` starts (the NaN-stop test).
 """
 
@@ -16,6 +17,7 @@ import torch
 
 KILL_AT_STEP_ENV = "RIGSA_TEST_KILL_AT_STEP"
 NAN_AT_STEP_ENV = "RIGSA_TEST_NAN_AT_STEP"
+KILL_SIGNAL_ENV = "RIGSA_TEST_KILL_SIGNAL"
 
 
 def _env_step(name: str) -> int | None:
@@ -38,7 +40,8 @@ class FaultInjection:
     def at_step_start(self, step: int, gated: dict[str, Any]) -> None:
         """Called when global step ``step`` starts; a no-op unless a switch names this step."""
         if self.kill_at_step is not None and step == self.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            term = os.environ.get(KILL_SIGNAL_ENV, "").upper() == "TERM"
+            os.kill(os.getpid(), signal.SIGTERM if term else signal.SIGKILL)
         if self.nan_at_step is not None and step == self.nan_at_step and gated:
             with torch.no_grad():
                 next(iter(gated.values())).alpha.fill_(float("nan"))
