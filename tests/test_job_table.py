@@ -20,7 +20,7 @@ final_lr_by_method:
 adapter:
   method: {method}
   lr: ${{lr_by_method.${{adapter.method}}}}
-  density_from: ${{hydra:sweep.dir}}/rigsa_paper_s0
+  density_from: ${{oc.env:RIGSA_TEST_UNSET_VARIABLE}}/rigsa_paper_s0
 pruning:
   final_lr: ${{final_lr_by_method.${{adapter.method}}}}
 data:
@@ -41,7 +41,8 @@ def _job(root: Path, name: str, method: str, metrics: dict, csv_rows: str | None
     return job
 
 
-def test_a_rigsa_job_and_a_qlora_job(tmp_path: Path) -> None:
+def test_a_rigsa_job_and_a_qlora_job(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("RIGSA_TEST_UNSET_VARIABLE", raising=False)
     history = [
         {"round": 1, "global_step": 125, "density": 0.2},
         {"round": 2, "global_step": 250, "density": 0.0387},
@@ -91,8 +92,10 @@ def test_a_rigsa_job_and_a_qlora_job(tmp_path: Path) -> None:
     )
     jobs = [load_job(p, tmp_path) for p in find_job_dirs(tmp_path)]
     rigsa = next(j for j in jobs if j.rel == "rigsa_paper_s1")
-    assert rigsa.config["adapter"]["lr"] == 0.003  # resolved, though ${hydra:...} elsewhere cannot be
-    assert rigsa.config["adapter"]["density_from"] == "${hydra:sweep.dir}/rigsa_paper_s0"
+    assert (
+        rigsa.config["adapter"]["lr"] == 0.003
+    )  # resolved, though another key cannot be (like ${hydra:...})
+    assert rigsa.config["adapter"]["density_from"] == "${oc.env:RIGSA_TEST_UNSET_VARIABLE}/rigsa_paper_s0"
     ci = wilson(0.84 * 300, 300)
     assert job_row(rigsa) == [
         "`rigsa_paper_s1`",
