@@ -148,3 +148,19 @@ def test_selected_rates_name_their_study_option_and_their_edge(tmp_path: Path) -
     _job(tmp_path, "qlora", 0.0001, 0.10)  # complete, best at the top of two: an edge
     md = write_lr_table(tmp_path)["md"].read_text()
     assert "| qlora | 0.001 | `lr_by_method.qlora` | top edge: extend the grid above it |" in md
+
+
+def test_a_job_whose_sweep_varied_no_rate_is_not_a_pilot(tmp_path: Path) -> None:
+    """The search's anchor (its sweep varies the experiment and seed only) is not a row of the table."""
+    _job(tmp_path, "rigsa", 0.001, 0.20)
+    anchor = tmp_path / "rigsa_anchor"
+    (anchor / ".hydra").mkdir(parents=True)
+    (anchor / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      experiment: rigsa_paper\n"
+    )
+    (anchor / ".hydra" / "config.yaml").write_text("adapter:\n  method: rigsa\n  lr: 0.003\n")
+    (anchor / "metrics.json").write_text(
+        json.dumps({"status": "completed", "name": "rigsa_anchor", "method": "rigsa"})
+    )
+    rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
+    assert [(r["name"], r["lr"]) for r in rows] == [("rigsa_lr0.001", 0.001)]

@@ -83,9 +83,12 @@ def _by_phase_and_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """:func:`lr_rows` in the order of ``jobs``."""
+    """:func:`lr_rows` in the order of ``jobs``; a job whose sweep varied no rate (the anchor) is not a pilot."""
     rows = []
     for job in jobs:
+        params = sweeper_params(job)
+        if params and not any(k in params for k in SEARCHED_KEYS):  # not a pilot (the search's anchor run)
+            continue
         cfg = job.config or {}
         m = job.metrics
         val = m.get("final_val/acc")
