@@ -63,7 +63,7 @@ def clean_empty_run_dir(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but Hydra's bookkeeping (bad input must write nothing)."""
     if not run_dir.is_dir():
         return
-    ours = (".hydra", ".job.lock")  # Hydra's bookkeeping and this process's claim (``skip_completed``)
+    ours = (".hydra", LOCK_NAME)  # Hydra's bookkeeping and this process's claim (``skip_completed``)
     leftovers = [p for p in run_dir.iterdir() if p.name not in ours and not p.name.endswith(".log")]
     if not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
