@@ -136,6 +136,68 @@ def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path)
     assert res_rows == ref_rows
 
 
+def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    """checkpoint.every_n_train_steps=3 and validation twice per epoch: killed as step 13 starts (round 2, epoch 1 of
+    8-step epochs), the last checkpoint is global step 12, after 4 of the epoch's batches; the resumed run continues
+    that epoch's order at its batch 4 (not from its start) and ends identical to the uninterrupted run: adapter,
+    checkpoint, metrics.json and every CSV row (train/loss_epoch of the resumed epoch and the per-epoch parameter
+    counts included)."""
+    from safetensors.torch import load_file
+
+    args = [
+        "experiment=rigsa_75",
+        *SMALL,
+        "checkpoint.every_n_train_steps=3",
+        "trainer.val_check_interval=0.5",
+    ]
+    ref_dir, run_dir, resumed = kill_and_resume(tmp_path, args, kill_step=12)
+    # the loader's position is in the checkpoint: no replay warning
+    assert "saved mid-epoch" not in resumed.stdout + resumed.stderr
+    assert_same_tensors(
+        load_file(str(ref_dir / "adapter" / "adapter.safetensors")),
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        "exported adapter",
+    )
+    ref_ckpt = load_ckpt(ref_dir / "checkpoints" / "last.ckpt")
+    res_ckpt = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert ref_ckpt["global_step"] == res_ckpt["global_step"] == 24
+    assert_same_tensors(ref_ckpt["state_dict"], res_ckpt["state_dict"], "final checkpoint state")
+    assert comparable_metrics(run_dir) == comparable_metrics(ref_dir)
+    assert csv_rows(run_dir) == csv_rows(ref_dir)
+    val_steps = sorted({int(r["step"]) for r in csv_rows(ref_dir) if "val/acc" in r})
+    # twice per 8-step epoch; the checkpoint (global step 12) was saved before that step's validation (logged at
+    # step 11), which the resumed run runs
+    assert val_steps == [3, 7, 11, 15, 19, 23]
+
+
+def test_resumable_loader_continues_the_epoch_order_after_the_batches_it_handed_out() -> None:
+    """The loader's state is its epoch and the batches it yielded; loading it skips exactly those, once."""
+    from rigsa_lightning.data.batching import EpochSeededSampler, ResumableLoader
+
+    sampler = EpochSeededSampler(10, seed=3)
+    loader = ResumableLoader(list(range(10)), batch_size=3, sampler=sampler)
+    sampler.set_epoch(1)
+    whole = [b.tolist() for b in loader]
+    assert sorted(sum(whole, [])) == list(range(10)) and [len(b) for b in whole] == [3, 3, 3, 1]
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+
+    fresh_sampler = EpochSeededSampler(10, seed=3)
+    fresh = ResumableLoader(list(range(10)), batch_size=3, sampler=fresh_sampler)
+    fresh.load_state_dict(state)
+    fresh_sampler.set_epoch(1)  # Lightning sets the epoch before the first batch is drawn
+    assert [b.tolist() for b in fresh] == whole[2:]
+    assert fresh.state_dict() == {"epoch": 1, "batches": 4}
+    assert [b.tolist() for b in fresh] == whole  # only the first iteration after loading is shortened
+
+    other_epoch = ResumableLoader(list(range(10)), batch_size=3, sampler=EpochSeededSampler(10, seed=3))
+    other_epoch.load_state_dict({"epoch": 0, "batches": 2})  # saved at an epoch end: the next epoch is whole
+    other_epoch.sampler.set_epoch(1)
+    assert [b.tolist() for b in other_epoch] == whole
+
+
 def csv_rows(run_dir: Path) -> list[dict[str, str]]:
     """The non-empty cells of every row of ``csv/metrics.csv`` (wall-clock columns left out: time/*, memory/*,
     prune/seconds), in file order."""
@@ -152,12 +214,18 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
         ]
 
 
-def test_lora_dropout_resume_restores_rng_states(tmp_path: Path) -> None:
-    """LoRA dropout draws from the global torch RNG: only restored RNG states make the continuation exact."""
+@pytest.mark.parametrize("every_n", [None, 1], ids=["epoch_end_checkpoint", "mid_epoch_checkpoint"])
+def test_lora_dropout_resume_restores_rng_states(tmp_path: Path, every_n: int | None) -> None:
+    """LoRA dropout draws from the global torch RNG: only restored RNG states make the continuation exact. Killed
+    at step 6 of 3 epochs of 4 steps, from the epoch-end checkpoint (step 4) or a mid-epoch one (step 5: the resumed
+    run creates epoch 1's loader iterator mid-epoch, which must not draw from the global RNG)."""
     from safetensors.torch import load_file
 
-    args = ["experiment=lora_r16", *SMALL, "data.train_size=16"]  # 2 epochs of 4 steps
+    args = ["experiment=lora_r16", *SMALL, "data.train_size=16"]  # 3 epochs of 4 steps
+    if every_n:
+        args.append(f"checkpoint.every_n_train_steps={every_n}")
     ref_dir, run_dir, _ = kill_and_resume(tmp_path, args, kill_step=6)
+    assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 12  # the resumed run's end
     assert_same_tensors(
         load_file(str(ref_dir / "adapter" / "adapter_model.safetensors")),
         load_file(str(run_dir / "adapter" / "adapter_model.safetensors")),

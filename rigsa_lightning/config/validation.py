@@ -179,14 +179,17 @@ def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
     extra = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
     saved = extra.get("config") if isinstance(extra, dict) else None
     try:
-        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        fit_loop = ckpt["loops"]["fit_loop"]
+        progress = fit_loop["epoch_loop.batch_progress"]
         mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
-    except (KeyError, TypeError):
-        mid_epoch = False
-    if mid_epoch:
+        resumable = bool(fit_loop.get("state_dict", {}).get("combined_loader"))
+    except (KeyError, TypeError, AttributeError):
+        mid_epoch, resumable = False, False
+    if mid_epoch and not resumable:
         log.warning(
-            "%s was saved mid-epoch (global step %s): Lightning replays that epoch's data from its start, so the "
-            "continued run is close to, not bit-identical with, an uninterrupted one (epoch-end checkpoints are exact)",
+            "%s was saved mid-epoch (global step %s) without the training loader's position (an older checkpoint): "
+            "Lightning replays that epoch's data from its start, so the continued run is close to, not "
+            "bit-identical with, an uninterrupted one (epoch-end checkpoints are exact)",
             path,
             ckpt.get("global_step"),
         )

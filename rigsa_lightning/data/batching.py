@@ -1,10 +1,17 @@
-"""Torch-side pieces of Textual MNIST: the dataset view of a cached split, the padding collate, the seeded sampler.
+"""Torch-side pieces of Textual MNIST: the dataset view of a cached split, the padding collate, the seeded sampler
+and the resumable training loader.
 
 Every class is a picklable top-level class, so DataLoaders with ``num_workers > 0`` work.
+
+A checkpoint saved mid-epoch (``checkpoint.every_n_train_steps``) continues exactly: the training loader is
+*resumable* in Lightning's sense (``state_dict`` / ``load_state_dict``, stored under the fit loop in the checkpoint):
+it records how many batches of the current epoch it has handed out, and a resumed run's first iteration starts the
+same epoch's order (a pure function of seed and epoch) after them instead of replaying the epoch from its start.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSeededSampler", "PadCollator", "TokenizedSplit"]
+__all__ = ["EpochSeededSampler", "PadCollator", "ResumableLoader", "TokenizedSplit"]
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,6 +121,8 @@ class EpochSeededSampler(Sampler[int]):
         self.batch_size = max(1, int(batch_size))
         self.bucket = bool(bucket) and self.lengths is not None
         self.bucket_factor = max(1, int(bucket_factor))
+        #: Indices of the current epoch's order to leave out of the next iteration only (a resumed epoch), then 0.
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
@@ -137,10 +148,50 @@ class EpochSeededSampler(Sampler[int]):
         return np.concatenate(full + short) if batches else perm
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order().tolist())
+        start, self.start = self.start, 0
+        return iter(self.order()[start:].tolist())
 
     def __len__(self) -> int:
         return self.num_items
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that continues a mid-epoch checkpoint where it stopped (Lightning's resumable loader).
+
+    ``state_dict()`` is ``{"epoch", "batches"}``: the sampler's epoch and how many batches this epoch's iteration has
+    yielded. After ``load_state_dict`` the next iteration, if it is the same epoch and not already complete, skips
+    those batches of the epoch's order (:attr:`EpochSeededSampler.start`); every later iteration is a whole epoch.
+    The sampler must be an :class:`EpochSeededSampler` (a single process); under a distributed sampler wrapper the
+    resumed epoch replays from its start, with a warning.
+    """
+
+    _yielded: int = 0
+    _pending: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """The position in the current epoch: ``{"epoch": e, "batches": batches yielded so far in e}``."""
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state`` (a :meth:`state_dict`) at the next iteration."""
+        self._pending = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, pending, self._pending = 0, self._pending, None
+        if pending is not None and 0 < pending["batches"] < len(self):
+            if not isinstance(self.sampler, EpochSeededSampler):
+                log.warning(
+                    "the training sampler (%s) cannot start mid-epoch: epoch %s replays from its start",
+                    type(self.sampler).__name__,
+                    pending["epoch"],
+                )
+            elif pending["epoch"] == self.sampler.epoch:
+                skip = pending["batches"]
+                self.sampler.start = skip * int(self.batch_size or 1)
+        self._yielded = skip
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
 
 
 class SplitLoaders:
@@ -178,7 +229,13 @@ class SplitLoaders:
         return self._train_sampler
 
     def _loader(self, split: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
+        train = sampler is not None
+        # The training loader draws its iterators' base seeds from its own generator, not the global torch RNG:
+        # the global stream (dropout) then does not depend on when an epoch's iterator is created (a run resumed
+        # mid-epoch creates it at the resume point, an uninterrupted one at the epoch start).
+        extra: dict[str, Any] = {"generator": torch.Generator().manual_seed(self.order_seed)} if train else {}
+        kind = ResumableLoader if train else DataLoader
+        return kind(
             self._split(split),
             batch_size=batch_size,
             sampler=sampler,
@@ -186,10 +243,11 @@ class SplitLoaders:
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (epoch-seeded), right-padded training batches of ``data.batch_size``."""
+        """Shuffled (epoch-seeded), right-padded training batches of ``data.batch_size``; resumable mid-epoch."""
         return self._loader("train", self.batch_size, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:

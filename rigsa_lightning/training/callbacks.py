@@ -47,13 +47,55 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
         "save_last": False,
         "enable_version_counter": False,
     }
-    callbacks = [ModelCheckpoint(**common, save_on_train_epoch_end=True)]
+    callbacks: list[Any] = [ModelCheckpoint(**common, save_on_train_epoch_end=True), TrainingLoaderPosition()]
     every = ckpt_cfg.get("every_n_train_steps")
     if every:
         callbacks.append(
             ModelCheckpoint(**common, every_n_train_steps=int(every), save_on_train_epoch_end=False)
         )
     return callbacks
+
+
+class TrainingLoaderPosition(L.Callback):
+    """Hands a resumed run's training loader the position its checkpoint saved (a mid-epoch checkpoint continues
+    the epoch after the batches already trained on: :class:`~rigsa_lightning.data.batching.ResumableLoader`).
+
+    Lightning saves a resumable loader's ``state_dict`` under the fit loop and loads it back only when the loader is
+    built after the checkpoint was restored; the scheduler's ``estimated_stepping_batches`` builds it before, so the
+    saved position would be dropped. This reads it from the checkpoint and loads it at ``on_train_start``, before
+    the first batch is drawn (loading the same position twice is harmless)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Keep the saved loader positions (none in an older checkpoint)."""
+        fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        self.states = list((fit_loop.get("state_dict") or {}).get("combined_loader") or [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Load the kept positions into the training loaders, in Lightning's order."""
+        from lightning.pytorch.utilities.combined_loader import CombinedLoader
+
+        from rigsa_lightning.data.batching import ResumableLoader
+
+        states, self.states = self.states, []
+        if not states:
+            return
+        source = trainer.train_dataloader
+        flat = source.flattened if isinstance(source, CombinedLoader) else CombinedLoader(source).flattened
+        loaders = [dl for dl in flat if isinstance(dl, ResumableLoader)]
+        if len(loaders) != len(states):
+            log.warning(
+                "resume: %d saved loader positions for %d training loaders: not used",
+                len(states),
+                len(loaders),
+            )
+            return
+        for loader, state in zip(loaders, states, strict=True):
+            loader.load_state_dict(state)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> list[Any]:

@@ -46,7 +46,7 @@ def has_pruning_callback(callbacks: list[Any]) -> bool:
 class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
     """Trains the injected adapter on Textual MNIST (loss on the answer tokens only).
 
-    Logs ``train/loss``, ``val/loss``, ``val/acc`` (argmax over the ten digit tokens at the answer position),
+    Logs ``train/loss_step`` / ``train/loss_epoch``, ``val/loss``, ``val/acc`` (argmax over the ten digit tokens at the answer position),
     the learning rate, gate (alpha) statistics and trainable / non-zero parameter counts.
     """
 
@@ -79,6 +79,11 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
         self.adapter_storage = "dense"  # resolved in setup() (see resolve_storage)
         self.adapter_state_history: list[dict[str, Any]] = []
         self._faults = FaultInjection.from_env()
+        # The epoch's training loss, summed over its batches (weighted by batch size) and kept in the checkpoint, so
+        # a run resumed mid-epoch logs the same train/loss_epoch as an uninterrupted one.
+        self._epoch_loss_sum = 0.0
+        self._epoch_loss_items = 0
+        self._counts_epoch: int | None = None  # the epoch whose parameter counts were logged
 
     def _register_digit_ids(self) -> None:
         self.register_buffer(
@@ -148,8 +153,21 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
                 "lower adapter.lr / adapter.alpha_lr or use trainer.precision=32-true",
             )
         bs = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        self._epoch_loss_sum += float(loss.detach()) * bs
+        self._epoch_loss_items += bs
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Log ``train/loss_epoch`` (the batch-size-weighted mean of the epoch's training losses) and start over."""
+        if self._epoch_loss_items:
+            self.log(
+                "train/loss_epoch",
+                self._epoch_loss_sum / self._epoch_loss_items,
+                on_step=False,
+                on_epoch=True,
+            )
+        self._epoch_loss_sum, self._epoch_loss_items = 0.0, 0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.gated_batch_end(batch_idx, enforce=not has_pruning_callback(self.trainer.callbacks))
@@ -180,10 +198,10 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._faults.at_step_start(int(self.global_step), self.prepared.gated)
-
-    def on_train_epoch_start(self) -> None:
-        counts = self.parameter_counts()
-        self.log_dict({k: float(v) for k, v in counts.items()}, on_step=False, on_epoch=True)
+        if self._counts_epoch != self.current_epoch:  # once per epoch, also in an epoch resumed mid-way
+            self._counts_epoch = int(self.current_epoch)
+            counts = self.parameter_counts()
+            self.log_dict({k: float(v) for k, v in counts.items()}, on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -291,16 +309,23 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
             "format": CKPT_FORMAT,
             "rng": capture_rng_state(),
             "config": trajectory_config(self.cfg),
+            "epoch_loss": [self._epoch_loss_sum, self._epoch_loss_items],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the checkpoint's global RNG states (python, NumPy, torch, CUDA).
+        """Restore the checkpoint's global RNG states (python, NumPy, torch, CUDA) and the epoch's summed loss.
 
         Applied at once: Lightning restores the module first, then sets up optimizers and loops without drawing
-        random numbers, and a resumed epoch creates its train-loader iterator (one torch draw for its base seed)
-        before the first batch, exactly as the uninterrupted run does after the epoch-end save.
+        random numbers, and the training loader's iterators draw their base seeds from the loader's own generator
+        (``data/batching.py``), so the first step after the resume sees the global state the checkpoint saved, at an
+        epoch end or mid-epoch alike.
         """
         extra = checkpoint.get(CKPT_KEY) or {}
         if extra.get("rng") is not None:
             restore_rng_state(extra["rng"])
+        if extra.get("epoch_loss") is not None:
+            self._epoch_loss_sum, self._epoch_loss_items = (
+                float(extra["epoch_loss"][0]),
+                int(extra["epoch_loss"][1]),
+            )
         self._match_checkpoint_storage(checkpoint.get("state_dict") or {})
