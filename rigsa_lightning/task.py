@@ -101,8 +101,8 @@ def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
     if taken:
         aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
         aside.mkdir(parents=True)
-        for entry in run_dir.iterdir():  # the new attempt keeps its Hydra bookkeeping and log file
-            if entry.name != ".hydra" and not entry.name.endswith(".log"):
+        for entry in run_dir.iterdir():  # the new attempt keeps its Hydra bookkeeping, log file and claim
+            if entry.name not in (".hydra", LOCK_NAME) and not entry.name.endswith(".log"):
                 entry.rename(aside / entry.name)
         log.warning("skip_completed: %s held a failed run without a checkpoint: moved to %s", run_dir, aside)
 
@@ -213,10 +213,42 @@ def claim_job_folder(run_dir: Path) -> JobClaim | dict[str, Any]:
         tmp.unlink(missing_ok=True)
 
 
+#: Where a job keeps the Hydra config files of the process that trained it (``.hydra/<AS_RUN>/``, ``skip_completed``).
+AS_RUN = "as_run"
+_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def keep_job_config(run_dir: Path) -> None:
+    """Copy the job's ``.hydra/*.yaml`` (just written by Hydra for this process) to ``.hydra/as_run/``: the record of
+    the command that trained it, which a later rerun of a sweep cannot overwrite."""
+    hydra_dir = run_dir / ".hydra"
+    if not hydra_dir.is_dir():
+        return
+    kept = hydra_dir / AS_RUN
+    kept.mkdir(exist_ok=True)
+    for name in _HYDRA_FILES:
+        if (hydra_dir / name).is_file():
+            shutil.copy2(hydra_dir / name, kept / name)
+
+
+def restore_job_config(run_dir: Path) -> bool:
+    """Put a completed job's own config files back into ``.hydra/`` (Hydra rewrote them for the rerun that skipped
+    it); False when the job kept none (a job completed before they were kept)."""
+    kept = run_dir / ".hydra" / AS_RUN
+    if not kept.is_dir():
+        return False
+    for name in _HYDRA_FILES:
+        if (kept / name).is_file():
+            shutil.copy2(kept / name, run_dir / ".hydra" / name)
+    return True
+
+
 def _skip_completed(cfg: DictConfig, run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
-    """``skip_completed``: ``(True, result)`` when the job is not run again, else ``(False, None)``."""
+    """``skip_completed``: ``(True, result)`` when the job is not run again, else ``(False, None)``. A skipped
+    completed job keeps the config of the run that trained it; a job that runs keeps this process's."""
     done = completed_metrics(run_dir)
     if done is not None:
+        restore_job_config(run_dir)
         log.info("skip_completed: %s already holds a completed run: skipped", run_dir)
         return True, done
     try:
@@ -224,6 +256,7 @@ def _skip_completed(cfg: DictConfig, run_dir: Path) -> tuple[bool, dict[str, Any
     except SkipJob as exc:
         log.warning("skip_completed: %s", exc)
         return True, None
+    keep_job_config(run_dir)
     return False, None
 
 

@@ -106,3 +106,30 @@ def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path,
     callback.on_job_end(cfg, job_return=None)
     assert (archive / "rigsa_paper_s1" / "metrics.json").is_file()
     ArchiveCallback(None).on_multirun_start(OmegaConf.create({}))  # disabled: nothing happens
+
+
+def test_a_skipping_rerun_neither_resaves_nor_rewrites_an_archived_job(tmp_path: Path) -> None:
+    """A rerun of a sweep skips a completed job, but Hydra has already rewritten its .hydra/*.yaml for the rerun's
+    command: the archive keeps the job's own files (nothing re-saved) and puts them back into the job folder."""
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.report.sweep_callback import ArchiveCallback
+
+    archive, sweep = tmp_path / "jobs", tmp_path / "sweep"
+    job = _job(sweep, "rigsa_paper_s0", completed=True)
+    save(sweep, archive)
+    archived_log = (archive / "rigsa_paper_s0" / "train.log").read_text()
+    # the rerun: Hydra writes the rerun's overrides, the skip appends a line to the log
+    (job / ".hydra" / "overrides.yaml").write_text("- experiment=rigsa_paper\n- adapter.lr=0.5\n")
+    (job / "train.log").write_text("log line\nskipped\n")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "runtime": {"output_dir": str(job)}}})
+    ArchiveCallback(str(archive)).on_job_end(cfg, job_return=None)
+    assert (
+        archive / "rigsa_paper_s0" / ".hydra" / "overrides.yaml"
+    ).read_text() == "- experiment=rigsa_paper_s0\n"
+    assert (job / ".hydra" / "overrides.yaml").read_text() == "- experiment=rigsa_paper_s0\n"
+    assert (archive / "rigsa_paper_s0" / "train.log").read_text() == archived_log
+    # a job whose run changed (another metrics.json) is saved again
+    (job / "metrics.json").write_text(json.dumps({"status": "completed", "textual_mnist/acc": 0.9}))
+    ArchiveCallback(str(archive)).on_job_end(cfg, job_return=None)
+    assert json.loads((archive / "rigsa_paper_s0" / "metrics.json").read_text())["textual_mnist/acc"] == 0.9

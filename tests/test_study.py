@@ -34,10 +34,15 @@ def test_skip_completed_continues_then_skips(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["resumed_from"].endswith("last.ckpt")
     stamp = (run_dir / "metrics.json").stat().st_mtime_ns
 
-    third = run_cli(args, tmp_path)  # and once more: nothing to do
+    own = {n: (run_dir / ".hydra" / n).read_text() for n in ("config.yaml", "overrides.yaml")}
+    # once more, from a command that differs (Hydra rewrites .hydra/ before the job can skip): nothing to do, and
+    # the job keeps the config of the run that trained it
+    third = run_cli([*args, "trainer.log_every_n_steps=7"], tmp_path)
     assert third.returncode == 0, tail(third)
     assert "already holds a completed run: skipped" in third.stdout + third.stderr
     assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp
+    assert {n: (run_dir / ".hydra" / n).read_text() for n in own} == own
+    assert "log_every_n_steps=7" not in own["overrides.yaml"]
 
 
 def test_skip_completed_moves_a_failed_attempt_aside(tmp_path: Path) -> None:
@@ -51,6 +56,8 @@ def test_skip_completed_moves_a_failed_attempt_aside(tmp_path: Path) -> None:
     assert not (run_dir / "failed.json").exists()
     (aside,) = list(run_dir.parent.glob("rigsa_50_s0.failed-*"))
     assert json.loads((aside / "failed.json").read_text())["error"] == "boom"
+    # the claim stayed with the job that ran (and was released at its end), not with the moved attempt
+    assert not (aside / LOCK_NAME).exists() and not (run_dir / LOCK_NAME).exists()
 
 
 def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog) -> None:

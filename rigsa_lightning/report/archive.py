@@ -43,6 +43,27 @@ def is_completed(job: Path) -> bool:
         return False
 
 
+def same_run(job: Path, archived: Path) -> bool:
+    """Whether ``archived`` already holds the run in ``job`` (byte-identical ``metrics.json``): a rerun that skipped
+    the job changed nothing worth saving, only Hydra's config files (rewritten for the rerun's command)."""
+    try:
+        return (archived / "metrics.json").read_bytes() == (job / "metrics.json").read_bytes()
+    except OSError:
+        return False
+
+
+def restore_config(archived: Path, job: Path) -> bool:
+    """Copy the archived job's ``.hydra/*.yaml`` back into ``job`` where they differ (a skipping rerun rewrote them);
+    return whether anything was restored."""
+    changed = False
+    for src in sorted((archived / ".hydra").glob("*.yaml")):
+        dst = job / ".hydra" / src.name
+        if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+            shutil.copy2(src, dst)
+            changed = True
+    return changed
+
+
 def copy_job(src: Path, dst: Path) -> None:
     """Copy the kept files of job folder ``src`` to ``dst`` (replacing it; written beside it, then renamed)."""
     tmp = dst.with_name(dst.name + ".partial")

@@ -199,13 +199,18 @@ class ArchiveCallback(Callback):
         if self.folder is None:
             return
         try:
-            from rigsa_lightning.report.archive import copy_job, is_completed
+            from rigsa_lightning.report.archive import copy_job, is_completed, restore_config, same_run
 
             # Hydra gives the job's folder absolute and the sweep's as written (often relative to the launch dir)
             job = Path(str(config.hydra.runtime.output_dir)).resolve()
             sweep = Path(str(config.hydra.sweep.dir)).resolve()
-            if is_completed(job):
-                copy_job(job, self.folder / job.relative_to(sweep))
+            archived = self.folder / job.relative_to(sweep)
+            if is_completed(job) and same_run(job, archived):
+                # skipped by this rerun: the archive already holds it, and keeps the config it ran with
+                if restore_config(archived, job):
+                    log.info("archive: %s's config restored from %s", job.name, self.folder)
+            elif is_completed(job):
+                copy_job(job, archived)
                 log.info("archive: saved %s to %s", job.name, self.folder)
         except Exception as exc:  # noqa: BLE001 - the job's own folder is intact; `archive save` redoes this
             log.error("archive failed for this job: %s: %s", type(exc).__name__, exc)
