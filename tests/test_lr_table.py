@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from rigsa_lightning.report.jobs import find_job_dirs, load_job
@@ -164,3 +165,18 @@ def test_a_job_whose_sweep_varied_no_rate_is_not_a_pilot(tmp_path: Path) -> None
     )
     rows = lr_rows([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
     assert [(r["name"], r["lr"]) for r in rows] == [("rigsa_lr0.001", 0.001)]
+    # an anchor listed before the pilots of two phases: each phase still gets its own grid (rigsa: 1e-3 and 3e-3,
+    # one done: not decided; zeta: its one-rate grid done: decided)
+    two = tmp_path / "two"
+    _job(two, "rigsa", 0.001, 0.20)
+    _job(two, "zeta", 0.01, 0.5)
+    (two / "zeta_lr0.01" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      adapter.lr: '0.01'\n"
+    )
+    (two / "anchor").mkdir()
+    shutil.copytree(anchor / ".hydra", two / "anchor" / ".hydra")
+    shutil.copy2(anchor / "metrics.json", two / "anchor" / "metrics.json")
+    assert [p.name for p in find_job_dirs(two)][0] == "anchor"
+    md = write_lr_table(two)["md"].read_text()
+    assert "| rigsa | 0.001 | `lr_by_method.rigsa` | search not complete (best so far) |" in md
+    assert "| zeta | 0.01 | `lr_by_method.zeta` | inside |" in md

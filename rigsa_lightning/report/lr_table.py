@@ -246,8 +246,11 @@ def write_lr_table(folder: str | Path) -> dict[str, Path]:
         command = _sweep_command(root)
     md = root / "lr_search.md"
     grids: dict[str, set[float]] = {}
-    for job, row in zip(jobs, unsorted):
-        grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
+    by_name = {str(row["name"]): row for row in unsorted}
+    for job in jobs:  # the grid of each pilot's phase (jobs that are not pilots have no row)
+        row = by_name.get(str(job.metrics.get("name") or get(job.config or {}, "name", job.rel)))
+        if row is not None:
+            grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
     md.write_text(markdown(rows, command, grids))
     out = root / "lr_search.csv"
     with open(out, "w", newline="") as fh:
