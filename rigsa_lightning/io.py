@@ -124,3 +124,16 @@ def atomic_dir(final: str | os.PathLike, *, keep_complete: str | None = None) ->
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_changed_files(src: str | os.PathLike, dst: str | os.PathLike, pattern: str = "*.yaml") -> bool:
+    """Copy the files of folder ``src`` matching ``pattern`` (not its subfolders) into folder ``dst`` where they are
+    missing or differ; return whether any was copied (a job's ``.hydra`` config files)."""
+    changed = False
+    for item in sorted(Path(src).glob(pattern)):
+        target = Path(dst) / item.name
+        if item.is_file() and (not target.is_file() or target.read_bytes() != item.read_bytes()):
+            Path(dst).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, target)
+            changed = True
+    return changed

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, open_dict
 
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.config.validation import RUN_MARKERS
-from rigsa_lightning.io import atomic_write_json, atomic_write_text
+from rigsa_lightning.io import atomic_write_json, atomic_write_text, copy_changed_files
 
 log = logging.getLogger("rigsa_lightning.train")
 
@@ -215,32 +215,19 @@ def claim_job_folder(run_dir: Path) -> JobClaim | dict[str, Any]:
 
 #: Where a job keeps the Hydra config files of the process that trained it (``.hydra/<AS_RUN>/``, ``skip_completed``).
 AS_RUN = "as_run"
-_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 def keep_job_config(run_dir: Path) -> None:
     """Copy the job's ``.hydra/*.yaml`` (just written by Hydra for this process) to ``.hydra/as_run/``: the record of
     the command that trained it, which a later rerun of a sweep cannot overwrite."""
-    hydra_dir = run_dir / ".hydra"
-    if not hydra_dir.is_dir():
-        return
-    kept = hydra_dir / AS_RUN
-    kept.mkdir(exist_ok=True)
-    for name in _HYDRA_FILES:
-        if (hydra_dir / name).is_file():
-            shutil.copy2(hydra_dir / name, kept / name)
+    if (run_dir / ".hydra").is_dir():
+        copy_changed_files(run_dir / ".hydra", run_dir / ".hydra" / AS_RUN)
 
 
 def restore_job_config(run_dir: Path) -> bool:
     """Put a completed job's own config files back into ``.hydra/`` (Hydra rewrote them for the rerun that skipped
-    it); False when the job kept none (a job completed before they were kept)."""
-    kept = run_dir / ".hydra" / AS_RUN
-    if not kept.is_dir():
-        return False
-    for name in _HYDRA_FILES:
-        if (kept / name).is_file():
-            shutil.copy2(kept / name, run_dir / ".hydra" / name)
-    return True
+    it); False when nothing was put back (they were unchanged, or the job completed before they were kept)."""
+    return copy_changed_files(run_dir / ".hydra" / AS_RUN, run_dir / ".hydra")
 
 
 def _skip_completed(cfg: DictConfig, run_dir: Path) -> tuple[bool, dict[str, Any] | None]:

@@ -92,9 +92,8 @@ def test_a_rigsa_job_and_a_qlora_job(tmp_path: Path, monkeypatch) -> None:
     )
     jobs = [load_job(p, tmp_path) for p in find_job_dirs(tmp_path)]
     rigsa = next(j for j in jobs if j.rel == "rigsa_paper_s1")
-    assert (
-        rigsa.config["adapter"]["lr"] == 0.003
-    )  # resolved, though another key cannot be (like ${hydra:...})
+    # resolved, though another key cannot be (like ${hydra:...})
+    assert rigsa.config["adapter"]["lr"] == 0.003
     assert rigsa.config["adapter"]["density_from"] == "${oc.env:RIGSA_TEST_UNSET_VARIABLE}/rigsa_paper_s0"
     ci = wilson(0.84 * 300, 300)
     assert job_row(rigsa) == [

@@ -164,7 +164,12 @@ def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
     """
     import torch
 
-    from rigsa_lightning.training.checkpoint import CKPT_KEY, config_differences, trajectory_config
+    from rigsa_lightning.training.checkpoint import (
+        CKPT_KEY,
+        config_differences,
+        saved_loader_positions,
+        trajectory_config,
+    )
 
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -179,13 +184,11 @@ def check_checkpoint(cfg: DictConfig, path: Path, option: str) -> None:
     extra = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
     saved = extra.get("config") if isinstance(extra, dict) else None
     try:
-        fit_loop = ckpt["loops"]["fit_loop"]
-        progress = fit_loop["epoch_loop.batch_progress"]
+        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
         mid_epoch = not progress["is_last_batch"] and progress["current"]["completed"] > 0
-        resumable = bool(fit_loop.get("state_dict", {}).get("combined_loader"))
-    except (KeyError, TypeError, AttributeError):
-        mid_epoch, resumable = False, False
-    if mid_epoch and not resumable:
+    except (KeyError, TypeError):
+        mid_epoch = False
+    if mid_epoch and not saved_loader_positions(ckpt):
         log.warning(
             "%s was saved mid-epoch (global step %s) without the training loader's position (an older checkpoint): "
             "Lightning replays that epoch's data from its start, so the continued run is close to, not "

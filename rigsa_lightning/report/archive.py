@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rigsa_lightning.io import copy_changed_files
 from rigsa_lightning.report.jobs import find_job_dirs
 
 # Files and folders of a job folder that are kept (relative paths; folders are copied whole).
@@ -55,13 +56,7 @@ def same_run(job: Path, archived: Path) -> bool:
 def restore_config(archived: Path, job: Path) -> bool:
     """Copy the archived job's ``.hydra/*.yaml`` back into ``job`` where they differ (a skipping rerun rewrote them);
     return whether anything was restored."""
-    changed = False
-    for src in sorted((archived / ".hydra").glob("*.yaml")):
-        dst = job / ".hydra" / src.name
-        if not dst.is_file() or dst.read_bytes() != src.read_bytes():
-            shutil.copy2(src, dst)
-            changed = True
-    return changed
+    return copy_changed_files(archived / ".hydra", job / ".hydra")
 
 
 def copy_job(src: Path, dst: Path) -> None:

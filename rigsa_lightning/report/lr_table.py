@@ -82,13 +82,16 @@ def _by_phase_and_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["method"], r["lr"]))
 
 
+def is_pilot(job: Job) -> bool:
+    """Whether ``job`` is a pilot: its sweep varied a rate (not the search's anchor, whose sweep varied none)."""
+    params = sweeper_params(job)
+    return not params or any(k in params for k in SEARCHED_KEYS)
+
+
 def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """:func:`lr_rows` in the order of ``jobs``; a job whose sweep varied no rate (the anchor) is not a pilot."""
+    """:func:`lr_rows` in the order of ``jobs``, pilots only (:func:`is_pilot`)."""
     rows = []
-    for job in jobs:
-        params = sweeper_params(job)
-        if params and not any(k in params for k in SEARCHED_KEYS):  # not a pilot (the search's anchor run)
-            continue
+    for job in filter(is_pilot, jobs):
         cfg = job.config or {}
         m = job.metrics
         val = m.get("final_val/acc")
@@ -237,8 +240,8 @@ def _selection_lines(
 def write_lr_table(folder: str | Path) -> dict[str, Path]:
     """Write ``lr_search.md`` and ``lr_search.csv`` into ``folder`` (a search's sweep or archive folder)."""
     root = Path(folder)
-    jobs = [load_job(p, root) for p in find_job_dirs(root)]
-    unsorted = lr_rows_unsorted(jobs)  # one pass over the jobs (each reads its metrics CSV)
+    jobs = [job for job in (load_job(p, root) for p in find_job_dirs(root)) if is_pilot(job)]
+    unsorted = lr_rows_unsorted(jobs)  # one pass over the jobs (each reads its metrics CSV), one row per job
     rows = _by_phase_and_rate(unsorted)
     command = None
     multirun = root / "multirun.yaml"
@@ -246,11 +249,8 @@ def write_lr_table(folder: str | Path) -> dict[str, Path]:
         command = _sweep_command(root)
     md = root / "lr_search.md"
     grids: dict[str, set[float]] = {}
-    by_name = {str(row["name"]): row for row in unsorted}
-    for job in jobs:  # the grid of each pilot's phase (jobs that are not pilots have no row)
-        row = by_name.get(str(job.metrics.get("name") or get(job.config or {}, "name", job.rel)))
-        if row is not None:
-            grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
+    for job, row in zip(jobs, unsorted, strict=True):  # the grid of each pilot's phase
+        grids.setdefault(row["method"], set()).update(grid_rates(root, [job]))
     md.write_text(markdown(rows, command, grids))
     out = root / "lr_search.csv"
     with open(out, "w", newline="") as fh:

@@ -72,8 +72,9 @@ class TrainingLoaderPosition(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Keep the saved loader positions (none in an older checkpoint)."""
-        fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-        self.states = list((fit_loop.get("state_dict") or {}).get("combined_loader") or [])
+        from rigsa_lightning.training.checkpoint import saved_loader_positions
+
+        self.states = saved_loader_positions(checkpoint)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Load the kept positions into the training loaders, in Lightning's order."""

@@ -30,6 +30,13 @@ _TRAJECTORY_GROUPS = ("model", "adapter", "pruning", "data", "optim")
 _NOT_TRAJECTORY = {"data.num_workers", "data.cache", "adapter.storage", "adapter.sparse_grad"}
 
 
+def saved_loader_positions(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training loaders' positions a checkpoint saved (Lightning's resumable-loader states under the fit loop;
+    empty in an older checkpoint or one of a non-resumable loader)."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    return list((fit_loop.get("state_dict") or {}).get("combined_loader") or [])
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) global RNG states as tensors and primitives (``weights_only``-loadable)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

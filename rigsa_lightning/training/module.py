@@ -46,8 +46,8 @@ def has_pruning_callback(callbacks: list[Any]) -> bool:
 class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
     """Trains the injected adapter on Textual MNIST (loss on the answer tokens only).
 
-    Logs ``train/loss_step`` / ``train/loss_epoch``, ``val/loss``, ``val/acc`` (argmax over the ten digit tokens at the answer position),
-    the learning rate, gate (alpha) statistics and trainable / non-zero parameter counts.
+    Logs ``train/loss_step`` / ``train/loss_epoch``, ``val/loss``, ``val/acc`` (argmax over the ten digit tokens at
+    the answer position), the learning rate, gate (alpha) statistics and trainable / non-zero parameter counts.
     """
 
     def __init__(
@@ -79,9 +79,10 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
         self.adapter_storage = "dense"  # resolved in setup() (see resolve_storage)
         self.adapter_state_history: list[dict[str, Any]] = []
         self._faults = FaultInjection.from_env()
-        # The epoch's training loss, summed over its batches (weighted by batch size) and kept in the checkpoint, so
-        # a run resumed mid-epoch logs the same train/loss_epoch as an uninterrupted one.
-        self._epoch_loss_sum = 0.0
+        # The epoch's training loss, summed over its batches (weighted by batch size; a float32 tensor on the loss's
+        # device once a step ran, so a step adds no host sync) and kept in the checkpoint, so a run resumed mid-epoch
+        # logs the same train/loss_epoch as an uninterrupted one.
+        self._epoch_loss_sum: float | torch.Tensor = 0.0
         self._epoch_loss_items = 0
         self._counts_epoch: int | None = None  # the epoch whose parameter counts were logged
 
@@ -154,7 +155,7 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
             )
         bs = batch["input_ids"].size(0)
         self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
-        self._epoch_loss_sum += float(loss.detach()) * bs
+        self._epoch_loss_sum = self._epoch_loss_sum + loss.detach().float() * bs
         self._epoch_loss_items += bs
         return loss
 
@@ -163,7 +164,7 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
         if self._epoch_loss_items:
             self.log(
                 "train/loss_epoch",
-                self._epoch_loss_sum / self._epoch_loss_items,
+                float(self._epoch_loss_sum) / self._epoch_loss_items,
                 on_step=False,
                 on_epoch=True,
             )
@@ -309,7 +310,7 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
             "format": CKPT_FORMAT,
             "rng": capture_rng_state(),
             "config": trajectory_config(self.cfg),
-            "epoch_loss": [self._epoch_loss_sum, self._epoch_loss_items],
+            "epoch_loss": [float(self._epoch_loss_sum), self._epoch_loss_items],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
