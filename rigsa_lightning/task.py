@@ -82,8 +82,9 @@ def completed_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
-    """``skip_completed``: continue an interrupted job from its last checkpoint (``resume``), or move a failed
-    job's folder aside (``<folder>.failed-<time>``, nothing deleted) so the job starts again."""
+    """``skip_completed``: continue an interrupted job from its own last checkpoint (``resume``; also a job that
+    started from another run's checkpoint with ``ckpt_path``), or move a failed job's folder aside
+    (``<folder>.failed-<time>``, nothing deleted) so the job starts again."""
     failed = run_dir / "failed.json"
     if failed.is_file():
         try:
@@ -92,10 +93,16 @@ def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
             kind = None
         if kind == "non_finite":  # the same trajectory would diverge again: not retried, listed by the report
             raise SkipJob(f"{run_dir} diverged (non-finite training state, failed.json): not retried")
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+    own = run_dir / "checkpoints" / "last.ckpt"
+    if own.is_file():
         log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
         with open_dict(cfg):
             cfg.resume = str(run_dir)
+            # the job's own progress, not the checkpoint a job started with ``ckpt_path`` began from
+            cfg.ckpt_path = str(own)
+        # an earlier attempt to continue it that failed: kept beside, no longer the job's state
+        if failed.is_file():
+            failed.rename(run_dir / f"failed-{time.strftime('%Y%m%d-%H%M%S')}.json")
         return
     taken = [name for name in RUN_MARKERS if (run_dir / name).exists()]
     if taken:

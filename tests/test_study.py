@@ -297,3 +297,64 @@ def test_sigterm_stops_the_sweep_and_the_job_continues(tmp_path: Path) -> None:
     assert "continuing the interrupted run" in again.stdout + again.stderr
     for seed in (0, 1):
         assert json.loads((sweep / f"s{seed}" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_skip_completed_continues_a_job_started_from_a_checkpoint_from_its_own(tmp_path: Path) -> None:
+    """A job started from another run's checkpoint (``ckpt_path``, as the search's final-retraining pilots start
+    from the anchor's) and killed after a checkpoint of its own continues from that one, not from the start
+    checkpoint again, and ends as the uninterrupted job does."""
+    from safetensors.torch import load_file
+
+    from tests.helpers import load_ckpt
+    from tests.test_resume import assert_same_tensors, csv_rows
+
+    anchor = tmp_path / "anchor"  # the mask search only: 2 rounds of 8 steps
+    res = run_cli(
+        ["experiment=rigsa_75", *SMALL, "pruning.final_epochs=0", f"hydra.run.dir={anchor}"], tmp_path
+    )
+    assert res.returncode == 0, tail(res)
+    start = anchor / "checkpoints" / "last.ckpt"
+    assert load_ckpt(start)["global_step"] == 16
+
+    def pilot(folder: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        args = [
+            "experiment=rigsa_75",
+            *SMALL,
+            f"ckpt_path={start}",
+            "pruning.final_epochs=1",
+            "pruning.final_lr=0.003",
+            "checkpoint.every_n_train_steps=3",
+            "skip_completed=true",
+            f"hydra.run.dir={folder}",
+        ]
+        return run_cli(args, tmp_path, env=env)
+
+    ref = pilot(tmp_path / "ref")
+    assert ref.returncode == 0, tail(ref)
+    run_dir = tmp_path / "pilot"
+    killed = pilot(run_dir, env={"RIGSA_TEST_KILL_AT_STEP": "20"})
+    assert killed.returncode == -signal.SIGKILL, tail(killed)
+    own = run_dir / "checkpoints" / "last.ckpt"
+    assert load_ckpt(own)["global_step"] == 18  # its own progress beyond the start checkpoint
+
+    # an earlier attempt to continue it that failed (as one did before this fix: the start checkpoint's options
+    # differ from the job's) stays beside it, and no longer marks the job as failed
+    (run_dir / "failed.json").write_text('{"status": "failed", "error": "error: resume: options differ"}')
+    again = pilot(run_dir)
+    assert again.returncode == 0, tail(again)
+    assert not (run_dir / "failed.json").exists()
+    (kept,) = run_dir.glob("failed-*.json")
+    assert "options differ" in kept.read_text()
+    assert "continuing the interrupted run" in again.stdout + again.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_from"] == str(own)
+    assert (
+        load_ckpt(own)["global_step"]
+        == load_ckpt(tmp_path / "ref" / "checkpoints" / "last.ckpt")["global_step"]
+    )
+    assert_same_tensors(
+        load_file(str(tmp_path / "ref" / "adapter" / "adapter.safetensors")),
+        load_file(str(run_dir / "adapter" / "adapter.safetensors")),
+        "exported adapter",
+    )
+    assert csv_rows(run_dir) == csv_rows(tmp_path / "ref")
