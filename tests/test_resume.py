@@ -170,6 +170,22 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path) ->
     assert val_steps == [3, 7, 11, 15, 19, 23]
 
 
+def test_resume_keeps_the_step_row_of_the_batch_a_mid_epoch_checkpoint_was_saved_at(tmp_path: Path) -> None:
+    """A checkpoint saved at a batch's end (every 5 steps: global step 10 after batch 9) comes before that batch's
+    step row (step 9, log_every_n_steps=5) is logged; the resumed run does not log it again, so the CSV keeps it:
+    every row equals the uninterrupted run's (the row was lost before the fix)."""
+    args = [
+        "experiment=rigsa_75",
+        *SMALL,
+        "checkpoint.every_n_train_steps=5",
+        "trainer.val_check_interval=0.5",
+    ]
+    ref_dir, run_dir, _ = kill_and_resume(tmp_path, args, kill_step=12)
+    ref_rows = csv_rows(ref_dir)
+    assert any(r["step"] == "9" and "train/loss_step" in r for r in ref_rows)
+    assert csv_rows(run_dir) == ref_rows
+
+
 def test_resumable_loader_continues_the_epoch_order_after_the_batches_it_handed_out() -> None:
     """The loader's state is its epoch and the batches it yielded; loading it skips exactly those, once."""
     from rigsa_lightning.data.batching import EpochSeededSampler, ResumableLoader

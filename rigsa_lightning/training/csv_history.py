@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 
-__all__ = ["ContinuousCSVLogger", "checkpoint_step", "kept_rows"]
+__all__ = ["ContinuousCSVLogger", "checkpoint_step", "kept_rows", "saved_at_batch_end"]
 
 
 def checkpoint_step(ckpt_path: str | os.PathLike) -> int | None:
@@ -35,9 +35,27 @@ def checkpoint_step(ckpt_path: str | os.PathLike) -> int | None:
         return int(step) if step is not None else None
 
 
-def kept_rows(path: Path, resume_step: int) -> tuple[list[str], list[dict[str, str]]]:
+def saved_at_batch_end(ckpt_path: str | os.PathLike) -> bool:
+    """Whether a Lightning checkpoint was saved in ``on_train_batch_end`` (e.g. ``every_n_train_steps``): its
+    ``_batches_that_stepped`` is that batch's logging step, whose step rows are logged after the save and never
+    again by the resumed run (Lightning's ``RESTARTED_ON_TRAIN_BATCH_END``)."""
+    import torch
+
+    try:
+        ckpt = torch.load(str(ckpt_path), map_location="cpu", mmap=True, weights_only=True)
+        total = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+        return int(total["completed"]) == int(total["processed"]) - 1
+    except Exception:  # noqa: BLE001 - an older or unreadable checkpoint: the epoch-end rule
+        return False
+
+
+def kept_rows(
+    path: Path, resume_step: int, batch_end: bool = False
+) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the rows of ``path`` logged before the resumed run logs again (``step < resume_step``,
-    plus the epoch-end rows at ``resume_step`` itself, which the checkpoint was written after)."""
+    plus the epoch-end rows at ``resume_step`` itself, which the checkpoint was written after; for a checkpoint
+    saved at a batch's end (``batch_end``), also that batch's step rows, which the resumed run does not log
+    again)."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
@@ -48,7 +66,7 @@ def kept_rows(path: Path, resume_step: int) -> tuple[list[str], list[dict[str, s
             step = int(float(row.get("step") or 0))
         except ValueError:
             continue
-        if step < resume_step or (step == resume_step and not _is_step_row(row)):
+        if step < resume_step or (step == resume_step and (batch_end or not _is_step_row(row))):
             out.append(row)
     return header, out
 
@@ -61,13 +79,15 @@ def _is_step_row(row: dict[str, str]) -> bool:
 class ContinuousCSVLogger(CSVLogger):
     """``CSVLogger`` that keeps the rows of the run it resumes (``resume_step``: the checkpoint's step)."""
 
-    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, resume_step: int | None = None, batch_end: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._resume_step = resume_step
         self._previous: tuple[list[str], list[dict[str, str]]] | None = None
         path = Path(self.log_dir) / "metrics.csv"
         if resume_step is not None and path.is_file():
-            self._previous = kept_rows(path, int(resume_step))
+            self._previous = kept_rows(path, int(resume_step), batch_end)
 
     @property
     def experiment(self) -> Any:
