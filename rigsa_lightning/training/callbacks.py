@@ -102,24 +102,20 @@ class TrainingLoaderPosition(L.Callback):
 def build_loggers(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> list[Any]:
     """Lightning loggers per ``logger.type`` (W&B offline unless an API key and network are there). Starting
     from ``ckpt_path`` in the same folder (a resume), the CSV keeps the rows logged before the checkpoint."""
-    from rigsa_lightning.training.csv_history import (
-        ContinuousCSVLogger,
-        checkpoint_step,
-        saved_at_batch_end,
-    )
+    from rigsa_lightning.training.csv_history import ContinuousCSVLogger, checkpoint_position
 
     kind = str(cfg.logger.get("type", "csv"))
     loggers: list[Any] = []
     if kind == "none":
         return loggers
-    resume_step = checkpoint_step(ckpt_path) if ckpt_path is not None else None
+    resume_step, batch_end = checkpoint_position(ckpt_path) if ckpt_path is not None else (None, False)
     loggers.append(
         ContinuousCSVLogger(
             save_dir=str(run_dir),
             name="csv",
             version="",
             resume_step=resume_step,
-            batch_end=ckpt_path is not None and saved_at_batch_end(ckpt_path),
+            batch_end=batch_end,
         )
     )
     if kind == "wandb":

@@ -15,38 +15,35 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 
-__all__ = ["ContinuousCSVLogger", "checkpoint_step", "kept_rows", "saved_at_batch_end"]
+__all__ = ["ContinuousCSVLogger", "checkpoint_position", "kept_rows"]
 
 
-def checkpoint_step(ckpt_path: str | os.PathLike) -> int | None:
-    """The logging step a Lightning checkpoint resumes at (batches that stepped), or None if unreadable."""
+def checkpoint_position(ckpt_path: str | os.PathLike) -> tuple[int | None, bool]:
+    """Where a Lightning checkpoint resumes logging, read in one load: ``(step, batch_end)``.
+
+    ``step`` is the logging step it resumes at (batches that stepped; None if unreadable). ``batch_end`` says it
+    was saved in ``on_train_batch_end`` (e.g. ``every_n_train_steps``; Lightning's
+    ``RESTARTED_ON_TRAIN_BATCH_END``): ``step`` is then that batch's logging step, whose step rows are logged
+    after the save and never again by the resumed run.
+    """
     import torch
 
     try:
         ckpt = torch.load(str(ckpt_path), map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint fails later, in the trainer, with its own error
-        return None
-    loops = ckpt.get("loops") or {}
+        return None, False
+    loops = (ckpt.get("loops") or {}).get("fit_loop") or {}
     try:
-        progress = loops["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
-        return int(progress)
+        step: int | None = int(loops["epoch_loop.state_dict"]["_batches_that_stepped"])
     except (KeyError, TypeError):
-        step = ckpt.get("global_step")
-        return int(step) if step is not None else None
-
-
-def saved_at_batch_end(ckpt_path: str | os.PathLike) -> bool:
-    """Whether a Lightning checkpoint was saved in ``on_train_batch_end`` (e.g. ``every_n_train_steps``): its
-    ``_batches_that_stepped`` is that batch's logging step, whose step rows are logged after the save and never
-    again by the resumed run (Lightning's ``RESTARTED_ON_TRAIN_BATCH_END``)."""
-    import torch
-
+        global_step = ckpt.get("global_step")
+        step = int(global_step) if global_step is not None else None
     try:
-        ckpt = torch.load(str(ckpt_path), map_location="cpu", mmap=True, weights_only=True)
-        total = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-        return int(total["completed"]) == int(total["processed"]) - 1
-    except Exception:  # noqa: BLE001 - an older or unreadable checkpoint: the epoch-end rule
-        return False
+        total = loops["epoch_loop.batch_progress"]["total"]
+        batch_end = int(total["completed"]) == int(total["processed"]) - 1
+    except (KeyError, TypeError, ValueError):  # an older checkpoint: the epoch-end rule
+        batch_end = False
+    return step, batch_end
 
 
 def kept_rows(
