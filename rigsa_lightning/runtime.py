@@ -40,29 +40,41 @@ def configure_offline_environment() -> bool:
 
 
 # --------------------------------------------------------------------------------------------------- memory
+#: How far above the current RSS the peak may sit right after a reset that took effect (the kernel's RSS counters
+#: are per-CPU approximations; other threads allocate meanwhile).
+_RESET_SLACK_KB = 64 * 1024
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (``VmHWM``) of this process, so that a job of a sequential multirun
-    reports its own peak, not the largest of the jobs before it; False where the kernel refuses (non-Linux)."""
+    reports its own peak, not the largest of the jobs before it.
+
+    False where the kernel refuses the write (non-Linux) or accepts it without resetting the counter (some sandboxed
+    kernels): the peak read right after a reset that took effect is the current RSS."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        return True
+        status = _status_kb("VmHWM", "VmRSS")
     except OSError:
         return False
+    return status["VmHWM"] <= status["VmRSS"] + _RESET_SLACK_KB
 
 
-def _status_kb(key: str) -> int:
+def _status_kb(*keys: str) -> dict[str, int]:
+    """The given ``/proc/self/status`` fields (kB) from one read; 0 for a field the kernel does not print."""
+    found = dict.fromkeys(keys, 0)
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+            key = line.split(":", 1)[0]
+            if key in found:
+                found[key] = int(line.split()[1])
+    return found
 
 
 def peak_rss_bytes() -> int:
     """Peak RSS since the last :func:`reset_peak_rss` (or the process start), in bytes."""
     try:
-        return _status_kb("VmHWM") * 1024
+        return _status_kb("VmHWM")["VmHWM"] * 1024
     except OSError:
         import resource
 
@@ -72,7 +84,7 @@ def peak_rss_bytes() -> int:
 def rss_bytes() -> int:
     """Current RSS in bytes (0 where ``/proc`` is missing)."""
     try:
-        return _status_kb("VmRSS") * 1024
+        return _status_kb("VmRSS")["VmRSS"] * 1024
     except OSError:
         return 0
 

@@ -288,7 +288,10 @@ def train(
 
     t0 = time.time()
     timings: dict[str, float] = {}
-    reset_peak_rss()  # this job's own peak, also in a sequential multirun
+    if not reset_peak_rss():  # this job's own peak, also in a sequential multirun
+        log.warning(
+            "peak RSS: this kernel does not reset the counter; memory/peak_rss_gb is the process's peak"
+        )
     if validate:
         schedule = validate_cfg(cfg)
     schedule = schedule if schedule is not None else PruningSchedule.from_cfg(cfg.pruning)
