@@ -3,7 +3,8 @@
 # machine; resumable (rerun: completed pilots are restored from the archive and skipped).
 #   bash docs/results/lr_search_v2/run.sh <slot a|b> [archive folder]
 # Slot a: RIGSA's round pilots 1e-4, 3e-4, then (once slot b's round pilots are done) one more beyond an edge of the
-# grid when the best sits there, the anchor at the selected round rate, then the final-retraining pilots.
+# grid when the best sits there, the anchor at the selected round rate, then the final-retraining pilots (one more
+# beyond an edge of the grid when the best sits there), then the random-ticket pilots slot b has not taken.
 # Slot b: the round pilots 1e-3, 3e-3, then QLoRA's pilots, then (once the anchor is done) the random-ticket pilots.
 set -euo pipefail
 slot=$1
@@ -12,17 +13,18 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 PY=${PY:-python}
 run() { $PY -m rigsa_lightning.train -m "$@" threads=1 hydra.callbacks.archive.folder="$archive"; }
 done_job() { grep -q '"status": "completed"' "$archive/$1/metrics.json" 2>/dev/null; }
-best_round_rate() {  # the selected rate of the rigsa_rounds phase (highest final val acc, ties: smaller rate)
-  $PY - "$archive" <<'PYEOF'
+best_rate() {  # the selected rate of a phase ($1: rigsa_rounds, rigsa_final; highest final val acc, ties: smaller)
+  $PY - "$archive" "$1" <<'PYEOF'
 import sys
 from pathlib import Path
 from rigsa_lightning.report.jobs import find_job_dirs, load_job
 from rigsa_lightning.report.lr_table import lr_rows, selected
-root = Path(sys.argv[1])
-rows = [r for r in lr_rows([load_job(p, root) for p in find_job_dirs(root)]) if r["method"] == "rigsa_rounds"]
-print(selected(rows)["rigsa_rounds"]["lr"])
+root, phase = Path(sys.argv[1]), sys.argv[2]
+rows = [r for r in lr_rows([load_job(p, root) for p in find_job_dirs(root)]) if r["method"] == phase]
+print(selected(rows)[phase]["lr"])
 PYEOF
 }
+best_round_rate() { best_rate rigsa_rounds; }
 if [ "$slot" = a ]; then
   run +sweep=lr_search_v2_rounds adapter.lr=1.0e-4,3.0e-4
   until done_job rigsa_rounds_lr0.001 && done_job rigsa_rounds_lr0.003; do sleep 60; done
@@ -35,6 +37,13 @@ if [ "$slot" = a ]; then
   echo "selected round rate: $rate"
   run +sweep=lr_search_v2_anchor lr_by_method.rigsa="$rate"
   run +sweep=lr_search_v2_final lr_by_method.rigsa="$rate"
+  # the final phase's best at an edge of its grid: one more pilot beyond it
+  case "$(best_rate rigsa_final)" in
+    0.03) run +sweep=lr_search_v2_final lr_by_method.rigsa="$rate" pruning.final_lr=1.0e-1 ;;
+    0.001) run +sweep=lr_search_v2_final lr_by_method.rigsa="$rate" pruning.final_lr=3.0e-4 ;;
+  esac
+  # then the random-ticket pilots slot b has not taken (each job folder is claimed by the process running it)
+  run +sweep=lr_search_v2_ticket
 else
   run +sweep=lr_search_v2_rounds adapter.lr=1.0e-3,3.0e-3
   run +sweep=lr_search_v2_qlora
