@@ -256,3 +256,38 @@ def test_report_states_each_arms_phase_budget(tmp_path: Path) -> None:
     budget = phase_budget(ticket)
     assert budget["search_steps"] == 0.0 and budget["final_steps"] == 375.0 and budget["final_lr"] == 0.03
     assert math.isnan(budget["round_lr"])
+
+
+def test_steps_of_a_run_without_the_step_count_come_from_its_csv(tmp_path: Path) -> None:
+    """A job that predates ``time/steps_n`` (v1's, reused by v2) gets its steps from ``csv/metrics.csv``: the
+    committed search pilots, their count removed, give back exactly the count their runs recorded; a CSV without a
+    training row (zero-shot) is 0 steps; no CSV and no count is unknown."""
+    import shutil
+
+    from rigsa_lightning.report.jobs import find_job_dirs, load_job, steps_trained
+
+    archive = Path(__file__).resolve().parents[1] / "docs" / "results" / "lr_search_v2" / "jobs"
+    pilots = find_job_dirs(archive)
+    assert len(pilots) >= 10
+    for pilot in pilots:
+        recorded = load_job(pilot, archive).metrics["time/steps_n"]
+        copy = tmp_path / pilot.name
+        shutil.copytree(pilot, copy)
+        metrics = json.loads((copy / "metrics.json").read_text())
+        del metrics["time/steps_n"]
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+        assert steps_trained(load_job(copy, tmp_path)) == recorded, pilot.name
+    stopped = tmp_path / "stopped"  # Lightning's CSV: train rows every 5 steps, validations at a batch's step
+    (stopped / "csv").mkdir(parents=True)
+    (stopped / "metrics.json").write_text(json.dumps({"status": "completed", "method": "qlora"}))
+    (stopped / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/acc\n0,4,2.0,\n0,9,1.5,\n0,11,,0.4\n1,14,1.1,\n1,16,,0.85\n"
+    )
+    assert steps_trained(load_job(stopped, tmp_path)) == 17.0  # stopped at the validation after step index 16
+    zero = tmp_path / "zero_shot"
+    (zero / "csv").mkdir(parents=True)
+    (zero / "metrics.json").write_text(json.dumps({"status": "completed", "method": "none"}))
+    (zero / "csv" / "metrics.csv").write_text("epoch,step,val/acc\n0,0,0.1\n")
+    assert steps_trained(load_job(zero, tmp_path)) == 0.0
+    (zero / "csv" / "metrics.csv").unlink()
+    assert math.isnan(steps_trained(load_job(zero, tmp_path)))

@@ -218,3 +218,22 @@ def val_along(job: Job) -> list[float]:
         return []
     with open(path, newline="") as fh:
         return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]
+
+
+def steps_trained(job: Job) -> float:
+    """The optimizer steps the run trained: ``time/steps_n``, or for a run that predates it the last step of
+    ``csv/metrics.csv`` + 1 (steps count from 0; the CSV's validation rows sit at the last step of their batch) when
+    the CSV holds a training row, 0 when it holds none (no training); NaN without either."""
+    n = _num(job.metrics.get("time/steps_n"))
+    if _finite(n):
+        return n
+    path = Path(job.path) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return NAN
+    last, trained = -1, False
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("step"):
+                last = max(last, int(float(row["step"])))
+            trained = trained or any(v for k, v in row.items() if k and k.startswith("train/"))
+    return float(last + 1) if trained else 0.0

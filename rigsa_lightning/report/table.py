@@ -13,7 +13,7 @@ from typing import Any
 from rigsa_lightning.adapters.registry import find_method, method_label, method_order
 from rigsa_lightning.config.access import get
 from rigsa_lightning.io import atomic_write_text
-from rigsa_lightning.report.jobs import NAN, Job, _finite, _num
+from rigsa_lightning.report.jobs import NAN, Job, _finite, _num, steps_trained
 
 # Forgetting benchmarks in display order, their display names and the preferred metric (first one present wins;
 # metric names are opaque strings after ``forget/<task>/``).
@@ -69,14 +69,14 @@ def _density(job: Job) -> float:
 
 def phase_budget(job: Job) -> dict[str, float]:
     """What a run was given, phase by phase (the lottery-ticket protocol's comparison): the mask search's steps
-    (up to the last prune; 0 without pruning), the final phase's steps and its peak learning rate of the adapter's
-    weights (``pruning.final_lr``, else ``adapter.lr``), and the rounds' rate (``pruning.round_lr``, else
-    ``adapter.lr``; NaN without rounds)."""
+    (up to the last prune; 0 without pruning), the final phase's steps (:func:`steps_trained` less the search's)
+    and its peak learning rate of the adapter's weights (``pruning.final_lr``, else ``adapter.lr``), and the
+    rounds' rate (``pruning.round_lr``, else ``adapter.lr``; NaN without rounds)."""
     m = job.metrics
     # a damaged record (not a dict) is skipped
     history = [r for r in (m.get("prune/history") or []) if isinstance(r, dict)]
     search = float(history[-1].get("global_step") or 0) if history else 0.0
-    total = _num(m.get("time/steps_n"))
+    total = steps_trained(job)
     lr = _num(get(job.config, "adapter.lr"))
     final_lr, round_lr = _num(get(job.config, "pruning.final_lr")), _num(get(job.config, "pruning.round_lr"))
     return {
