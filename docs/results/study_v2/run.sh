@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The v2 claims study (conf/sweep/study_v2.yaml), one slot; run two side by side on a 2-core machine:
+#   bash docs/results/study_v2/run.sh & bash docs/results/study_v2/run.sh &
+# Resumable: completed jobs are restored from the archive and skipped, an interrupted one continues from its last
+# 25-step checkpoint, a job the other slot holds is left to it. A random ticket that starts before its paired
+# rigsa_paper job has pruned twice fails fast (exit 2) and is retried by the next pass; passes repeat until the 15
+# jobs are complete (or a pass completes nothing new while no other slot runs), then the zero-shot job runs.
+set -uo pipefail
+archive=${1:-$PWD/docs/results/study_v2/jobs}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+PY=${PY:-python}
+run() { $PY -m rigsa_lightning.train -m +sweep=study_v2 threads=1 hydra.callbacks.archive.folder="$archive" "$@"; }
+completed() { grep -l '"status": "completed"' "$archive"/{rigsa_paper,qlora_r16,random_ticket}_s[0-4]/metrics.json 2>/dev/null | wc -l; }
+while [ "$(completed)" -lt 15 ]; do
+  before=$(completed)
+  run || true
+  if [ "$(completed)" -eq "$before" ]; then
+    [ "$(pgrep -fc 'rigsa_lightning.train -m \+sweep=study_v2')" -gt 0 ] || { echo "no progress: stopping" >&2; break; }
+    sleep 300  # the other slot still runs the jobs this pass could not take
+  fi
+done
+run experiment=zero_shot seed=0
