@@ -6,6 +6,8 @@
 # grid when the best sits there, the anchor at the selected round rate, then the final-retraining pilots (one more
 # beyond an edge of the grid when the best sits there), then the random-ticket pilots slot b has not taken.
 # Slot b: the round pilots 1e-3, 3e-3, then QLoRA's pilots, then (once the anchor is done) the random-ticket pilots.
+# The slot that finds the four random-ticket pilots done runs one more beyond an edge of their grid if the best sits
+# there (both slots may find it: the job folder's claim lets one run it).
 set -euo pipefail
 slot=$1
 archive=${2:-$PWD/docs/results/lr_search_v2/jobs}
@@ -25,6 +27,15 @@ print(selected(rows)[phase]["lr"])
 PYEOF
 }
 best_round_rate() { best_rate rigsa_rounds; }
+ticket_edge() {  # once the four random-ticket pilots are done: one more beyond an edge of the grid if the best sits there
+  local n
+  n=$(ls -d "$archive"/random_ticket_lr*/metrics.json 2>/dev/null | wc -l)
+  [ "$n" -ge 4 ] || return 0
+  case "$(best_rate random_ticket)" in
+    0.1) run +sweep=lr_search_v2_ticket adapter.lr=3.0e-1 ;;
+    0.003) run +sweep=lr_search_v2_ticket adapter.lr=1.0e-3 ;;
+  esac
+}
 if [ "$slot" = a ]; then
   run +sweep=lr_search_v2_rounds adapter.lr=1.0e-4,3.0e-4
   until done_job rigsa_rounds_lr0.001 && done_job rigsa_rounds_lr0.003; do sleep 60; done
@@ -44,9 +55,11 @@ if [ "$slot" = a ]; then
   esac
   # then the random-ticket pilots slot b has not taken (each job folder is claimed by the process running it)
   run +sweep=lr_search_v2_ticket
+  ticket_edge
 else
   run +sweep=lr_search_v2_rounds adapter.lr=1.0e-3,3.0e-3
   run +sweep=lr_search_v2_qlora
   until done_job rigsa_anchor; do sleep 60; done
   run +sweep=lr_search_v2_ticket
+  ticket_edge
 fi
