@@ -295,6 +295,21 @@ def _finish_wandb() -> None:
         finish_wandb()
 
 
+def detach_file_logs(folder: Path) -> None:
+    """Remove (and close) the root logger's file handlers that write inside ``folder``: Hydra opens the job's log
+    file (``<run_dir>/train.log``) before the job starts, and a job another process holds must not get this
+    process's lines in its log. Hydra configures logging afresh for the next job of a sweep."""
+    folder = folder.resolve()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (
+            isinstance(handler, logging.FileHandler)
+            and folder in Path(handler.baseFilename).resolve().parents
+        ):
+            root.removeHandler(handler)
+            handler.close()
+
+
 def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
     """Run ``work(cfg)`` as one Hydra job in ``cfg.paths.run_dir`` (see the module docstring); return its result,
     or None for a multirun job that failed or was skipped for good."""
@@ -307,6 +322,8 @@ def run_job(cfg: DictConfig, work: JobWork) -> dict[str, Any] | None:
         if completed_metrics(run_dir) is None and not secondary_rank():  # one claim per job: rank 0's
             held = claim_job_folder(run_dir)
             if not isinstance(held, JobClaim):
+                # the job's log file is its holder's: this process writes nothing there
+                detach_file_logs(run_dir)
                 log.warning(
                     "skip_completed: %s is being run by another process (host %s, pid %s, since %s): skipped",
                     run_dir,

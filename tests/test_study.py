@@ -240,6 +240,8 @@ def test_skip_completed_leaves_a_job_another_process_runs(tmp_path: Path) -> Non
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"being written by the other process")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    holders_log = "[2026-12-05 14:45:37][rigsa_lightning.train][INFO] the holder's own line\n"
+    (run_dir / "train.log").write_text(holders_log)
     args = ["experiment=rigsa_50", *SMALL, "skip_completed=true", f"hydra.run.dir={run_dir}"]
     try:
         text = _claim(run_dir, socket.gethostname(), sleeper.pid)
@@ -247,6 +249,8 @@ def test_skip_completed_leaves_a_job_another_process_runs(tmp_path: Path) -> Non
         assert res.returncode == 0, tail(res)
         said = res.stdout + res.stderr
         assert f"is being run by another process (host {socket.gethostname()}, pid {sleeper.pid}" in said
+        # the skip is said on the console, not in the log of the job the other process runs
+        assert (run_dir / "train.log").read_text() == holders_log
         assert (run_dir / LOCK_NAME).read_text() == text
         assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"being written by the other process"
         assert not (run_dir / "metrics.json").exists() and not list(run_dir.parent.glob("*.failed-*"))
