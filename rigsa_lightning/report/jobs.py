@@ -210,14 +210,19 @@ def _sweep_grid(folder: Path) -> str | None:
     return ", ".join(f"`{k}`: {v}" for k, v in params.items())
 
 
+def _csv_rows(job: Job) -> list[dict[str, str]] | None:
+    """The rows of the job's ``csv/metrics.csv`` (None without it)."""
+    path = Path(job.path) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def val_along(job: Job) -> list[float]:
     """Every validation accuracy of the run in order (``csv/metrics.csv``'s ``val/acc``; empty without it): is it
     still climbing at the end of the budget?"""
-    path = Path(job.path) / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [float(row["val/acc"]) for row in csv.DictReader(fh) if row.get("val/acc")]
+    return [float(row["val/acc"]) for row in _csv_rows(job) or [] if row.get("val/acc")]
 
 
 def steps_trained(job: Job) -> float:
@@ -227,13 +232,12 @@ def steps_trained(job: Job) -> float:
     n = _num(job.metrics.get("time/steps_n"))
     if _finite(n):
         return n
-    path = Path(job.path) / "csv" / "metrics.csv"
-    if not path.is_file():
+    rows = _csv_rows(job)
+    if rows is None:
         return NAN
     last, trained = -1, False
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("step"):
-                last = max(last, int(float(row["step"])))
-            trained = trained or any(v for k, v in row.items() if k and k.startswith("train/"))
+    for row in rows:
+        if row.get("step"):
+            last = max(last, int(float(row["step"])))
+        trained = trained or any(v for k, v in row.items() if k and k.startswith("train/"))
     return float(last + 1) if trained else 0.0
