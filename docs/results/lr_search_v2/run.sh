@@ -28,9 +28,8 @@ PYEOF
 }
 best_round_rate() { best_rate rigsa_rounds; }
 ticket_edge() {  # once the four random-ticket pilots are done: one more beyond an edge of the grid if the best sits there
-  local n
-  n=$(ls -d "$archive"/random_ticket_lr*/metrics.json 2>/dev/null | wc -l)
-  [ "$n" -ge 4 ] || return 0
+  local r
+  for r in 0.003 0.01 0.03 0.1; do done_job "random_ticket_lr$r" || return 0; done
   case "$(best_rate random_ticket)" in
     0.1) run +sweep=lr_search_v2_ticket adapter.lr=3.0e-1 ;;
     0.003) run +sweep=lr_search_v2_ticket adapter.lr=1.0e-3 ;;
