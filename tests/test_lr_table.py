@@ -180,3 +180,25 @@ def test_a_job_whose_sweep_varied_no_rate_is_not_a_pilot(tmp_path: Path) -> None
     md = write_lr_table(two)["md"].read_text()
     assert "| rigsa | 0.001 | `lr_by_method.rigsa` | search not complete (best so far) |" in md
     assert "| zeta | 0.01 | `lr_by_method.zeta` | inside |" in md
+
+
+def test_the_study_runs_at_the_rates_its_committed_search_selected() -> None:
+    """``conf/sweep/study_v2.yaml`` holds, for every searched phase, the rate that the committed v2 search's pilots
+    select (highest final validation accuracy, ties to the smaller rate), and each selection sits inside the
+    rates tried: a new pilot that changes a selection, or a hand edit of the study's rates, fails here."""
+    from omegaconf import OmegaConf
+
+    from rigsa_lightning.report.lr_table import edge_of, is_pilot
+
+    repo = Path(__file__).resolve().parents[1]
+    archive = repo / "docs" / "results" / "lr_search_v2" / "jobs"
+    jobs = [job for job in (load_job(p, archive) for p in find_job_dirs(archive)) if is_pilot(job)]
+    rows = lr_rows(jobs)
+    best = selected(rows)
+    assert set(best) == {"rigsa_rounds", "rigsa_final", "random_ticket", "qlora_r16"}
+    study = OmegaConf.load(repo / "rigsa_lightning" / "conf" / "sweep" / "study_v2.yaml")
+    for phase, row in best.items():
+        tried = {r["lr"] for r in rows if r["method"] == phase and r["status"] == "completed"}
+        assert len(tried) >= 4, phase
+        assert edge_of(row["lr"], tried) is None, phase
+        assert math.isclose(float(OmegaConf.select(study, row["option"])), row["lr"]), (phase, row["option"])
