@@ -188,17 +188,15 @@ def test_the_study_runs_at_the_rates_its_committed_search_selected() -> None:
     rates tried: a new pilot that changes a selection, or a hand edit of the study's rates, fails here."""
     from omegaconf import OmegaConf
 
-    from rigsa_lightning.report.lr_table import edge_of, is_pilot
+    from rigsa_lightning.report.lr_table import edge_of, load_pilots, tried_rates
 
     repo = Path(__file__).resolve().parents[1]
-    archive = repo / "docs" / "results" / "lr_search_v2" / "jobs"
-    jobs = [job for job in (load_job(p, archive) for p in find_job_dirs(archive)) if is_pilot(job)]
-    rows = lr_rows(jobs)
+    rows = lr_rows(load_pilots(repo / "docs" / "results" / "lr_search_v2" / "jobs"))
     best = selected(rows)
     assert set(best) == {"rigsa_rounds", "rigsa_final", "random_ticket", "qlora_r16"}
     study = OmegaConf.load(repo / "rigsa_lightning" / "conf" / "sweep" / "study_v2.yaml")
     for phase, row in best.items():
-        tried = {r["lr"] for r in rows if r["method"] == phase and r["status"] == "completed"}
+        tried = tried_rates(rows, phase)
         assert len(tried) >= 4, phase
         assert edge_of(row["lr"], tried) is None, phase
         assert math.isclose(float(OmegaConf.select(study, row["option"])), row["lr"]), (phase, row["option"])

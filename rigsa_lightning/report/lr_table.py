@@ -88,6 +88,17 @@ def is_pilot(job: Job) -> bool:
     return not params or any(k in params for k in SEARCHED_KEYS)
 
 
+def load_pilots(folder: str | Path) -> list[Job]:
+    """The pilots (:func:`is_pilot`) among the job folders under ``folder`` (a search's sweep or archive folder)."""
+    root = Path(folder)
+    return [job for job in (load_job(p, root) for p in find_job_dirs(root)) if is_pilot(job)]
+
+
+def tried_rates(rows: Sequence[dict[str, Any]], phase: str) -> set[float]:
+    """The rates of ``phase``'s completed pilots."""
+    return {r["lr"] for r in rows if r["method"] == phase and r["status"] == "completed"}
+
+
 def lr_rows_unsorted(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """:func:`lr_rows` in the order of ``jobs``, pilots only (:func:`is_pilot`)."""
     rows = []
@@ -222,8 +233,7 @@ def _selection_lines(
     ]
     decided = []
     for phase, row in sorted(best.items()):
-        tried = {r["lr"] for r in rows if r["method"] == phase and r["status"] == "completed"}
-        edge = edge_of(row["lr"], tried)
+        edge = edge_of(row["lr"], tried_rates(rows, phase))
         where = (
             f"{edge} edge: extend the grid {'above' if edge == 'top' else 'below'} it" if edge else "inside"
         )
@@ -240,7 +250,7 @@ def _selection_lines(
 def write_lr_table(folder: str | Path) -> dict[str, Path]:
     """Write ``lr_search.md`` and ``lr_search.csv`` into ``folder`` (a search's sweep or archive folder)."""
     root = Path(folder)
-    jobs = [job for job in (load_job(p, root) for p in find_job_dirs(root)) if is_pilot(job)]
+    jobs = load_pilots(root)
     unsorted = lr_rows_unsorted(jobs)  # one pass over the jobs (each reads its metrics CSV), one row per job
     rows = _by_phase_and_rate(unsorted)
     command = None

@@ -19,11 +19,9 @@ best_rate() {  # the selected rate of a phase ($1: rigsa_rounds, rigsa_final; hi
   $PY - "$archive" "$1" <<'PYEOF'
 import sys
 from pathlib import Path
-from rigsa_lightning.report.jobs import find_job_dirs, load_job
-from rigsa_lightning.report.lr_table import lr_rows, selected
+from rigsa_lightning.report.lr_table import load_pilots, lr_rows, selected
 root, phase = Path(sys.argv[1]), sys.argv[2]
-rows = [r for r in lr_rows([load_job(p, root) for p in find_job_dirs(root)]) if r["method"] == phase]
-print(selected(rows)[phase]["lr"])
+print(selected(lr_rows(load_pilots(root)))[phase]["lr"])
 PYEOF
 }
 best_round_rate() { best_rate rigsa_rounds; }
