@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.config.validation import RUN_MARKERS
 from rigsa_lightning.io import atomic_write_json, atomic_write_text, copy_changed_files
@@ -94,6 +95,14 @@ def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
         if kind == "non_finite":  # the same trajectory would diverge again: not retried, listed by the report
             raise SkipJob(f"{run_dir} diverged (non-finite training state, failed.json): not retried")
     own = run_dir / "checkpoints" / "last.ckpt"
+    ticket = run_dir / TICKET_FILE
+    if (
+        not own.is_file() and ticket.is_file()
+    ):  # a job archived at its winning ticket, restored on a fresh machine
+        from rigsa_lightning.pruning.ticket_checkpoint import restore_ticket
+
+        restore_ticket(ticket, own)
+        log.info("skip_completed: %s restored from its ticket checkpoint %s", own, ticket.name)
     if own.is_file():
         log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
         with open_dict(cfg):

@@ -77,7 +77,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
     main(["save", str(sweep), str(archive)])
     assert "saved 1 completed job(s): qlora_r16_s1" in capsys.readouterr().out
     main(["restore", str(archive), str(tmp_path / "again")])
-    assert "restored 1 completed job(s): qlora_r16_s1" in capsys.readouterr().out
+    assert "restored 1 job(s): qlora_r16_s1" in capsys.readouterr().out  # completed or at their ticket
 
 
 def test_sweep_callback_restores_before_and_saves_after_each_job(tmp_path: Path, monkeypatch) -> None:

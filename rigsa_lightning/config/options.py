@@ -267,6 +267,7 @@ _FIXED: dict[str, Option] = {
     "lm_head": _choice("where the LM head runs in the training loss", "scored", "full"),
     "checkpoint.enabled": _bool("write checkpoints/last.ckpt at every epoch end"),
     "checkpoint.every_n_train_steps": _int("also checkpoint every N steps", 1, null=True),
+    "checkpoint.ticket": _bool("pack the post-prune checkpoint of RIGSA's last round into ticket.ckpt.xz"),
     "stop_at.val_acc": _float("stop once val/acc reaches this fraction (matched accuracy)", 0, 1,
                               open_low=True, null=True),
     "compile.enabled": _bool("torch.compile the model's forward"),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, open_dict
 
 from rigsa_lightning.adapters.registry import get_method
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
 from rigsa_lightning.config.access import is_null
 from rigsa_lightning.config.errors import ConfigError
 
@@ -44,14 +45,18 @@ def check_resume_folder(value: Any) -> Path:
     folder = Path(os.path.expanduser(str(value)))
     if not folder.is_dir():
         raise ConfigError("resume", f"{folder} does not exist", fix)
+    if (folder / "metrics.json").is_file():
+        raise ConfigError("resume", f"{folder} already completed (it has metrics.json)", "start a new run")
+    if not (folder / "checkpoints" / "last.ckpt").is_file() and (folder / TICKET_FILE).is_file():
+        from rigsa_lightning.pruning.ticket_checkpoint import checkpoint_from_ticket
+
+        checkpoint_from_ticket(folder)  # an archived job's winning ticket: continue from it
     if not (folder / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(
             "resume",
             f"{folder} has no checkpoints/last.ckpt (not a run folder, or the run stopped before its first epoch ended)",
             "start a new run",
         )
-    if (folder / "metrics.json").is_file():
-        raise ConfigError("resume", f"{folder} already completed (it has metrics.json)", "start a new run")
     return folder
 
 

@@ -9,7 +9,11 @@ Kept per job: ``metrics.json``, ``forgetting.json``, ``prune_history.json``, the
 bookkeeping ``.hydra/``, the CSV metrics ``csv/metrics.csv`` and the job's log (the evidence every number of the
 report traces to); left out: checkpoints, the exported adapter and W&B files (large, reproducible from the command).
 Only completed jobs are saved; a job already present at the destination is replaced by the newer copy on ``save``
-and never overwritten on ``restore``.
+and never overwritten on ``restore``. ``save --unfinished`` saves instead the unfinished jobs that hold a winning
+ticket's checkpoint (``ticket.ckpt.xz``, :mod:`rigsa_lightning.pruning.ticket_checkpoint`): with it, a fresh machine
+continues such a job from its ticket instead of starting it again (its archived copy is replaced when it completes).
+
+    python -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 docs/results/study_v2/jobs
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
 from rigsa_lightning.io import copy_changed_files
 from rigsa_lightning.report.jobs import find_job_dirs
 
@@ -59,12 +64,13 @@ def restore_config(archived: Path, job: Path) -> bool:
     return copy_changed_files(archived / ".hydra", job / ".hydra")
 
 
-def copy_job(src: Path, dst: Path) -> None:
-    """Copy the kept files of job folder ``src`` to ``dst`` (replacing it; written beside it, then renamed)."""
+def copy_job(src: Path, dst: Path, *, ticket: bool = False) -> None:
+    """Copy the kept files of job folder ``src`` to ``dst`` (replacing it; written beside it, then renamed), with its
+    ticket checkpoint when ``ticket``."""
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for rel in KEPT:
+    for rel in (*KEPT, TICKET_FILE) if ticket else KEPT:
         item = src / rel
         target = tmp / rel
         if item.is_dir():
@@ -80,20 +86,41 @@ def copy_job(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def save(sweep: Path, archive: Path) -> list[str]:
-    """Copy the small files of every completed job under ``sweep`` to ``archive/<job path>``; return their paths."""
+def save(sweep: Path, archive: Path, *, unfinished: bool = False) -> list[str]:
+    """Copy the small files of every completed job under ``sweep`` to ``archive/<job path>``; return their paths.
+
+    ``unfinished``: the jobs not completed that hold a ticket checkpoint instead (never over a completed copy, and
+    only when their files changed since the last save)."""
     saved = []
     for job in find_job_dirs(sweep):
-        if not is_completed(job):
-            continue
         rel = job.relative_to(sweep) if job != sweep else Path(job.name)
-        copy_job(job, archive / rel)
+        if unfinished:
+            if is_completed(job) or not (job / TICKET_FILE).is_file() or is_completed(archive / rel):
+                continue
+            if _unchanged(job, archive / rel):
+                continue
+            copy_job(job, archive / rel, ticket=True)
+        elif is_completed(job):
+            copy_job(job, archive / rel)
+        else:
+            continue
         saved.append(str(rel))
     multirun = sweep / "multirun.yaml"
     if multirun.is_file():
         archive.mkdir(parents=True, exist_ok=True)
         shutil.copy2(multirun, archive / "multirun.yaml")
     return saved
+
+
+def _unchanged(job: Path, archived: Path) -> bool:
+    """Whether ``archived`` holds the same ticket and CSV rows as ``job`` (an unfinished job saved before)."""
+    try:
+        return all(
+            (archived / rel).read_bytes() == (job / rel).read_bytes()
+            for rel in (TICKET_FILE, "csv/metrics.csv")
+        )
+    except OSError:
+        return False
 
 
 def restore(archive: Path, sweep: Path) -> list[str]:
@@ -118,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m rigsa_lightning.report.archive", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("action", choices=("save", "restore"))
+    parser.add_argument(
+        "--unfinished",
+        action="store_true",
+        help="save: the unfinished jobs holding a ticket checkpoint instead",
+    )
     parser.add_argument("source", help="save: the sweep folder; restore: the archive")
     parser.add_argument("dest", help="save: the archive; restore: the sweep folder")
     args = parser.parse_args(argv)
@@ -128,9 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    done = save(source, dest) if args.action == "save" else restore(source, dest)
+    done = save(source, dest, unfinished=args.unfinished) if args.action == "save" else restore(source, dest)
     verb = "saved" if args.action == "save" else "restored"
-    print(f"{verb} {len(done)} completed job(s): {', '.join(done) if done else '-'}")
+    kind = "unfinished job(s) at their ticket" if args.unfinished else "completed job(s)"
+    kind = kind if args.action == "save" else "job(s)"
+    print(f"{verb} {len(done)} {kind}: {', '.join(done) if done else '-'}")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,11 @@ def build_callbacks(
     if curve_cb is not None:
         out.callbacks.append(curve_cb)
     out.callbacks += checkpoint_callbacks(cfg, run_dir)
+    ckpt_cfg = cfg.get("checkpoint", {}) or {}
+    if out.pruning is not None and bool(ckpt_cfg.get("enabled", True)) and bool(ckpt_cfg.get("ticket", True)):
+        from rigsa_lightning.pruning.ticket_checkpoint import TicketCheckpoint
+
+        out.callbacks.append(TicketCheckpoint(run_dir))
     target = check_stop_at(cfg.get("stop_at"))
     if target is not None:  # matched accuracy: stop at the target, RIGSA only after its last prune
         out.stop = StopAtAccuracy(target, min_epoch=segments_before_final(cfg, schedule, spec))

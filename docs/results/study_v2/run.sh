@@ -5,11 +5,19 @@
 # 25-step checkpoint, a job the other slot holds is left to it. A random ticket that starts before its paired
 # rigsa_paper job has pruned twice fails fast (exit 2) and is retried by the next pass; passes repeat until the 15
 # jobs are complete (or a pass completes nothing new while no other slot runs), then the zero-shot job runs.
+# Every 2 minutes, unfinished rigsa_paper jobs that reached their winning ticket (ticket.ckpt.xz, written right after
+# the last prune) are archived too: a fresh machine continues them from the ticket instead of starting over.
 set -uo pipefail
 archive=${1:-$PWD/docs/results/study_v2/jobs}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 PY=${PY:-python}
 run() { $PY -m rigsa_lightning.train -m +sweep=study_v2 threads=1 hydra.callbacks.archive.folder="$archive" "$@"; }
+( while sleep 120; do
+    flock /tmp/rigsa_study_v2_archive.lock \
+      $PY -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 "$archive" > /dev/null 2>&1
+  done ) &
+saver=$!
+trap 'kill $saver 2> /dev/null' EXIT
 completed() { grep -l '"status": "completed"' "$archive"/{rigsa_paper,qlora_r16,random_ticket}_s[0-4]/metrics.json 2>/dev/null | wc -l; }
 while [ "$(completed)" -lt 15 ]; do
   before=$(completed)

@@ -26,9 +26,11 @@ from typing import Any
 
 from rigsa_lightning.config.errors import ConfigError
 
-__all__ = ["PRUNE_HISTORY_FILE", "TicketCounts", "read_ticket_counts"]
+__all__ = ["PRUNE_HISTORY_FILE", "TICKET_FILE", "TicketCounts", "read_ticket_counts"]
 
 PRUNE_HISTORY_FILE = "prune_history.json"
+#: The winning ticket's packed post-prune checkpoint in a run folder (rigsa_lightning.pruning.ticket_checkpoint).
+TICKET_FILE = "ticket.ckpt.xz"
 OPTION = "adapter.density_from"
 _FIX = "point adapter.density_from at a finished rigsa run folder (or its exported adapter folder)"
 

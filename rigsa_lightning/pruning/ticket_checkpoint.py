@@ -1,0 +1,281 @@
+"""The winning ticket's checkpoint, small enough to commit: the post-prune checkpoint with ΔW stored as its mask.
+
+After RIGSA's last IMP round every survivor is rewound to its initial value (``pruning.rewind: init``), the gate is
+reset and the optimizer state of the adapters is dropped (``reset_alpha``, ``reset_optimizer``). The checkpoint
+Lightning writes at that epoch end therefore holds, per adapted matrix, the kept entries' flat indices and values
+that are exactly the seeded initial ΔW at those indices (:func:`~rigsa_lightning.adapters.rigsa.seeding.
+generate_initial_delta`). :func:`pack` keeps the indices (gaps, lzma-compressed) and drops the values after checking
+bit for bit that they are the regenerated init; :func:`unpack` regenerates them and gives back the same checkpoint.
+On SmolLM2-135M at 2.75 % density that is ~3 MB instead of ~35 MB, so a long job's mask search survives the loss of
+its machine: the file is archived with the job's small files (:mod:`rigsa_lightning.report.archive`) and a rerun of
+the same command on a fresh machine continues the job from it (:func:`rigsa_lightning.task.prepare_job_folder`).
+
+    python -m rigsa_lightning.pruning.ticket_checkpoint pack <job folder> --model-dir <base model folder>
+    python -m rigsa_lightning.pruning.ticket_checkpoint unpack <job folder>
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import lzma
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
+
+__all__ = [
+    "TICKET_FILE",
+    "TicketCheckpoint",
+    "checkpoint_from_ticket",
+    "pack",
+    "restore_ticket",
+    "unpack",
+    "write_ticket",
+]
+
+log = logging.getLogger("rigsa_lightning.pruning")
+
+_FORMAT = 1
+_VALUES, _INDICES, _SEED = ".values", ".indices", ".delta_seed"
+
+
+def _sparse_prefixes(state: Mapping[str, Any]) -> list[str]:
+    """Module prefixes of the sparse-storage adapters in a checkpoint's ``state_dict``."""
+    return sorted(
+        key[: -len(_VALUES)]
+        for key in state
+        if key.endswith(_VALUES) and key[: -len(_VALUES)] + _INDICES in state
+    )
+
+
+def pack(ckpt: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """A post-prune checkpoint as compressed bytes, each adapter's ΔW stored as its mask only.
+
+    Args:
+        ckpt: the Lightning checkpoint (as ``torch.load`` returns it); not modified.
+        modules: per sparse adapter prefix of ``ckpt["state_dict"]``: ``shape`` (out, in), ``init`` and
+            ``init_std`` (the module's ΔW init scheme).
+
+    Raises ``ValueError`` when an adapter's values are not exactly its initial ΔW at the kept entries (not a
+    rewound ticket: nothing could be regenerated) or a sparse adapter has no entry in ``modules``.
+    """
+    state = dict(ckpt["state_dict"])
+    masks: dict[str, dict[str, Any]] = {}
+    for prefix in _sparse_prefixes(state):
+        if prefix not in modules:
+            raise ValueError(f"no shape for adapter {prefix}")
+        info = modules[prefix]
+        shape = (int(info["shape"][0]), int(info["shape"][1]))
+        indices = state.pop(prefix + _INDICES)
+        values = state.pop(prefix + _VALUES)
+        seed = int(state[prefix + _SEED])
+        init = generate_initial_delta(shape, seed, str(info["init"]), float(info["init_std"])).view(-1)
+        if not torch.equal(init[indices.long()], values.detach().cpu().float()):
+            raise ValueError(
+                f"{prefix}: the values are not its initial ΔW at the kept entries (not a rewound ticket)"
+            )
+        flat = indices.cpu().numpy().astype(np.int64)
+        if flat.size and (np.any(np.diff(flat) <= 0) or flat[0] < 0):
+            raise ValueError(f"{prefix}: indices are not sorted and unique")
+        gaps = np.diff(flat, prepend=0).astype(np.uint32) if flat.size else np.zeros(0, np.uint32)
+        masks[prefix] = {
+            "shape": shape,
+            "init": str(info["init"]),
+            "init_std": float(info["init_std"]),
+            "index_dtype": str(indices.dtype).removeprefix("torch."),
+            "values_dtype": str(values.dtype).removeprefix("torch."),
+            "gaps": gaps.tobytes(),
+        }
+    if not masks:
+        raise ValueError("the checkpoint holds no sparse-storage adapter")
+    body = {key: value for key, value in ckpt.items() if key != "state_dict"}
+    body["state_dict"] = state
+    buf = io.BytesIO()
+    torch.save({"format": _FORMAT, "checkpoint": body, "masks": masks}, buf)
+    return lzma.compress(buf.getvalue(), preset=6)
+
+
+def unpack(blob: bytes) -> dict[str, Any]:
+    """The checkpoint :func:`pack` stored, with every adapter's indices and initial values regenerated."""
+    packed = torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=False)
+    if packed.get("format") != _FORMAT:
+        raise ValueError(f"unknown ticket checkpoint format {packed.get('format')!r}")
+    ckpt = packed["checkpoint"]
+    state = ckpt["state_dict"]
+    for prefix, info in packed["masks"].items():
+        shape = tuple(info["shape"])
+        flat = np.cumsum(np.frombuffer(info["gaps"], dtype=np.uint32).astype(np.int64))
+        indices = torch.from_numpy(flat).to(getattr(torch, info["index_dtype"]))
+        seed = int(state[prefix + _SEED])
+        init = generate_initial_delta(shape, seed, info["init"], info["init_std"]).view(-1)
+        state[prefix + _INDICES] = indices
+        state[prefix + _VALUES] = init[flat].to(getattr(torch, info["values_dtype"]))
+    return ckpt
+
+
+def write_ticket(
+    ckpt_path: str | Path, out_path: str | Path, modules: Mapping[str, Mapping[str, Any]]
+) -> int:
+    """Pack the checkpoint file ``ckpt_path`` into ``out_path`` (written beside, then renamed); return its bytes."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    blob = pack(ckpt, modules)
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    return len(blob)
+
+
+def restore_ticket(ticket_path: str | Path, ckpt_path: str | Path) -> None:
+    """Write the checkpoint packed in ``ticket_path`` to ``ckpt_path`` (beside, then renamed)."""
+    ckpt = unpack(Path(ticket_path).read_bytes())
+    out = Path(ckpt_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(out)
+
+
+def checkpoint_from_ticket(run_dir: str | Path) -> bool:
+    """Give ``run_dir`` its ``checkpoints/last.ckpt`` back from its ticket checkpoint when only the ticket is there (a
+    job archived at its ticket and restored on a fresh machine); return whether it did."""
+    run_dir = Path(run_dir)
+    last, ticket = run_dir / "checkpoints" / "last.ckpt", run_dir / TICKET_FILE
+    if last.is_file() or not ticket.is_file():
+        return False
+    restore_ticket(ticket, last)
+    log.info("%s restored from its ticket checkpoint %s", last, ticket.name)
+    return True
+
+
+def modules_of(pl_module: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """``pack``'s ``modules`` argument from a live model: every sparse adapter's shape and init scheme."""
+    from rigsa_lightning.adapters.rigsa.sparse import SparseDeltaLinear
+
+    return {
+        name: {"shape": (m.out_features, m.in_features), "init": m.init, "init_std": m.init_std}
+        for name, m in pl_module.named_modules()
+        if isinstance(m, SparseDeltaLinear)
+    }
+
+
+class TicketCheckpoint(L.Callback):
+    """Write ``<run>/ticket.ckpt.xz`` once, from the checkpoint written right after RIGSA's last prune.
+
+    Lightning runs the epoch-end checkpoint after the pruning callback (monitoring callbacks last), so at the start
+    of the first epoch of the final retraining ``checkpoints/last.ckpt`` is the post-prune state; it is packed
+    there, before the first step-interval checkpoint replaces it. Needs ``rewind: init``, ``reset_alpha`` and
+    ``reset_optimizer`` (otherwise the state is not a function of the mask and the seed, and nothing is written).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Pack the post-prune checkpoint when the last round has just been done."""
+        from rigsa_lightning.pruning.callback import IterativeMagnitudePruning
+
+        out = self.run_dir / TICKET_FILE
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        imp = next((c for c in trainer.callbacks if isinstance(c, IterativeMagnitudePruning)), None)
+        if (
+            imp is None
+            or out.exists()
+            or not last.is_file()
+            or imp.round < imp.schedule.rounds
+            or not imp.history
+        ):
+            return
+        sched = imp.schedule
+        if sched.rewind != "init" or not sched.reset_alpha or not sched.reset_optimizer:
+            return
+        if int(imp.history[-1].get("global_step") or -1) != int(trainer.global_step):
+            return  # resumed later in the final phase: last.ckpt is no longer the ticket
+        try:
+            size = write_ticket(last, out, modules_of(pl_module))
+            log.info("ticket checkpoint: %s (%.1f MB)", out, size / 2**20)
+        except (
+            ValueError,
+            OSError,
+            RuntimeError,
+        ) as exc:  # never fails training: the run just has no ticket file
+            log.warning("ticket checkpoint not written: %s", exc)
+
+
+def _shapes_from_model_dir(model_dir: Path, prefixes: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(out, in) of each adapted matrix, read from the base model's safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, int]] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if key.endswith(".weight"):
+                    shapes[key[: -len(".weight")]] = tuple(f.get_slice(key).get_shape())  # type: ignore[assignment]
+    out: dict[str, tuple[int, int]] = {}
+    for prefix in prefixes:
+        parts = prefix.split(".")
+        match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in shapes), None)
+        if match is None:
+            raise ValueError(f"{prefix}: no such weight in {model_dir}")
+        out[prefix] = shapes[match]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``pack <job folder> --model-dir <dir>`` or ``unpack <job folder>`` (``checkpoints/last.ckpt`` ↔ ticket)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rigsa_lightning.pruning.ticket_checkpoint", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("action", choices=("pack", "unpack"))
+    parser.add_argument("job", type=Path, help="the job folder")
+    parser.add_argument(
+        "--model-dir", type=Path, help="pack: the base model folder (its safetensors headers)"
+    )
+    parser.add_argument("--init", default="kaiming_uniform", help="pack: adapter.init of the run")
+    parser.add_argument("--init-std", type=float, default=0.02, help="pack: adapter.init_std of the run")
+    args = parser.parse_args(argv)
+    last = args.job / "checkpoints" / "last.ckpt"
+    ticket = args.job / TICKET_FILE
+    if args.action == "unpack":
+        if not ticket.is_file():
+            print(
+                f"error: job: {ticket} does not exist -> give a job folder holding {TICKET_FILE}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        restore_ticket(ticket, last)
+        print(f"wrote {last}")
+        return
+    if not last.is_file() or args.model_dir is None or not args.model_dir.is_dir():
+        print(
+            "error: pack: needs <job>/checkpoints/last.ckpt and --model-dir <folder> -> give both",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    prefixes = _sparse_prefixes(ckpt["state_dict"])
+    shapes = _shapes_from_model_dir(args.model_dir, prefixes)
+    modules = {p: {"shape": shapes[p], "init": args.init, "init_std": args.init_std} for p in prefixes}
+    try:
+        size = write_ticket(last, ticket, modules)
+    except ValueError as exc:
+        print(
+            f"error: pack: {exc} -> pack the checkpoint written right after the last prune", file=sys.stderr
+        )
+        sys.exit(2)
+    print(f"wrote {ticket} ({size / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

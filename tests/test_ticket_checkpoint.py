@@ -1,0 +1,135 @@
+"""The winning ticket's packed checkpoint (``ticket.ckpt.xz``): exact round trip, refusal of a state that is not a
+rewound ticket, and a job archived at its ticket that a fresh folder continues to the uninterrupted run's end."""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
+from rigsa_lightning.pruning.ticket_checkpoint import TICKET_FILE, pack, unpack
+from tests.helpers import SMALL, load_ckpt, only_run_dir, run_cli, tail
+from tests.test_resume import assert_same_tensors, comparable_metrics, csv_rows
+
+
+def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
+    """Recursive exact equality of two checkpoint trees (tensors bit for bit, dtypes included)."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(map(str, a)) == sorted(map(str, b)), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def synthetic_ticket(seed: int = 3) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A post-prune checkpoint of two sparse adapters whose kept values are their seeded init."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    modules: dict[str, dict[str, Any]] = {}
+    for name, shape, dtype in (("model.a", (12, 40), torch.int32), ("model.b", (40, 12), torch.int64)):
+        delta_seed = 1000 + len(modules)
+        init = generate_initial_delta(shape, delta_seed).view(-1)
+        keep = torch.randperm(init.numel(), generator=gen)[: init.numel() // 10].sort().values
+        state[f"{name}.values"] = init[keep].clone()
+        state[f"{name}.indices"] = keep.to(dtype)
+        state[f"{name}.delta_seed"] = torch.tensor(delta_seed)
+        state[f"{name}.alpha"] = torch.tensor(1e-6)
+        modules[name] = {"shape": shape, "init": "kaiming_uniform", "init_std": 0.02}
+    ckpt = {
+        "state_dict": state,
+        "global_step": 16,
+        "loops": {"fit_loop": {"epoch": 2}},
+        "optimizer_states": [{}],
+    }
+    return ckpt, modules
+
+
+def test_pack_then_unpack_gives_back_the_checkpoint_bit_for_bit_and_smaller() -> None:
+    ckpt, modules = synthetic_ticket()
+    blob = pack(ckpt, modules)
+    assert_same(unpack(blob), ckpt)
+    raw = io.BytesIO()
+    torch.save(ckpt, raw)
+    assert len(blob) < len(raw.getvalue())
+    assert "model.a.values" in ckpt["state_dict"], "pack does not modify its input"
+
+
+def test_pack_refuses_values_that_are_not_the_rewound_init() -> None:
+    ckpt, modules = synthetic_ticket()
+    ckpt["state_dict"]["model.b.values"][0] += (
+        1e-7  # one trained entry: the state is not a function of the mask
+    )
+    with pytest.raises(ValueError, match="model.b: the values are not its initial"):
+        pack(ckpt, modules)
+    ckpt, modules = synthetic_ticket()
+    with pytest.raises(ValueError, match="no shape for adapter model.a"):
+        pack(ckpt, {"model.b": modules["model.b"]})
+
+
+def test_job_archived_at_its_ticket_continues_on_a_fresh_folder_to_the_uninterrupted_result(
+    tmp_path: Path,
+) -> None:
+    """rigsa_75: rounds end at steps 8 and 16, the final retraining is steps 16-24 (mid-epoch checkpoints every 3
+    steps). Killed as step 16 starts, the job folder holds the post-prune checkpoint and its packed ticket, which
+    gives it back exactly. Only the archive's files and the ticket are carried to a fresh folder (no checkpoint);
+    ``resume=`` there ends as the uninterrupted run: adapter, final checkpoint, metrics and every CSV row."""
+    from safetensors.torch import load_file
+
+    from rigsa_lightning.report.archive import restore, save
+
+    args = ["experiment=rigsa_75", *SMALL, "checkpoint.every_n_train_steps=3"]
+    ref_root, kill_root, fresh_root, archive = (tmp_path / n for n in ("ref", "kill", "fresh", "archive"))
+    for root in (ref_root, kill_root, fresh_root):
+        root.mkdir()
+    ref = run_cli(args, ref_root)
+    assert ref.returncode == 0, tail(ref)
+    ref_dir = only_run_dir(ref_root)
+
+    killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": "16"})
+    assert killed.returncode == -signal.SIGKILL, tail(killed)
+    run_dir = only_run_dir(kill_root)
+    post_prune = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert (
+        post_prune["global_step"] == 16 and post_prune["callbacks"]["IterativeMagnitudePruning"]["round"] == 2
+    )
+    ticket = run_dir / TICKET_FILE
+    assert ticket.is_file(), tail(killed)
+    assert_same(unpack(ticket.read_bytes()), post_prune)
+    assert ticket.stat().st_size < (run_dir / "checkpoints" / "last.ckpt").stat().st_size
+
+    runs = kill_root / "outputs" / "runs"
+    assert save(runs, archive) == [], "an unfinished job is not saved as completed"
+    saved = save(runs, archive, unfinished=True)
+    assert len(saved) == 1 and (archive / saved[0] / TICKET_FILE).is_file()
+    assert not (archive / saved[0] / "checkpoints").exists()
+    assert save(runs, archive, unfinished=True) == [], "unchanged since the last save"
+    assert restore(archive, fresh_root) == saved
+    fresh_dir = fresh_root / saved[0]
+
+    resumed = run_cli([f"resume={fresh_dir}"], fresh_root)
+    assert resumed.returncode == 0, tail(resumed)
+    assert_same_tensors(
+        load_file(str(ref_dir / "adapter" / "adapter.safetensors")),
+        load_file(str(fresh_dir / "adapter" / "adapter.safetensors")),
+        "exported adapter",
+    )
+    ref_ckpt, res_ckpt = (
+        load_ckpt(ref_dir / "checkpoints" / "last.ckpt"),
+        load_ckpt(fresh_dir / "checkpoints" / "last.ckpt"),
+    )
+    assert ref_ckpt["global_step"] == res_ckpt["global_step"] == 24
+    assert_same_tensors(ref_ckpt["state_dict"], res_ckpt["state_dict"], "final checkpoint state")
+    assert comparable_metrics(fresh_dir) == comparable_metrics(ref_dir)
+    assert csv_rows(fresh_dir) == csv_rows(ref_dir)
