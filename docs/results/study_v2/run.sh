@@ -11,7 +11,8 @@ set -uo pipefail
 archive=${1:-$PWD/docs/results/study_v2/jobs}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 PY=${PY:-python}
-run() { $PY -m rigsa_lightning.train -m +sweep=study_v2 threads=1 hydra.callbacks.archive.folder="$archive" "$@"; }
+THREADS=${THREADS:-1}  # one slot alone on the 2 cores: THREADS=2
+run() { $PY -m rigsa_lightning.train -m +sweep=study_v2 threads="$THREADS" hydra.callbacks.archive.folder="$archive" "$@"; }
 ( while sleep 120; do
     flock /tmp/rigsa_study_v2_archive.lock \
       $PY -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 "$archive" > /dev/null 2>&1
