@@ -96,13 +96,15 @@ def prepare_job_folder(cfg: DictConfig, run_dir: Path) -> None:
             raise SkipJob(f"{run_dir} diverged (non-finite training state, failed.json): not retried")
     own = run_dir / "checkpoints" / "last.ckpt"
     ticket = run_dir / TICKET_FILE
-    if (
-        not own.is_file() and ticket.is_file()
-    ):  # a job archived at its winning ticket, restored on a fresh machine
-        from rigsa_lightning.pruning.ticket_checkpoint import restore_ticket
+    if not own.is_file() and ticket.is_file():  # a job archived at its winning ticket, on a fresh machine
+        from rigsa_lightning.pruning.ticket_checkpoint import checkpoint_from_ticket
 
-        restore_ticket(ticket, own)
-        log.info("skip_completed: %s restored from its ticket checkpoint %s", own, ticket.name)
+        try:
+            checkpoint_from_ticket(run_dir)
+        except ValueError as exc:  # kept beside; the job starts over
+            bad = run_dir / f"{TICKET_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+            ticket.rename(bad)
+            log.warning("skip_completed: %s; moved to %s", exc, bad.name)
     if own.is_file():
         log.info("skip_completed: continuing the interrupted run in %s from its last checkpoint", run_dir)
         with open_dict(cfg):

@@ -133,3 +133,74 @@ def test_job_archived_at_its_ticket_continues_on_a_fresh_folder_to_the_uninterru
     assert_same_tensors(ref_ckpt["state_dict"], res_ckpt["state_dict"], "final checkpoint state")
     assert comparable_metrics(fresh_dir) == comparable_metrics(ref_dir)
     assert csv_rows(fresh_dir) == csv_rows(ref_dir)
+
+
+def test_pack_refuses_a_checkpoint_before_the_last_round() -> None:
+    ckpt, modules = synthetic_ticket()
+    ckpt["callbacks"] = {"IterativeMagnitudePruning": {"round": 1, "rounds": 2}}
+    with pytest.raises(ValueError, match="after round 1 of 2, not the last"):
+        pack(ckpt, modules)
+    ckpt["callbacks"]["IterativeMagnitudePruning"]["round"] = 2
+    assert_same(unpack(pack(ckpt, modules)), ckpt)
+
+
+def _unfinished_job(root: Path, name: str, blob: bytes) -> Path:
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (job / TICKET_FILE).write_bytes(blob)
+    return job
+
+
+def test_unfinished_jobs_are_archived_at_their_ticket_but_not_failed_ones_nor_copies_in_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rigsa_lightning.report.archive import main, save
+    from rigsa_lightning.report.jobs import find_job_dirs
+
+    sweep, archive = tmp_path / "v2", tmp_path / "jobs"
+    ckpt, modules = synthetic_ticket()
+    blob = pack(ckpt, modules)
+    _unfinished_job(sweep, "rigsa_paper_s0", blob)
+    failed = _unfinished_job(sweep, "rigsa_paper_s1", blob)
+    (failed / "failed.json").write_text('{"status": "failed", "kind": "non_finite"}')
+    (sweep / "rigsa_paper_s2.partial-123" / ".hydra").mkdir(
+        parents=True
+    )  # another process's copy in progress
+    assert [p.name for p in find_job_dirs(sweep)] == ["rigsa_paper_s0", "rigsa_paper_s1"]
+    assert save(sweep, archive, unfinished=True) == ["rigsa_paper_s0"]
+    assert (archive / "rigsa_paper_s0" / TICKET_FILE).read_bytes() == blob
+    # a completed copy in the archive is never replaced by the unfinished job
+    (archive / "rigsa_paper_s0" / "metrics.json").write_text('{"status": "completed"}')
+    (sweep / "rigsa_paper_s0" / TICKET_FILE).write_bytes(blob + b"x")
+    assert save(sweep, archive, unfinished=True) == []
+    assert (archive / "rigsa_paper_s0" / "metrics.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["restore", "--unfinished", str(archive), str(tmp_path / "fresh")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --unfinished: only with save ->")
+
+
+def test_an_unreadable_ticket_is_a_one_line_resume_error_and_unpack_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rigsa_lightning.config.errors import ConfigError
+    from rigsa_lightning.config.validation import check_resume_folder
+    from rigsa_lightning.pruning.ticket_checkpoint import main
+
+    run = _unfinished_job(tmp_path, "run", b"not an lzma stream")
+    with pytest.raises(ConfigError, match="is unreadable") as err:
+        check_resume_folder(run)
+    assert err.value.option == "resume"
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+
+    ckpt, modules = synthetic_ticket()
+    (run / TICKET_FILE).write_bytes(pack(ckpt, modules))
+    assert check_resume_folder(run) == run  # rebuilt from the ticket
+    assert_same(load_ckpt(run / "checkpoints" / "last.ckpt"), ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["unpack", str(run)])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: job: ") and "last.ckpt exists (maybe further along) ->" in line

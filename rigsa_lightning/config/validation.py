@@ -50,7 +50,10 @@ def check_resume_folder(value: Any) -> Path:
     if not (folder / "checkpoints" / "last.ckpt").is_file() and (folder / TICKET_FILE).is_file():
         from rigsa_lightning.pruning.ticket_checkpoint import checkpoint_from_ticket
 
-        checkpoint_from_ticket(folder)  # an archived job's winning ticket: continue from it
+        try:
+            checkpoint_from_ticket(folder)  # an archived job's winning ticket: continue from it
+        except ValueError as exc:
+            raise ConfigError("resume", str(exc), f"remove {TICKET_FILE} to start the run over") from exc
     if not (folder / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(
             "resume",

@@ -68,6 +68,11 @@ def pack(ckpt: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> byte
     Raises ``ValueError`` when an adapter's values are not exactly its initial ΔW at the kept entries (not a
     rewound ticket: nothing could be regenerated) or a sparse adapter has no entry in ``modules``.
     """
+    imp = (ckpt.get("callbacks") or {}).get("IterativeMagnitudePruning")
+    if imp is not None and int(imp.get("round", 0)) < int(imp.get("rounds", 0)):
+        raise ValueError(
+            f"the checkpoint is after round {imp.get('round')} of {imp.get('rounds')}, not the last"
+        )
     state = dict(ckpt["state_dict"])
     masks: dict[str, dict[str, Any]] = {}
     for prefix in _sparse_prefixes(state):
@@ -75,24 +80,28 @@ def pack(ckpt: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> byte
             raise ValueError(f"no shape for adapter {prefix}")
         info = modules[prefix]
         shape = (int(info["shape"][0]), int(info["shape"][1]))
+        if state.get(prefix + ".frozen") is not None:
+            raise ValueError(f"{prefix}: pruned_value=init keeps a dense frozen ΔW (not packed)")
         indices = state.pop(prefix + _INDICES)
         values = state.pop(prefix + _VALUES)
         seed = int(state[prefix + _SEED])
         init = generate_initial_delta(shape, seed, str(info["init"]), float(info["init_std"])).view(-1)
-        if not torch.equal(init[indices.long()], values.detach().cpu().float()):
+        if not torch.equal(init[indices.long()].to(values.dtype), values.detach().cpu()):
             raise ValueError(
                 f"{prefix}: the values are not its initial ΔW at the kept entries (not a rewound ticket)"
             )
         flat = indices.cpu().numpy().astype(np.int64)
         if flat.size and (np.any(np.diff(flat) <= 0) or flat[0] < 0):
             raise ValueError(f"{prefix}: indices are not sorted and unique")
-        gaps = np.diff(flat, prepend=0).astype(np.uint32) if flat.size else np.zeros(0, np.uint32)
+        gap_dtype = np.uint32 if shape[0] * shape[1] < 2**32 else np.uint64
+        gaps = np.diff(flat, prepend=0).astype(gap_dtype)
         masks[prefix] = {
             "shape": shape,
             "init": str(info["init"]),
             "init_std": float(info["init_std"]),
             "index_dtype": str(indices.dtype).removeprefix("torch."),
             "values_dtype": str(values.dtype).removeprefix("torch."),
+            "gap_dtype": np.dtype(gap_dtype).name,
             "gaps": gaps.tobytes(),
         }
     if not masks:
@@ -113,7 +122,7 @@ def unpack(blob: bytes) -> dict[str, Any]:
     state = ckpt["state_dict"]
     for prefix, info in packed["masks"].items():
         shape = tuple(info["shape"])
-        flat = np.cumsum(np.frombuffer(info["gaps"], dtype=np.uint32).astype(np.int64))
+        flat = np.cumsum(np.frombuffer(info["gaps"], dtype=np.dtype(info["gap_dtype"])).astype(np.int64))
         indices = torch.from_numpy(flat).to(getattr(torch, info["index_dtype"]))
         seed = int(state[prefix + _SEED])
         init = generate_initial_delta(shape, seed, info["init"], info["init_std"]).view(-1)
@@ -152,7 +161,10 @@ def checkpoint_from_ticket(run_dir: str | Path) -> bool:
     last, ticket = run_dir / "checkpoints" / "last.ckpt", run_dir / TICKET_FILE
     if last.is_file() or not ticket.is_file():
         return False
-    restore_ticket(ticket, last)
+    try:
+        restore_ticket(ticket, last)
+    except (ValueError, OSError, RuntimeError, lzma.LZMAError, KeyError) as exc:
+        raise ValueError(f"{ticket} is unreadable ({type(exc).__name__}: {exc})") from exc
     log.info("%s restored from its ticket checkpoint %s", last, ticket.name)
     return True
 
@@ -232,6 +244,21 @@ def _shapes_from_model_dir(model_dir: Path, prefixes: Sequence[str]) -> dict[str
     return out
 
 
+def _init_of(job: Path, init: str | None, init_std: float | None) -> tuple[str, float]:
+    """The run's ``adapter.init`` / ``adapter.init_std``: given ones first, else the job's ``.hydra/config.yaml``."""
+    import yaml
+
+    adapter: dict[str, Any] = {}
+    try:
+        adapter = (yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("adapter") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    return (
+        init if init is not None else str(adapter.get("init", "kaiming_uniform")),
+        init_std if init_std is not None else float(adapter.get("init_std", 0.02)),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``pack <job folder> --model-dir <dir>`` or ``unpack <job folder>`` (``checkpoints/last.ckpt`` ↔ ticket)."""
     parser = argparse.ArgumentParser(
@@ -242,37 +269,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--model-dir", type=Path, help="pack: the base model folder (its safetensors headers)"
     )
-    parser.add_argument("--init", default="kaiming_uniform", help="pack: adapter.init of the run")
-    parser.add_argument("--init-std", type=float, default=0.02, help="pack: adapter.init_std of the run")
+    parser.add_argument(
+        "--init", help="pack: adapter.init of the run (default: from <job>/.hydra/config.yaml)"
+    )
+    parser.add_argument(
+        "--init-std", type=float, help="pack: adapter.init_std of the run (default: likewise)"
+    )
     args = parser.parse_args(argv)
     last = args.job / "checkpoints" / "last.ckpt"
     ticket = args.job / TICKET_FILE
     if args.action == "unpack":
-        if not ticket.is_file():
-            print(
-                f"error: job: {ticket} does not exist -> give a job folder holding {TICKET_FILE}",
-                file=sys.stderr,
+        if not ticket.is_file() or last.is_file():
+            what = (
+                f"{ticket} does not exist" if not ticket.is_file() else f"{last} exists (maybe further along)"
             )
+            print(f"error: job: {what} -> give a job folder holding only {TICKET_FILE}", file=sys.stderr)
             sys.exit(2)
         restore_ticket(ticket, last)
         print(f"wrote {last}")
         return
     if not last.is_file() or args.model_dir is None or not args.model_dir.is_dir():
         print(
-            "error: pack: needs <job>/checkpoints/last.ckpt and --model-dir <folder> -> give both",
+            "error: job: pack needs <job>/checkpoints/last.ckpt and --model-dir <folder> -> give both",
             file=sys.stderr,
         )
         sys.exit(2)
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    prefixes = _sparse_prefixes(ckpt["state_dict"])
-    shapes = _shapes_from_model_dir(args.model_dir, prefixes)
-    modules = {p: {"shape": shapes[p], "init": args.init, "init_std": args.init_std} for p in prefixes}
+    init, init_std = _init_of(args.job, args.init, args.init_std)
     try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        prefixes = _sparse_prefixes(ckpt["state_dict"])
+        shapes = _shapes_from_model_dir(args.model_dir, prefixes)
+        modules = {p: {"shape": shapes[p], "init": init, "init_std": init_std} for p in prefixes}
         size = write_ticket(last, ticket, modules)
-    except ValueError as exc:
-        print(
-            f"error: pack: {exc} -> pack the checkpoint written right after the last prune", file=sys.stderr
-        )
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        print(f"error: job: {exc} -> pack the checkpoint written right after the last prune", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {ticket} ({size / 2**20:.1f} MB)")
 

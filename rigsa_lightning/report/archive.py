@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -64,10 +65,11 @@ def restore_config(archived: Path, job: Path) -> bool:
     return copy_changed_files(archived / ".hydra", job / ".hydra")
 
 
-def copy_job(src: Path, dst: Path, *, ticket: bool = False) -> None:
+def copy_job(src: Path, dst: Path, *, ticket: bool = False) -> bool:
     """Copy the kept files of job folder ``src`` to ``dst`` (replacing it; written beside it, then renamed), with its
-    ticket checkpoint when ``ticket``."""
-    tmp = dst.with_name(dst.name + ".partial")
+    ticket checkpoint when ``ticket`` (then never over a completed copy: the job's end may archive it meanwhile);
+    return whether ``dst`` was written."""
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel in (*KEPT, TICKET_FILE) if ticket else KEPT:
@@ -81,25 +83,30 @@ def copy_job(src: Path, dst: Path, *, ticket: bool = False) -> None:
     for item in src.iterdir():
         if item.is_file() and item.suffix in KEPT_SUFFIXES:
             shutil.copy2(item, tmp / item.name)
+    if ticket and is_completed(dst):
+        shutil.rmtree(tmp)
+        return False
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
+    return True
 
 
 def save(sweep: Path, archive: Path, *, unfinished: bool = False) -> list[str]:
     """Copy the small files of every completed job under ``sweep`` to ``archive/<job path>``; return their paths.
 
     ``unfinished``: the jobs not completed that hold a ticket checkpoint instead (never over a completed copy, and
-    only when their files changed since the last save)."""
+    only when their ticket changed since the last save; a job that failed is left out)."""
     saved = []
     for job in find_job_dirs(sweep):
         rel = job.relative_to(sweep) if job != sweep else Path(job.name)
         if unfinished:
-            if is_completed(job) or not (job / TICKET_FILE).is_file() or is_completed(archive / rel):
+            if is_completed(job) or (job / "failed.json").is_file() or not (job / TICKET_FILE).is_file():
                 continue
-            if _unchanged(job, archive / rel):
+            if is_completed(archive / rel) or _unchanged(job, archive / rel):
                 continue
-            copy_job(job, archive / rel, ticket=True)
+            if not copy_job(job, archive / rel, ticket=True):
+                continue
         elif is_completed(job):
             copy_job(job, archive / rel)
         else:
@@ -113,12 +120,9 @@ def save(sweep: Path, archive: Path, *, unfinished: bool = False) -> list[str]:
 
 
 def _unchanged(job: Path, archived: Path) -> bool:
-    """Whether ``archived`` holds the same ticket and CSV rows as ``job`` (an unfinished job saved before)."""
+    """Whether ``archived`` holds ``job``'s ticket already (the rows logged after it are not needed to continue)."""
     try:
-        return all(
-            (archived / rel).read_bytes() == (job / rel).read_bytes()
-            for rel in (TICKET_FILE, "csv/metrics.csv")
-        )
+        return (archived / TICKET_FILE).read_bytes() == (job / TICKET_FILE).read_bytes()
     except OSError:
         return False
 
@@ -154,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("dest", help="save: the archive; restore: the sweep folder")
     args = parser.parse_args(argv)
     source, dest = Path(args.source), Path(args.dest)
+    if args.unfinished and args.action != "save":
+        print(
+            "error: --unfinished: only with save -> drop it (restore puts back every archived job)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     if args.action == "save" and not source.is_dir():
         print(
             f"error: source: {source} does not exist -> give the sweep folder (e.g. outputs/study/cpu)",

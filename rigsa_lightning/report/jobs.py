@@ -50,7 +50,7 @@ def find_job_dirs(folder: Path) -> list[Path]:
         except OSError:
             return
         for child in children:
-            if child.name.startswith(".") or child.name in _SKIP_DIRS:
+            if child.name.startswith(".") or child.name in _SKIP_DIRS or ".partial" in child.name:
                 continue
             if _is_job_dir(child):
                 found.append(child)
