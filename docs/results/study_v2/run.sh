@@ -13,9 +13,21 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 PY=${PY:-python}
 THREADS=${THREADS:-1}  # one slot alone on the 2 cores: THREADS=2
 run() { $PY -m rigsa_lightning.train -m +sweep=study_v2 threads="$THREADS" hydra.callbacks.archive.folder="$archive" "$@"; }
+# The base model's numbers (zero-shot test accuracy, the forgetting "before" scores: ~25 min of a fresh machine) are
+# computed once and kept beside the archive (base_cache/), which seeds this study's own cache on a fresh machine.
+export RIGSA_CACHE=${RIGSA_CACHE:-$PWD/outputs/study/v2_cache}
+base_cache=$(dirname "$archive")/base_cache
+sync_cache() {  # $1 -> $2, files not there yet
+  for d in zero_shot forgetting_before; do
+    [ -d "$1/$d" ] && mkdir -p "$2/$d" && cp -n "$1/$d"/*.json "$2/$d"/ 2> /dev/null
+  done
+  return 0
+}
+sync_cache "$base_cache" "$RIGSA_CACHE"
 ( while sleep 120; do
     flock /tmp/rigsa_study_v2_archive.lock \
       $PY -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 "$archive" > /dev/null 2>&1
+    sync_cache "$RIGSA_CACHE" "$base_cache"
   done ) &
 saver=$!
 trap 'kill $saver 2> /dev/null' EXIT
