@@ -65,3 +65,21 @@ def test_missing_local_folder_and_bad_dtype() -> None:
         resolve_model_path({"name_or_path": "./no/such/folder"})
     with pytest.raises(ConfigError, match="model.dtype"):
         load_model({"name_or_path": "tiny", "dtype": "float8"})
+
+
+def test_model_key_names_the_embedded_model_wherever_it_is_cached_and_a_local_folder_by_its_path(
+    tmp_path: Path,
+) -> None:
+    """The caches of the base model's numbers (zero-shot, forgetting "before") are keyed by model_key: the embedded
+    model's converted folder may live in any cache folder (another machine, RIGSA_CACHE) and keeps its key; two
+    local folders are two models."""
+    from rigsa_lightning.adapters.base import model_key
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+    embedded = {"name_or_path": "embedded:smollm2-135m-instruct", "dtype": "float32"}
+    assert model_key(embedded, str(a)) == model_key(embedded, str(b))
+    assert model_key(embedded, str(a)) == "embedded:smollm2-135m-instruct|23|dtype=float32"
+    assert model_key({"name_or_path": str(a)}, str(a)) != model_key({"name_or_path": str(a)}, str(b))

@@ -42,7 +42,10 @@ def model_key(model_cfg: Any, path: str) -> str:
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         stat = (p / "config.json").stat()
-        return f"{name}|{p.resolve()}|{stat.st_size}{suffix}"
+        # The embedded model's folder is converted from the package's file, wherever the cache lives: its name
+        # identifies it (the caches then carry over to another cache folder or machine); a local folder is its path.
+        where = "" if name.startswith("embedded:") else f"|{p.resolve()}"
+        return f"{name}{where}|{stat.st_size}{suffix}"
     return name + suffix
 
 
