@@ -26,7 +26,7 @@ sync_cache() {  # $1 -> $2, files not there yet
 sync_cache "$base_cache" "$RIGSA_CACHE"
 ( while sleep 120; do
     flock /tmp/rigsa_study_v2_archive.lock \
-      $PY -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 "$archive" > /dev/null 2>&1
+      $PY -m rigsa_lightning.report.archive save --unfinished outputs/study/v2 "$archive" > /dev/null
     sync_cache "$RIGSA_CACHE" "$base_cache"
   done ) &
 saver=$!
