@@ -102,7 +102,7 @@ def pack(ckpt: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> byte
             "index_dtype": str(indices.dtype).removeprefix("torch."),
             "values_dtype": str(values.dtype).removeprefix("torch."),
             "gap_dtype": np.dtype(gap_dtype).name,
-            "gaps": gaps.tobytes(),
+            "gaps": torch.from_numpy(gaps.view(np.uint8).copy()),  # a tensor: the file loads weights_only
         }
     if not masks:
         raise ValueError("the checkpoint holds no sparse-storage adapter")
@@ -115,14 +115,16 @@ def pack(ckpt: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> byte
 
 def unpack(blob: bytes) -> dict[str, Any]:
     """The checkpoint :func:`pack` stored, with every adapter's indices and initial values regenerated."""
-    packed = torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=False)
+    packed = torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=True)
     if packed.get("format") != _FORMAT:
         raise ValueError(f"unknown ticket checkpoint format {packed.get('format')!r}")
     ckpt = packed["checkpoint"]
     state = ckpt["state_dict"]
     for prefix, info in packed["masks"].items():
         shape = tuple(info["shape"])
-        flat = np.cumsum(np.frombuffer(info["gaps"], dtype=np.dtype(info["gap_dtype"])).astype(np.int64))
+        flat = np.cumsum(
+            np.frombuffer(info["gaps"].numpy().tobytes(), dtype=np.dtype(info["gap_dtype"])).astype(np.int64)
+        )
         indices = torch.from_numpy(flat).to(getattr(torch, info["index_dtype"]))
         seed = int(state[prefix + _SEED])
         init = generate_initial_delta(shape, seed, info["init"], info["init_std"]).view(-1)
@@ -135,7 +137,7 @@ def write_ticket(
     ckpt_path: str | Path, out_path: str | Path, modules: Mapping[str, Mapping[str, Any]]
 ) -> int:
     """Pack the checkpoint file ``ckpt_path`` into ``out_path`` (written beside, then renamed); return its bytes."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     blob = pack(ckpt, modules)
     out = Path(out_path)
     tmp = out.with_name(out.name + ".tmp")
@@ -296,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     init, init_std = _init_of(args.job, args.init, args.init_std)
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
         prefixes = _sparse_prefixes(ckpt["state_dict"])
         shapes = _shapes_from_model_dir(args.model_dir, prefixes)
         modules = {p: {"shape": shapes[p], "init": init, "init_std": init_std} for p in prefixes}
