@@ -6,7 +6,7 @@ Lightning writes at that epoch end therefore holds, per adapted matrix, the kept
 that are exactly the seeded initial ΔW at those indices (:func:`~rigsa_lightning.adapters.rigsa.seeding.
 generate_initial_delta`). :func:`pack` keeps the indices (gaps, lzma-compressed) and drops the values after checking
 bit for bit that they are the regenerated init; :func:`unpack` regenerates them and gives back the same checkpoint.
-On SmolLM2-135M at 2.75 % density that is ~3 MB instead of ~35 MB, so a long job's mask search survives the loss of
+On SmolLM2-135M at 2.75 % density that is 2.5 MB instead of 23.7 MB, so a long job's mask search survives the loss of
 its machine: the file is archived with the job's small files (:mod:`rigsa_lightning.report.archive`) and a rerun of
 the same command on a fresh machine continues the job from it (:func:`rigsa_lightning.task.prepare_job_folder`).
 
