@@ -36,19 +36,25 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
     assert not differ, f"{what}: {len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
-def kill_and_resume(
-    tmp_path: Path, args: list[str], kill_step: int
-) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Reference run, a run SIGKILLed at ``kill_step``, then ``resume=<its folder>``; returns both folders."""
+def reference_and_killed(tmp_path: Path, args: list[str], kill_step: int) -> tuple[Path, Path]:
+    """An uninterrupted run (under ``tmp_path/ref``) and the same run SIGKILLed as step ``kill_step`` starts (under
+    ``tmp_path/kill``); returns both run folders."""
     ref_root, kill_root = tmp_path / "ref", tmp_path / "kill"
     ref_root.mkdir()
     kill_root.mkdir()
     ref = run_cli(args, ref_root)
     assert ref.returncode == 0, tail(ref)
-
     killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": str(kill_step)})
     assert killed.returncode == -signal.SIGKILL, tail(killed)
-    run_dir = only_run_dir(kill_root)
+    return only_run_dir(ref_root), only_run_dir(kill_root)
+
+
+def kill_and_resume(
+    tmp_path: Path, args: list[str], kill_step: int
+) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Reference run, a run SIGKILLed at ``kill_step``, then ``resume=<its folder>``; returns both folders."""
+    ref_dir, run_dir = reference_and_killed(tmp_path, args, kill_step)
+    kill_root = tmp_path / "kill"
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "adapter").exists()
 
@@ -56,7 +62,7 @@ def kill_and_resume(
     assert resumed.returncode == 0, tail(resumed)
     assert "resume: continuing" in resumed.stdout
     assert run_dirs(kill_root) == [run_dir], "a resume continues in the run's own folder"
-    return only_run_dir(ref_root), run_dir, resumed
+    return ref_dir, run_dir, resumed
 
 
 def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
@@ -64,16 +70,8 @@ def test_sigkill_in_round_2_then_resume_equals_uninterrupted_run(tmp_path: Path)
     from safetensors.torch import load_file
 
     args = ["experiment=rigsa_75", *SMALL]
-    ref_root, kill_root = tmp_path / "ref", tmp_path / "kill"
-    ref_root.mkdir()
-    kill_root.mkdir()
-    ref = run_cli(args, ref_root)
-    assert ref.returncode == 0, tail(ref)
-    ref_dir = only_run_dir(ref_root)
-
-    killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": "12"})
-    assert killed.returncode == -signal.SIGKILL, tail(killed)
-    run_dir = only_run_dir(kill_root)
+    ref_dir, run_dir = reference_and_killed(tmp_path, args, kill_step=12)
+    kill_root = tmp_path / "kill"
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
     # The checkpoint left behind is the end of epoch 0, after IMP round 1 (masks at density 0.5), with the state
     # needed for an exact continuation.

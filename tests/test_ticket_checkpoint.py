@@ -4,7 +4,6 @@ rewound ticket, and a job archived at its ticket that a fresh folder continues t
 from __future__ import annotations
 
 import io
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import torch
 
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 from rigsa_lightning.pruning.ticket_checkpoint import TICKET_FILE, pack, unpack
-from tests.helpers import SMALL, load_ckpt, only_run_dir, run_cli, tail
-from tests.test_resume import assert_same_tensors, comparable_metrics, csv_rows
+from tests.helpers import SMALL, load_ckpt, run_cli, tail
+from tests.test_resume import assert_same_tensors, comparable_metrics, csv_rows, reference_and_killed
 
 
 def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
@@ -90,22 +89,15 @@ def test_job_archived_at_its_ticket_continues_on_a_fresh_folder_to_the_uninterru
     from rigsa_lightning.report.archive import restore, save
 
     args = ["experiment=rigsa_75", *SMALL, "checkpoint.every_n_train_steps=3"]
-    ref_root, kill_root, fresh_root, archive = (tmp_path / n for n in ("ref", "kill", "fresh", "archive"))
-    for root in (ref_root, kill_root, fresh_root):
-        root.mkdir()
-    ref = run_cli(args, ref_root)
-    assert ref.returncode == 0, tail(ref)
-    ref_dir = only_run_dir(ref_root)
-
-    killed = run_cli(args, kill_root, env={"RIGSA_TEST_KILL_AT_STEP": "16"})
-    assert killed.returncode == -signal.SIGKILL, tail(killed)
-    run_dir = only_run_dir(kill_root)
+    ref_dir, run_dir = reference_and_killed(tmp_path, args, kill_step=16)
+    kill_root, fresh_root, archive = tmp_path / "kill", tmp_path / "fresh", tmp_path / "archive"
+    fresh_root.mkdir()
     post_prune = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
     assert (
         post_prune["global_step"] == 16 and post_prune["callbacks"]["IterativeMagnitudePruning"]["round"] == 2
     )
     ticket = run_dir / TICKET_FILE
-    assert ticket.is_file(), tail(killed)
+    assert ticket.is_file(), (run_dir / "train.log").read_text()[-2000:]
     assert_same(unpack(ticket.read_bytes()), post_prune)
     assert ticket.stat().st_size < (run_dir / "checkpoints" / "last.ckpt").stat().st_size
 

@@ -31,6 +31,7 @@ import torch
 
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
+from rigsa_lightning.io import atomic_write
 
 __all__ = [
     "TICKET_FILE",
@@ -134,26 +135,20 @@ def unpack(blob: bytes) -> dict[str, Any]:
 
 
 def write_ticket(
-    ckpt_path: str | Path, out_path: str | Path, modules: Mapping[str, Mapping[str, Any]]
+    ckpt: str | Path | dict[str, Any], out_path: str | Path, modules: Mapping[str, Mapping[str, Any]]
 ) -> int:
-    """Pack the checkpoint file ``ckpt_path`` into ``out_path`` (written beside, then renamed); return its bytes."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    """Pack a checkpoint (its file, or its already loaded dict) into ``out_path``, atomically; return its bytes."""
+    if not isinstance(ckpt, dict):
+        ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
     blob = pack(ckpt, modules)
-    out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(out)
+    atomic_write(out_path, lambda tmp: Path(tmp).write_bytes(blob))
     return len(blob)
 
 
 def restore_ticket(ticket_path: str | Path, ckpt_path: str | Path) -> None:
-    """Write the checkpoint packed in ``ticket_path`` to ``ckpt_path`` (beside, then renamed)."""
+    """Write the checkpoint packed in ``ticket_path`` to ``ckpt_path``, atomically."""
     ckpt = unpack(Path(ticket_path).read_bytes())
-    out = Path(ckpt_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(out)
+    atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def checkpoint_from_ticket(run_dir: str | Path) -> bool:
@@ -302,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prefixes = _sparse_prefixes(ckpt["state_dict"])
         shapes = _shapes_from_model_dir(args.model_dir, prefixes)
         modules = {p: {"shape": shapes[p], "init": init, "init_std": init_std} for p in prefixes}
-        size = write_ticket(last, ticket, modules)
+        size = write_ticket(ckpt, ticket, modules)  # loaded once
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         print(f"error: job: {exc} -> pack the checkpoint written right after the last prune", file=sys.stderr)
         sys.exit(2)
