@@ -256,6 +256,10 @@ def test_report_states_each_arms_phase_budget(tmp_path: Path) -> None:
     budget = phase_budget(ticket)
     assert budget["search_steps"] == 0.0 and budget["final_steps"] == 375.0 and budget["final_lr"] == 0.03
     assert math.isnan(budget["round_lr"])
+    zero = job("zero_shot_s0", "adapter:\n  method: none\n  lr: 0.0\n", {"method": "none", "time/steps_n": 0})
+    budget = phase_budget(zero)  # trained nothing: no rate, not the unused adapter.lr
+    assert budget["search_steps"] == 0.0 and budget["final_steps"] == 0.0
+    assert math.isnan(budget["final_lr"]) and math.isnan(budget["round_lr"])
 
 
 def test_steps_of_a_run_without_the_step_count_come_from_its_csv(tmp_path: Path) -> None:

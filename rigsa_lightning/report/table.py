@@ -70,8 +70,8 @@ def _density(job: Job) -> float:
 def phase_budget(job: Job) -> dict[str, float]:
     """What a run was given, phase by phase (the lottery-ticket protocol's comparison): the mask search's steps
     (up to the last prune; 0 without pruning), the final phase's steps (:func:`steps_trained` less the search's)
-    and its peak learning rate of the adapter's weights (``pruning.final_lr``, else ``adapter.lr``), and the
-    rounds' rate (``pruning.round_lr``, else ``adapter.lr``; NaN without rounds)."""
+    and its peak learning rate of the adapter's weights (``pruning.final_lr``, else ``adapter.lr``; NaN for a run
+    that trained no step), and the rounds' rate (``pruning.round_lr``, else ``adapter.lr``; NaN without rounds)."""
     m = job.metrics
     # a damaged record (not a dict) is skipped
     history = [r for r in (m.get("prune/history") or []) if isinstance(r, dict)]
@@ -82,7 +82,8 @@ def phase_budget(job: Job) -> dict[str, float]:
     return {
         "search_steps": search,
         "final_steps": total - search if _finite(total) else NAN,
-        "final_lr": final_lr if _finite(final_lr) else lr,
+        # no training step (zero-shot): no final phase, hence no rate
+        "final_lr": NAN if total == 0 else (final_lr if _finite(final_lr) else lr),
         "round_lr": (round_lr if _finite(round_lr) else lr) if history else NAN,
     }
 
