@@ -121,3 +121,43 @@ def test_a_rigsa_job_and_a_qlora_job(tmp_path: Path, monkeypatch) -> None:
     md = jobs_markdown(jobs)
     table = [line for line in md.splitlines() if line.startswith("| `")]
     assert [line.split(" | ")[0] for line in table] == ["| `qlora_r16_s0`", "| `rigsa_paper_s1`"]  # by method
+
+
+def test_a_resumed_jobs_wall_time_is_the_whole_jobs(tmp_path: Path) -> None:
+    """A resumed run's ``time/total_s`` / ``time/train_s`` are its last process's; its rows show the whole run's:
+    the checkpointed stage totals plus that process's rest of the fit (train), loading, data and evaluations
+    (job). The numbers are ``rigsa_paper_s0``'s of the v2 study (killed in its final phase, resumed)."""
+    from rigsa_lightning.report.jobs import run_seconds
+    from rigsa_lightning.report.table import run_row
+
+    timing = {
+        "time/load_s": 2.6,
+        "time/data_s": 0.4,
+        "time/eval_before_s": 13.6,
+        "time/train_s": 2718.1,
+        "time/steps_s": 7135.4,
+        "time/val_s": 962.5,
+        "time/curve_s": 1384.5,
+        "time/prune_s": 16.9,
+        "time/fit_other_s": 0.0,
+        "time/search_s": 6790.8,
+        "time/final_s": 2708.6,
+        "time/eval_after_s": 1124.8,
+        "time/total_s": 3860.0,
+    }
+    history = [{"round": 1, "global_step": 125}, {"round": 2, "global_step": 250}]
+    base = {"seed": 0, "prune/history": history, "time/steps_n": 374.0, **timing}
+    resumed = load_job(_job(tmp_path, "resumed", "rigsa", {**base, "resumed_from": "x/last.ckpt"}), tmp_path)
+    train = 7135.4 + 962.5 + 1384.5 + 16.9
+    total = train + 2.6 + 0.4 + 13.6 + 1124.8
+    assert run_seconds(resumed.metrics, "train") == train and run_seconds(resumed.metrics) == total
+    row = dict(zip(HEADER, job_row(resumed)))
+    assert row["wall time (min): search / final / job"] == f"113 / 45 / {total / 60:.0f}" == "113 / 45 / 177"
+    cells = run_row(resumed, {})
+    assert cells["train_min"] == train / 60 and cells["total_min"] == total / 60
+    # the same numbers, not resumed: its process saw the whole run (the recorded totals stand)
+    whole = load_job(_job(tmp_path, "whole", "rigsa", base), tmp_path)
+    assert run_seconds(whole.metrics) == 3860.0 and run_seconds(whole.metrics, "train") == 2718.1
+    # a resumed run from before the stage totals: only its process's time is known
+    old = {"resumed_from": "x/last.ckpt", "time/total_s": 600.0, "time/train_s": 500.0}
+    assert run_seconds(old) == 600.0 and run_seconds(old, "train") == 500.0

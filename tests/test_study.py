@@ -63,12 +63,13 @@ def test_skip_completed_moves_a_failed_attempt_aside(tmp_path: Path) -> None:
 def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog) -> None:
     assert sweep_jobs({"experiment": "a,b,c", "seed": "0,1,2"}) == 9
     assert sweep_jobs({"experiment": "a", "seed": 0}) == 1
-    for name, total_s in (("a_s0", 600.0), ("b_s0", 1200.0)):
+    # b_s0 was resumed: its last process lived 300 s, the whole job 1200 s (checkpointed stage totals + evaluation)
+    stages = {"time/steps_s": 900.0, "time/val_s": 200.0, "time/curve_s": 50.0, "time/prune_s": 0.0}
+    resumed = {"resumed_from": "b_s0/checkpoints/last.ckpt", **stages, "time/eval_after_s": 50.0}
+    for name, times in (("a_s0", {"time/total_s": 600.0}), ("b_s0", {"time/total_s": 300.0, **resumed})):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- experiment={name[0]}\n- seed=0\n")
-        (tmp_path / name / "metrics.json").write_text(
-            json.dumps({"status": "completed", "time/total_s": total_s})
-        )
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"status": "completed", **times}))
     other = tmp_path / "zzz_s0"  # a job of another grid sharing the folder: not counted
     (other / ".hydra").mkdir(parents=True)
     (other / ".hydra" / "overrides.yaml").write_text("- experiment=zzz\n- seed=0\n")

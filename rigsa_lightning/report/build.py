@@ -309,7 +309,9 @@ def _tables_lines(
             "Drift KL: KL(base ‖ tuned) of next-token distributions on fixed prompts; drift ΔNLL: change of the loss "
             "on the base model's own answers (both 0 for an unchanged model). "
             "Density: fraction of ΔW entries kept (gated methods). Adapter MB: size of the exported adapter "
-            "(10^6 bytes). — = not measured for this row (method without it, or benchmark skipped).",
+            "(10^6 bytes). Train / job time of a resumed run: the whole run's (its checkpoints carry the stage "
+            "totals), without the time lost to the interruption. "
+            "— = not measured for this row (method without it, or benchmark skipped).",
             "",
         ]
         if skipped_any:

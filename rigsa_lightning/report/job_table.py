@@ -5,7 +5,7 @@ Per job: the method and seed; what it was given (mask-search steps, final-phase 
 phase's peak learning rates, density); what it measured (validation accuracy at every validation, whether and where
 it stopped at its target, Textual MNIST test accuracy with its Wilson 95 % interval, GSM8k's change of reference
 NLL per token at the end with its item CI and along the forgetting curve); and its wall time (mask search, final
-phase, whole job).
+phase, whole job; a resumed job's whole time without the time lost to the interruption: ``jobs.run_seconds``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rigsa_lightning.report.jobs import Job, _finite, _num, val_along
+from rigsa_lightning.report.jobs import Job, _finite, _num, run_seconds, val_along
 from rigsa_lightning.report.statistics import wilson
 from rigsa_lightning.report.table import _density, _md_table, phase_budget
 
@@ -94,7 +94,7 @@ def job_row(job: Job) -> list[str]:
         test,
         gsm_end,
         gsm_curve,
-        " / ".join(_minutes(m.get(f"time/{k}_s")) for k in ("search", "final", "total")),
+        " / ".join(_minutes(v) for v in (m.get("time/search_s"), m.get("time/final_s"), run_seconds(m))),
     ]
 
 
@@ -107,7 +107,8 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
     lines = [
         "One row per completed job, every number read from its folder (`metrics.json`, `csv/metrics.csv`,",
         "`.hydra/config.yaml`). Steps: the mask search runs up to the last prune, the final phase after it; rates are",
-        "the adapter weights' peak learning rates; `—`: not measured or not applicable.",
+        "the adapter weights' peak learning rates; a resumed job's wall time is the whole job's (its checkpoints",
+        "carry the stage totals) without the time lost to the interruption; `—`: not measured or not applicable.",
         "",
         _md_table(HEADER, [job_row(j) for j in done]) if done else "(no completed job)",
         "",

@@ -225,6 +225,33 @@ def val_along(job: Job) -> list[float]:
     return [float(row["val/acc"]) for row in _csv_rows(job) or [] if row.get("val/acc")]
 
 
+#: Whole-run stage totals (seconds) a checkpoint carries across a resume (``training/timing.py``).
+_RUN_STAGES = ("steps_s", "val_s", "curve_s", "prune_s")
+#: The rest of a process's time outside training: loading, data, the evaluations before and after training.
+_OUTSIDE_TRAINING = ("load_s", "data_s", "eval_before_s", "eval_after_s")
+
+
+def run_seconds(metrics: dict[str, Any], part: str = "total") -> float:
+    """A run's wall time in seconds, ``part`` ``"total"`` (``time/total_s``) or ``"train"`` (``time/train_s``).
+
+    Those are its process's, which for a resumed run (``resumed_from``) lived through the resumed part only; there
+    the training time is the whole run's stage totals (training steps, validations, forgetting curve, prunes:
+    checkpointed, so counted across every process) plus this process's rest of the fit, and the total adds this
+    process's loading, data and evaluations. The time lost to the interruption (steps redone since the checkpoint,
+    the earlier processes' start-up) is left out. NaN when the run recorded neither."""
+    recorded = _num(metrics.get(f"time/{part}_s"))
+    if not metrics.get("resumed_from"):
+        return recorded
+    stages = [_num(metrics.get(f"time/{name}")) for name in _RUN_STAGES]
+    if not all(_finite(v) for v in stages):  # a run before the stage totals: its process's time only
+        return recorded
+    other = _num(metrics.get("time/fit_other_s"))
+    train = sum(stages) + (other if _finite(other) else 0.0)
+    if part == "train":
+        return train
+    return train + sum(v for v in (_num(metrics.get(f"time/{k}")) for k in _OUTSIDE_TRAINING) if _finite(v))
+
+
 def steps_trained(job: Job) -> float:
     """The optimizer steps the run trained: ``time/steps_n``, or for a run that predates it the last step of
     ``csv/metrics.csv`` + 1 (steps count from 0; the CSV's validation rows sit at the last step of their batch) when

@@ -107,7 +107,8 @@ class StudyEstimateCallback(Callback):
     """Print at the start of a study how many jobs are left and their estimated time.
 
     A job folder holding a completed run counts as done (``skip_completed`` skips it). The time per job left is the
-    median ``time/total_s`` of the finished jobs of the same folder, else ``job_minutes``.
+    median wall time (``time/total_s``; a resumed job's whole time) of the finished jobs of the same folder, else
+    ``job_minutes``.
 
     Args:
         job_minutes: the estimate per job before any job of the study has finished (from the pilots).
@@ -122,6 +123,8 @@ class StudyEstimateCallback(Callback):
         import json
         import statistics
 
+        from rigsa_lightning.report.jobs import run_seconds
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         params = sweep_params(config)
         total = sweep_jobs(params)
@@ -135,7 +138,7 @@ class StudyEstimateCallback(Callback):
             if not _in_grid(metrics.parent, grid):  # another grid sharing the folder (study / study_extra)
                 continue
             if data.get("status") == "completed" and isinstance(data.get("time/total_s"), (int, float)):
-                times.append(float(data["time/total_s"]))
+                times.append(run_seconds(data))  # a resumed job: the whole job's
         done = min(len(times), total)
         per_job = statistics.median(times) / 60 if times else self.job_minutes
         left = (total - done) * per_job

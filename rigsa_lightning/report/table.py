@@ -13,7 +13,7 @@ from typing import Any
 from rigsa_lightning.adapters.registry import find_method, method_label, method_order
 from rigsa_lightning.config.access import get
 from rigsa_lightning.io import atomic_write_text
-from rigsa_lightning.report.jobs import NAN, Job, _finite, _num, steps_trained
+from rigsa_lightning.report.jobs import NAN, Job, _finite, _num, run_seconds, steps_trained
 
 # Forgetting benchmarks in display order, their display names and the preferred metric (first one present wins;
 # metric names are opaque strings after ``forget/<task>/``).
@@ -139,9 +139,9 @@ def run_row(job: Job, tasks: dict[str, str]) -> dict[str, Any]:
     row["adapter_nnz"] = _num(m.get("params/adapter_nnz"))
     size = _num(m.get("adapter/bytes"))
     row["adapter_mb"] = size / 1e6 if _finite(size) else NAN
-    train_s = _num(m.get("time/train_s"))
+    train_s = run_seconds(m, "train")  # a resumed run: the whole run's, not its last process's
     row["train_min"] = train_s / 60 if _finite(train_s) else NAN
-    total_s = _num(m.get("time/total_s"))
+    total_s = run_seconds(m)
     row["total_min"] = total_s / 60 if _finite(total_s) else NAN
     # where the time went (runs since the time breakdown; NaN for older ones)
     for key, name in TIME_PARTS.items():
@@ -237,6 +237,7 @@ def metric_columns(tasks: dict[str, str]) -> tuple[list[Column], list[Column]]:
         Column("adapter_nnz", "non-zero adapter entries", "count"),
         Column("adapter_mb", "adapter MB", "mb"),
         Column("train_min", "train time (min)", "min"),
+        Column("total_min", "job time (min)", "min"),
         Column("search_steps", "mask-search steps", "count"),
         Column("final_steps", "final-phase steps", "count"),
         Column("final_lr", "final-phase lr", "float"),
