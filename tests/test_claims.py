@@ -429,3 +429,7 @@ def test_dense_step_point_from_the_committed_v1_jobs() -> None:
     mean = t_interval(gsm)
     assert f"{mean.value:+.3f} [{mean.lo:+.3f}, {mean.hi:+.3f}]" in md.splitlines()[-1]
     assert "rigsa_50" not in md  # the claims' RIGSA runs only
+    one = dense_step_markdown([j for j in jobs if j.rel == "rigsa_paper_s0"])
+    last = one.splitlines()[-1]  # one seed: its value, no zero-width interval over seeds
+    assert last.startswith("| mean (1 run) | |") and f"| {gsm[0]:+.3f} (one seed: no interval) |" in last
+    assert "[" not in last

@@ -494,12 +494,15 @@ def dense_step_markdown(jobs: Sequence[Any], names: Mapping[str, str] | None = N
         lines.append(f"| `{rel}` | {int(point['step'])} | " + " | ".join(cells) + " |")
     means = []
     for key, _, scale in keys:
-        ci = t_interval([p[key] for _, p in rows if key in p])
+        values = [p[key] for _, p in rows if key in p]
+        ci = t_interval(values)
         if key == "val_acc":  # an accuracy: the t-interval clipped to [0, 100] %
-            means.append(
-                f"{scale * ci.value:.1f} [{max(0.0, scale * ci.lo):.1f}, {min(100.0, scale * ci.hi):.1f}]"
-            )
+            text = f"{scale * ci.value:.1f}"
+            interval = f" [{max(0.0, scale * ci.lo):.1f}, {min(100.0, scale * ci.hi):.1f}]"
         else:
-            means.append(f"{scale * ci.value:+.3f} [{scale * ci.lo:+.3f}, {scale * ci.hi:+.3f}]")
-    lines.append(f"| mean ({len(rows)} runs) | | " + " | ".join(means) + " |")
+            text, interval = f"{scale * ci.value:+.3f}", f" [{scale * ci.lo:+.3f}, {scale * ci.hi:+.3f}]"
+        # one seed has no interval over seeds (its item CI is in its row)
+        means.append(text + (interval if len(values) > 1 else " (one seed: no interval)"))
+    runs = "1 run" if len(rows) == 1 else f"{len(rows)} runs"
+    lines.append(f"| mean ({runs}) | | " + " | ".join(means) + " |")
     return "\n".join(lines) + "\n"
