@@ -115,6 +115,35 @@ def test_study_configs_compose() -> None:
     assert extra.hydra.sweeper.params.experiment == "lora_r16,full_ft,rigsa_50,zero_shot"
 
 
+def test_study_v2_runs_seed_by_seed() -> None:
+    """The v2 grid is seed-major: Hydra's sweeper launches each seed's three arms before the next seed, so a slot
+    that finishes a job takes the paired control of a seed already searched, not a sixth RIGSA mask search."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rigsa_lightning.config.access import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["+sweep=study_v2"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    names = [
+        f"{dict(o.split('=') for o in job)['experiment']}_s{dict(o.split('=') for o in job)['seed']}"
+        for job in jobs
+    ]
+    assert len(names) == 15 and len(set(names)) == 15
+    assert names[:6] == [
+        "rigsa_paper_s0",
+        "random_ticket_s0",
+        "qlora_r16_s0",
+        "rigsa_paper_s1",
+        "random_ticket_s1",
+        "qlora_r16_s1",
+    ]
+
+
 def test_lr_search_and_paper_scale_compose() -> None:
     from hydra import compose, initialize_config_dir
 
