@@ -129,10 +129,8 @@ def test_study_v2_runs_seed_by_seed() -> None:
     params = cfg.hydra.sweeper.params
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    names = [
-        f"{dict(o.split('=') for o in job)['experiment']}_s{dict(o.split('=') for o in job)['seed']}"
-        for job in jobs
-    ]
+    launched = [dict(o.split("=") for o in job) for job in jobs]
+    names = [f"{job['experiment']}_s{job['seed']}" for job in launched]
     assert len(names) == 15 and len(set(names)) == 15
     assert names[:6] == [
         "rigsa_paper_s0",
