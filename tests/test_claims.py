@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +434,89 @@ def test_dense_step_point_from_the_committed_v1_jobs() -> None:
     last = one.splitlines()[-1]  # one seed: its value, no zero-width interval over seeds
     assert last.startswith("| mean (1 run) | |") and f"| {gsm[0]:+.3f} (one seed: no interval) |" in last
     assert "[" not in last
+
+
+def test_paired_intervals_resample_the_pairs_and_use_the_paired_t():
+    """Five pairs that share a large seed effect: unpaired (Welch), the gap of 0.05 is lost in the spread between
+    seeds; paired, the pairs' differences (0.05 each, up to item noise) decide, with the textbook paired t."""
+    from scipy.stats import t as student_t
+
+    from rigsa_lightning.report.statistics import paired_seed_interval, seed_interval, shared_run_means
+
+    rng = np.random.default_rng(3)
+    docs = range(50)
+    effects = [0.0, 0.4, 0.8, 1.2, 1.6]
+    second = [{d: e + rng.normal(0, 0.01) for d in docs} for e in effects]
+    first = [{d: e + 0.05 + rng.normal(0, 0.01) for d in docs} for e in effects]
+    welch = seed_interval(first, second)
+    assert welch is not None and welch.lo < 0 < welch.hi
+    paired = paired_seed_interval(first, second)
+    a, b = shared_run_means(first, second)
+    diffs = np.array(a) - np.array(b)
+    half = student_t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
+    assert paired is not None and paired.value == pytest.approx(diffs.mean()) and paired.n == "5 pairs"
+    assert (paired.lo, paired.hi) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert 0 < paired.lo and paired.hi < 0.1
+    boot = hierarchical_difference(first, second, iters=400, paired=True)
+    assert boot.value == pytest.approx(diffs.mean()) and 0 < boot.lo < boot.hi < 0.1
+    assert boot.n == "5 pairs x 50 items"
+    assert hierarchical_difference(first, second, iters=400).lo < 0  # unpaired: the seeds' spread dominates
+    assert paired_seed_interval(first[:1], second[:1]) is None
+    with pytest.raises(ValueError, match="one to one"):
+        hierarchical_difference(first, second[:4], paired=True)
+
+
+_TICKET_CONFIG = """seed: {seed}
+adapter:
+  method: random_mask
+  density_from: ${{ticket_from_by_method.${{adapter.method}}}}
+ticket_from_by_method:
+  random_mask: ${{hydra:sweep.dir}}/{source}
+"""
+
+
+def _ticket(root: Path, seed: int, nll_shift: float, source: str | None = None) -> None:
+    """A random ticket job whose ``adapter.density_from`` resolves, as in the study, through its ``.hydra``."""
+    config = _TICKET_CONFIG.format(seed=seed, source=source or f"rigsa_paper_s{seed}")
+    _job(root, "random_ticket", "random_mask", seed, 0.8, -0.02, nll_shift, config=config)
+    (root / f"random_ticket_s{seed}" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  sweep:\n    dir: out/v2\n"
+    )
+
+
+def test_random_tickets_are_compared_with_their_own_rigsa_runs(tmp_path: Path):
+    """Each random ticket differs from its RIGSA run of the same seed by a GSM8k shift of 0.03, while the seeds
+    spread by 0.2: paired, the difference is decided (contradicting "comparable"); the same runs without the pairing
+    (one ticket names another seed's run) stay unpaired and inconclusive."""
+    from rigsa_lightning.report.claims import ticket_pairs
+    from rigsa_lightning.report.jobs import config_value, load_job
+
+    root = tmp_path / "study"
+    for seed in range(3):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.02, 0.2 * seed + 0.03)
+        _ticket(root, seed, 0.2 * seed)
+    jobs = _jobs(root)
+    ticket = load_job(root / "random_ticket_s1", root)
+    assert config_value(ticket, "adapter.density_from") == "out/v2/rigsa_paper_s1"
+    pairs = ticket_pairs(
+        [j for j in jobs if j.rel.startswith("rigsa")], [j for j in jobs if "ticket" in j.rel]
+    )
+    assert pairs is not None and [(r.rel, t.rel) for r, t in pairs] == [
+        (f"rigsa_paper_s{s}", f"random_ticket_s{s}") for s in range(3)
+    ]
+    c4 = {c.number: c for c in evaluate_claims(jobs, iters=400)}[4]
+    assert any(m.startswith("paired by seed: rigsa_paper_s0 with random_ticket_s0, ") for m in c4.measured)
+    gsm8k = next(m for m in c4.measured if m.startswith("GSM8k"))
+    assert "3 pairs x 40 items" in gsm8k and "paired t over the pairs" in gsm8k, gsm8k
+    found = re.search(r"GSM8k[^:]*: forgetting RIGSA − random mask (\S+) \[(\S+), (\S+)\]", gsm8k)
+    assert found is not None and float(found.group(1)) == pytest.approx(0.03, abs=0.005)
+    assert float(found.group(2)) > 0.02  # decided, and outside the ±0.02 nats margin
+    assert c4.verdict == "contradicted"
+
+    shutil.rmtree(root / "random_ticket_s2")  # rewritten: two tickets name seed 1's run
+    _ticket(root, 2, 0.4, source="rigsa_paper_s1")
+    c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
+    assert not any(m.startswith("paired by seed") for m in c4.measured)
+    gsm8k = next(m for m in c4.measured if m.startswith("GSM8k"))
+    assert "3 vs 3 runs" in gsm8k and "Welch over run means" in gsm8k, gsm8k
+    assert c4.verdict.startswith("inconclusive")

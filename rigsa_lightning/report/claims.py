@@ -15,6 +15,13 @@ shown is the union of both: a bootstrap over 2-3 runs understates the variation 
 whose CI lies on one side of 0 decides; one that straddles 0 is *inconclusive at this scale*.
 "Comparable" (claim 4) needs the CI inside ±``margin`` of 0 (``EQUIVALENCE_MARGINS``).
 
+Claim 4's design is paired when its controls are random tickets (``adapter.density_from``): each shares its RIGSA
+run's seed, ΔW init, data order and per-matrix counts, so the pair differs only in which entries are kept. When every
+random-mask run names one RIGSA run of the claim and every RIGSA run is named once, the bootstrap resamples the
+pairs (not each method's runs apart) and the seed-level interval is the paired t interval over the pairs' differences
+(n - 1 degrees of freedom) instead of Welch's; otherwise (v1's random masks, a study still running) the comparison is
+unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed.
+
 Accuracy CIs: Wilson's interval for one run (test items), a t-interval over seeds for a method (``statistics.py``).
 
 (Over ~400 lines on purpose: the four claims, their verdict rules and the votes they combine are read together.)
@@ -30,10 +37,12 @@ from typing import Any
 
 from rigsa_lightning.forgetting import items as item_records
 from rigsa_lightning.report import matching
+from rigsa_lightning.report.jobs import config_value
 from rigsa_lightning.report.statistics import (
     Interval,
     hierarchical_difference,
     paired_changes,
+    paired_seed_interval,
     seed_interval,
     shared_run_means,
     t_interval,
@@ -212,7 +221,21 @@ def _claims_forgetting(
             claim.measured.append(f"no completed {' or '.join(missing)} run yet")
             claim.verdict = f"inconclusive at this scale (no completed {' or '.join(missing)} run)"
             continue
-        votes = _final_votes(changes["rigsa"], changes[other], other, claim, iters)
+        rigsa_runs, other_runs, paired = runs["rigsa"], runs[other], False
+        if other == "random_mask":
+            pairs = ticket_pairs(rigsa_runs, other_runs)
+            if pairs is not None:
+                rigsa_runs, other_runs, paired = [p[0] for p in pairs], [p[1] for p in pairs], True
+                claim.measured.append(
+                    "paired by seed: "
+                    + ", ".join(f"{r.rel} with {o.rel}" for r, o in pairs)
+                    + " (same seed, ΔW init and per-matrix counts; only the kept entries differ)"
+                )
+        rigsa_changes = _forgetting_changes(rigsa_runs) if paired else changes["rigsa"]
+        other_changes = _forgetting_changes(other_runs) if paired else changes[other]
+        votes = _final_votes(
+            rigsa_changes, other_changes, other, claim, iters, len(rigsa_runs) if paired else 0
+        )
         compared = runs["rigsa"] + runs[other]
         target = matching.matched_by_stop(compared) if runs["rigsa"] and runs[other] else None
         if target is not None:
@@ -223,7 +246,7 @@ def _claims_forgetting(
                 + ", ".join(f"{LABELS[m]} {_val_accuracies(runs[m])}" for m in ("rigsa", other))
                 + "): the numbers above are not a matched comparison"
             )
-            votes, why = _curve_votes(runs["rigsa"], runs[other], other, claim, iters)
+            votes, why = _curve_votes(rigsa_runs, other_runs, other, claim, iters, paired)
             if why:
                 claim.verdict = f"inconclusive at this scale ({why})"
                 continue
@@ -235,6 +258,23 @@ def _claims_forgetting(
             claim.verdict = _comparable_verdict(votes, expected=expected)
         claim.verdict += _seed_caveat(runs["rigsa"], runs[other], other, claim.verdict)
     return [c3, c4]
+
+
+def ticket_pairs(rigsa: Sequence[Any], others: Sequence[Any]) -> list[tuple[Any, Any]] | None:
+    """The random tickets paired with their RIGSA runs, ``[(rigsa run, random ticket), ...]`` in the RIGSA runs'
+    order: each random-mask run's ``adapter.density_from`` (resolved against its own ``.hydra``) ends in the folder
+    name of one RIGSA run, one to one and covering both sides; None otherwise (then the comparison is unpaired)."""
+    if not rigsa or len(rigsa) != len(others):
+        return None
+    by_name = {Path(j.path).name: j for j in rigsa}
+    partner: dict[str, Any] = {}
+    for job in others:
+        source = config_value(job, "adapter.density_from")
+        name = Path(str(source).rstrip("/")).name if source else ""
+        if name not in by_name or name in partner:
+            return None
+        partner[name] = job
+    return [(j, partner[Path(j.path).name]) for j in rigsa]
 
 
 def _seed_caveat(rigsa: Sequence[Any], others: Sequence[Any], other: str, verdict: str) -> str:
@@ -253,8 +293,11 @@ def _final_votes(
     other: str,
     claim: Claim,
     iters: int,
+    pairs: int = 0,
 ) -> dict[tuple[str, str], str]:
-    """The end-of-training comparison, per measure: a line on ``claim`` and a vote (hierarchical bootstrap)."""
+    """The end-of-training comparison, per measure: a line on ``claim`` and a vote (hierarchical bootstrap).
+
+    ``pairs``: the runs are that many pairs, in order; a measure some run lacks is compared unpaired."""
     votes: dict[tuple[str, str], str] = {}
     for k, (task, name, sign, text) in enumerate(MEASURES):
         scale = 100.0 if name == "acc" else 1.0
@@ -262,7 +305,8 @@ def _final_votes(
         if not r or not o:
             continue
         digits = 1 if scale > 1 else 3
-        diff = _runs_difference(r, o, sign, iters, k, scale, digits)
+        paired = pairs > 0 and len(r) == len(o) == pairs
+        diff = _runs_difference(r, o, sign, iters, k, scale, digits, paired=paired)
         claim.measured.append(
             f"{text}: forgetting RIGSA − {LABELS[other]} {diff.text(scale, digits, True)} ({diff.n})"
         )
@@ -279,28 +323,33 @@ def _runs_difference(
     scale: float,
     digits: int,
     note: str = "",
+    paired: bool = False,
 ) -> Interval:
     """The forgetting difference ``first`` - ``second`` (per-item changes times ``sign``) with the CI a vote uses:
-    the hierarchical bootstrap's, widened to Welch's interval over run means when both methods have two runs."""
+    the hierarchical bootstrap's, widened to Welch's interval over run means when both methods have two runs
+    (``paired``: ``first[i]`` pairs with ``second[i]``; the bootstrap resamples pairs and the seed-level interval is
+    the paired t interval over two pairs or more)."""
     signed = [[{d: sign * v for d, v in run.items()} for run in group] for group in (first, second)]
-    diff = hierarchical_difference(*signed, iters=iters, seed=seed)
+    diff = hierarchical_difference(*signed, iters=iters, seed=seed, paired=paired)
     diff.n += note
-    seeds = seed_interval(*signed)
+    seeds = paired_seed_interval(*signed) if paired else seed_interval(*signed)
     if seeds is None:
         return diff
-    diff.n += f"; bootstrap {diff.text(scale, digits, True)}, Welch over run means {seeds.text(scale, digits, True)}"
+    over = "paired t over the pairs" if paired else "Welch over run means"
+    diff.n += f"; bootstrap {diff.text(scale, digits, True)}, {over} {seeds.text(scale, digits, True)}"
     return Interval(diff.value, min(diff.lo, seeds.lo), max(diff.hi, seeds.hi), diff.n)
 
 
 def _curve_votes(
-    rigsa: Sequence[Any], others: Sequence[Any], other: str, claim: Claim, iters: int
+    rigsa: Sequence[Any], others: Sequence[Any], other: str, claim: Claim, iters: int, paired: bool = False
 ) -> tuple[dict[tuple[str, str], str], str]:
     """The matched-accuracy comparison from the forgetting curves: lines on ``claim``, the votes, and why there is
     none ("" when there is).
 
     Per measure, the hierarchical bootstrap of the per-item changes at the matched level when every run kept its
     curve's per-item records (``forgetting_items/curve/``); otherwise an approximation from each curve point's own
-    CI (:func:`rigsa_lightning.report.matching.matched_difference`)."""
+    CI (:func:`rigsa_lightning.report.matching.matched_difference`, unpaired). ``paired``: ``rigsa[i]`` pairs with
+    ``others[i]`` (:func:`ticket_pairs`)."""
     curves = {
         id(j): matching.compared_phase(j.metrics.get("forget_curve") or [], j.config, j.metrics)
         for j in (*rigsa, *others)
@@ -331,7 +380,8 @@ def _curve_votes(
             for group in (rigsa, others)
         ]
         if all(per_item[0]) and all(per_item[1]):
-            diff = _runs_difference(*per_item, sign, iters, k, 1.0, 3, " at the level, paired bootstrap")  # type: ignore[arg-type]
+            note = " at the level, paired bootstrap"
+            diff = _runs_difference(*per_item, sign, iters, k, 1.0, 3, note, paired)  # type: ignore[arg-type]
             run_values = [sign * v for group in shared_run_means(*per_item) for v in group]  # type: ignore[arg-type]
         else:
             key = f"{task}/{name}"

@@ -102,6 +102,42 @@ def _resolve_each(conf: Any, node: Any, key: str) -> Any:
     return node
 
 
+_HYDRA_REF = re.compile(r"\$\{hydra:([\w.]+)\}")
+
+
+def config_value(job: Job, key: str) -> Any:
+    """The value of dotted ``key`` in the job's composed config (``.hydra/config.yaml``), every interpolation
+    resolved, the ``${hydra:...}`` ones (e.g. a study's ``${hydra:sweep.dir}/rigsa_paper_s${seed}``) from the job's
+    own ``.hydra/hydra.yaml``; None when the key is absent or does not resolve."""
+    from omegaconf import OmegaConf
+
+    folder = Path(job.path) / ".hydra"
+    try:
+        conf = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
+        hydra = (
+            OmegaConf.load(folder / "hydra.yaml").get("hydra") if (folder / "hydra.yaml").is_file() else None
+        )
+    except Exception:  # noqa: BLE001 - a missing or broken file only loses optional information
+        return None
+
+    def hydra_value(match: re.Match[str]) -> str:
+        value = OmegaConf.select(hydra, match.group(1)) if hydra is not None else None
+        return match.group(0) if value is None else str(value)
+
+    def substitute(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: substitute(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [substitute(v) for v in node]
+        return _HYDRA_REF.sub(hydra_value, node) if isinstance(node, str) else node
+
+    try:
+        value = OmegaConf.select(OmegaConf.create(substitute(conf)), key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - an interpolation that still needs Hydra's runtime
+        return None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _last_log_line(path: Path) -> str:
     logs = sorted(path.glob("*.log"), key=lambda p: p.stat().st_mtime)
     if not logs:

@@ -1,6 +1,6 @@
 """The intervals the report's tables and the claims use: Wilson's interval of a proportion, a t interval over seeds,
-Welch's interval of a difference of run means, and the hierarchical bootstrap over items and runs of a paired change
-(all 95 %)."""
+Welch's interval of a difference of run means (or the paired t interval when the runs pair up), and the hierarchical
+bootstrap over items and runs of a paired change (all 95 %)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,18 @@ def hierarchical_difference(
     second: Sequence[Mapping[int, float]],
     iters: int = 4000,
     seed: int = 0,
+    paired: bool = False,
 ) -> Interval:
     """Difference of the mean paired change of two methods (``first`` - ``second``; each a list of runs, each run
-    ``{doc_id: change}``) with a 95% bootstrap CI resampling the shared items and, within each method, its runs."""
+    ``{doc_id: change}``) with a 95% bootstrap CI resampling the shared items and, within each method, its runs.
+
+    ``paired``: ``first[i]`` and ``second[i]`` are one pair (e.g. a RIGSA run and the random ticket with its seed,
+    init and per-matrix counts), and each draw resamples the pairs, not each method's runs apart."""
     docs = sorted(set.intersection(*(set(r) for r in [*first, *second])))
     if not docs or not first or not second:
         return Interval(math.nan, math.nan, math.nan)
+    if paired and len(first) != len(second):
+        raise ValueError(f"paired: {len(first)} runs against {len(second)}, expected one to one")
     a = np.array([[r[d] for d in docs] for r in first])  # runs x items
     b = np.array([[r[d] for d in docs] for r in second])
     value = float(a.mean() - b.mean())
@@ -85,10 +91,11 @@ def hierarchical_difference(
     for k in range(iters):
         idx = rng.integers(0, len(docs), len(docs))
         ra = rng.integers(0, len(a), len(a))
-        rb = rng.integers(0, len(b), len(b))
+        rb = ra if paired else rng.integers(0, len(b), len(b))
         draws[k] = a[np.ix_(ra, idx)].mean() - b[np.ix_(rb, idx)].mean()
     lo, hi = np.quantile(draws, [0.025, 0.975])
-    return Interval(value, float(lo), float(hi), f"{len(first)} vs {len(second)} runs x {len(docs)} items")
+    runs = f"{len(first)} pairs" if paired else f"{len(first)} vs {len(second)} runs"
+    return Interval(value, float(lo), float(hi), f"{runs} x {len(docs)} items")
 
 
 def shared_run_means(
@@ -119,3 +126,21 @@ def seed_interval(
     value = sum(a) / len(a) - sum(b) / len(b)
     half = matching.welch_half(a, b)
     return Interval(value, value - half, value + half, f"{len(first)} vs {len(second)} runs")
+
+
+def paired_seed_interval(
+    first: Sequence[Mapping[int, float]], second: Sequence[Mapping[int, float]]
+) -> Interval | None:
+    """The paired t 95% interval (n - 1 degrees of freedom) of the mean difference ``first[i] - second[i]`` of the
+    pairs' run means (each over the items every run shares), or None below two pairs: the seed-level check of a
+    paired design, as :func:`seed_interval` is of an unpaired one."""
+    if len(first) != len(second) or len(first) < 2:
+        return None
+    a, b = shared_run_means(first, second)
+    if not a:
+        return None
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    half = matching.t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return Interval(mean, mean - half, mean + half, f"{len(diffs)} pairs")
