@@ -161,3 +161,7 @@ def test_a_resumed_jobs_wall_time_is_the_whole_jobs(tmp_path: Path) -> None:
     # a resumed run from before the stage totals: only its process's time is known
     old = {"resumed_from": "x/last.ckpt", "time/total_s": 600.0, "time/train_s": 500.0}
     assert run_seconds(old) == 600.0 and run_seconds(old, "train") == 500.0
+    # a resumed run whose checkpoints carried the earlier fit time recorded the whole run's: those stand
+    carried = {**base, "resumed_from": "x/last.ckpt", "time/train_before_s": 7000.0}
+    carried |= {"time/train_s": 9718.1, "time/total_s": 10860.0}
+    assert run_seconds(carried, "train") == 9718.1 and run_seconds(carried) == 10860.0

@@ -162,6 +162,16 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path) ->
     assert_same_tensors(ref_ckpt["state_dict"], res_ckpt["state_dict"], "final checkpoint state")
     assert comparable_metrics(run_dir) == comparable_metrics(ref_dir)
     assert csv_rows(run_dir) == csv_rows(ref_dir)
+    # The wall times are the whole run's: the checkpoints carry the fit seconds before the kill, so the stage totals
+    # (checkpointed too) and the rest of the fit add up to time/train_s without clipping, as in an uninterrupted run.
+    ref_m, res_m = (json.loads((d / "metrics.json").read_text()) for d in (ref_dir, run_dir))
+    assert ref_m["time/train_before_s"] == 0.0
+    before, train = res_m["time/train_before_s"], res_m["time/train_s"]
+    assert 0.0 < before < res_ckpt["callbacks"]["StageTimer"]["fit_s"] <= train <= res_m["time/total_s"]
+    parts = ("steps_s", "val_s", "curve_s", "prune_s", "fit_other_s")
+    assert res_m["time/fit_other_s"] > 0.0
+    assert sum(res_m[f"time/{k}"] for k in parts) == pytest.approx(train, rel=1e-9)
+    assert res_m["time/steps_n"] == ref_m["time/steps_n"] == 24
     val_steps = sorted({int(r["step"]) for r in csv_rows(ref_dir) if "val/acc" in r})
     # twice per 8-step epoch; the checkpoint (global step 12) was saved before that step's validation (logged at
     # step 11), which the resumed run runs

@@ -270,13 +270,15 @@ _OUTSIDE_TRAINING = ("load_s", "data_s", "eval_before_s", "eval_after_s")
 def run_seconds(metrics: dict[str, Any], part: str = "total") -> float:
     """A run's wall time in seconds, ``part`` ``"total"`` (``time/total_s``) or ``"train"`` (``time/train_s``).
 
-    Those are its process's, which for a resumed run (``resumed_from``) lived through the resumed part only; there
-    the training time is the whole run's stage totals (training steps, validations, forgetting curve, prunes:
-    checkpointed, so counted across every process) plus this process's rest of the fit, and the total adds this
-    process's loading, data and evaluations. The time lost to the interruption (steps redone since the checkpoint,
-    the earlier processes' start-up) is left out. NaN when the run recorded neither."""
+    A run that records ``time/train_before_s`` recorded the whole run's (its checkpoints carry the earlier
+    processes' fit time). An older resumed run (``resumed_from``) recorded its last process's, which lived through
+    the resumed part only; there the training time is the whole run's stage totals (training steps, validations,
+    forgetting curve, prunes: checkpointed, so counted across every process) plus this process's rest of the fit,
+    and the total adds this process's loading, data and evaluations. Either way the time lost to the interruption
+    (steps redone since the checkpoint, the earlier processes' start-up) is left out. NaN when the run recorded
+    neither."""
     recorded = _num(metrics.get(f"time/{part}_s"))
-    if not metrics.get("resumed_from"):
+    if not metrics.get("resumed_from") or _finite(_num(metrics.get("time/train_before_s"))):
         return recorded
     stages = [_num(metrics.get(f"time/{name}")) for name in _RUN_STAGES]
     if not all(_finite(v) for v in stages):  # a run before the stage totals: its process's time only

@@ -8,8 +8,11 @@
   the timer is the first callback, so the forgetting curve scored in a later ``on_validation_end`` is not in it);
 * ``time/curve_s`` - the forgetting curve (the seconds recorded in each of its points);
 * ``time/prune_s`` - the IMP rounds (the pruning callback's recorded seconds per round);
-* ``time/fit_other_s`` - the rest of ``time/train_s`` (checkpoints, data loading between batches, logging); in a
-  resumed run ``time/train_s`` covers the resumed part only, while the other totals are the whole run's;
+* ``time/fit_other_s`` - the rest of ``time/train_s`` (checkpoints, data loading between batches, logging);
+* ``time/train_before_s`` - in a resumed run, the fit seconds of the processes before it, up to the checkpoint it
+  continued from (each checkpoint carries them), so that ``time/train_s`` and ``time/total_s`` are the whole run's;
+  the time lost to the interruption (steps redone since the checkpoint, the restart) is left out. 0 for a run that
+  was not resumed; absent when the checkpoint predates it (then ``time/train_s`` is the last process's);
 * ``time/search_s`` / ``time/final_s`` - with pruning, the steps, validations, curve points and prunes up to and
   including the last prune (the mask search, the lottery-ticket protocol's cost of finding the ticket) and after it
   (the final retraining); together they are the four stage totals above.
@@ -38,8 +41,21 @@ class StageTimer(L.Callback):
         # phase each second belongs to is known only once the last prune is (time/search_s)
         self.step_marks: list[tuple[int, float]] = []
         self.val_loops: list[tuple[int, float]] = []
+        # the fit seconds of the processes before this one (a resumed run), None when its checkpoint lacks them
+        self.fit_before_s: float | None = 0.0
+        self._fit_t0: float | None = None
         self._batch_t0: float | None = None
         self._val_t0: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start this process's fit clock (a resumed run's checkpoint state is loaded before this hook)."""
+        self._fit_t0 = time.perf_counter()
+
+    def fit_s(self) -> float | None:
+        """The run's fit seconds so far: the earlier processes' (up to their checkpoint) plus this one's."""
+        if self.fit_before_s is None:
+            return None
+        return self.fit_before_s + (time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
@@ -77,13 +93,17 @@ class StageTimer(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The totals so far (a resumed run continues them)."""
-        return {
+        state: dict[str, Any] = {
             "steps_s": self.steps_s,
             "steps_n": self.steps_n,
             "val_s": self.val_s,
             "step_marks": [list(m) for m in self.step_marks],
             "val_loops": [list(v) for v in self.val_loops],
         }
+        fit_s = self.fit_s()
+        if fit_s is not None:
+            state["fit_s"] = fit_s
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the totals of the run being resumed."""
@@ -92,6 +112,8 @@ class StageTimer(L.Callback):
         self.val_s = float(state_dict.get("val_s", 0.0))
         self.step_marks = [(int(g), float(t)) for g, t in state_dict.get("step_marks", [])]
         self.val_loops = [(int(g), float(t)) for g, t in state_dict.get("val_loops", [])]
+        fit_s = state_dict.get("fit_s")
+        self.fit_before_s = float(fit_s) if fit_s is not None else None
 
     def steps_s_until(self, step: int) -> float:
         """The seconds of the training steps up to global step ``step`` (inclusive)."""
@@ -107,14 +129,21 @@ def time_breakdown(
 ) -> dict[str, float]:
     """``time/*`` metrics of a fit: steps, validation, forgetting curve, pruning and the rest of ``train_s``.
 
-    ``curve_points`` are the forgetting curve's points (each with its ``seconds``), ``prune_history`` the pruning
-    callback's records (each with its ``seconds``); both are checkpointed, so a resumed run counts them whole.
+    ``train_s`` is this process's fit; a resumed run adds the earlier processes' (``time/train_before_s``) and
+    returns the sum as ``time/train_s``. ``curve_points`` are the forgetting curve's points (each with its
+    ``seconds``), ``prune_history`` the pruning callback's records (each with its ``seconds``); both are
+    checkpointed, so a resumed run counts them whole.
     """
     if timer is None:
         return {}
+    out: dict[str, float] = {}
+    if timer.fit_before_s is not None:
+        out["time/train_before_s"] = timer.fit_before_s
+        train_s = timer.fit_before_s + float(train_s)
+        out["time/train_s"] = train_s
     curve_s = sum(float(p.get("seconds", 0.0)) for p in (curve_points or []))
     prune_s = sum(float(rec.get("seconds", 0.0)) for rec in (prune_history or []))
-    out = {
+    out |= {
         "time/steps_s": timer.steps_s,
         "time/steps_n": float(timer.steps_n),
         "time/step_mean_s": timer.steps_s / timer.steps_n if timer.steps_n else float("nan"),
