@@ -213,3 +213,25 @@ def test_time_breakdown_splits_the_mask_search_from_the_final_phase() -> None:
         assert out["time/final_s"] == 7.0 + 2.0 + 0.25
         assert out["time/fit_other_s"] == 20.0 - 10.0 - 3.0 - 0.75 - 0.125
     assert "time/search_s" not in time_breakdown(timer, 20.0, curve, [])  # no pruning: no mask search
+
+
+def test_a_resumed_timer_adds_the_fit_seconds_its_checkpoint_carried() -> None:
+    """The checkpointed ``fit_s`` (the earlier processes' fit seconds) becomes ``time/train_before_s`` and is added to
+    this process's fit; a checkpoint without it (written before it existed) leaves ``time/train_s`` as measured."""
+    from rigsa_lightning.training.timing import StageTimer, time_breakdown
+
+    timer = StageTimer()
+    timer.steps_s, timer.steps_n, timer.val_s = 10.0, 4, 3.0
+    state = timer.state_dict()
+    assert state["fit_s"] == 0.0  # no fit started in this process yet: nothing carried
+    resumed = StageTimer()
+    resumed.load_state_dict({**state, "fit_s": 50.0})
+    out = time_breakdown(resumed, 20.0)
+    assert out["time/train_before_s"] == 50.0 and out["time/train_s"] == 70.0
+    assert out["time/fit_other_s"] == 70.0 - 10.0 - 3.0
+    assert resumed.state_dict()["fit_s"] == 50.0  # carried on to its own checkpoints
+    old = StageTimer()
+    old.load_state_dict({k: v for k, v in state.items() if k != "fit_s"})
+    out = time_breakdown(old, 20.0)
+    assert "time/train_before_s" not in out and "time/train_s" not in out and "fit_s" not in old.state_dict()
+    assert out["time/fit_other_s"] == 20.0 - 10.0 - 3.0
