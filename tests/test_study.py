@@ -368,6 +368,7 @@ def test_skip_completed_continues_a_job_started_from_a_checkpoint_from_its_own(t
     assert killed.returncode == -signal.SIGKILL, tail(killed)
     own = run_dir / "checkpoints" / "last.ckpt"
     assert load_ckpt(own)["global_step"] == 18  # its own progress beyond the start checkpoint
+    carried = load_ckpt(own)["callbacks"]["StageTimer"]["fit_s"]  # its own fit seconds, not the anchor's
 
     # an earlier attempt to continue it that failed (as one did before this fix: the start checkpoint's options
     # differ from the job's) stays beside it, and no longer marks the job as failed
@@ -380,6 +381,10 @@ def test_skip_completed_continues_a_job_started_from_a_checkpoint_from_its_own(t
     assert "continuing the interrupted run" in again.stdout + again.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["resumed_from"] == str(own)
+    # wall time: a run started from another run's checkpoint starts its own fit clock (the anchor's is not its
+    # cost); continued from its own checkpoint, it adds the fit seconds that checkpoint carried
+    assert json.loads((tmp_path / "ref" / "metrics.json").read_text())["time/train_before_s"] == 0.0
+    assert metrics["time/train_before_s"] == carried > 0.0
     assert (
         load_ckpt(own)["global_step"]
         == load_ckpt(tmp_path / "ref" / "checkpoints" / "last.ckpt")["global_step"]

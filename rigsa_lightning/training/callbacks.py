@@ -192,11 +192,13 @@ def build_callbacks(
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
     from rigsa_lightning.adapters.rigsa.ticket import PRUNE_HISTORY_FILE
+    from rigsa_lightning.config.validation import resume_folder
     from rigsa_lightning.pruning import IterativeMagnitudePruning
     from rigsa_lightning.training.stopping import StopAtAccuracy, check_stop_at
     from rigsa_lightning.training.timing import StageTimer
 
-    out = TrainCallbacks(timer=StageTimer())
+    # a resume carries the fit seconds of its checkpoint; a new run started from ckpt_path starts its own clock
+    out = TrainCallbacks(timer=StageTimer(carry_fit=resume_folder(cfg) is not None))
     out.callbacks.append(out.timer)  # first: its validation hooks run before the forgetting curve's
     if spec.prunes and bool(cfg.pruning.get("enabled", True)):
         out.pruning = IterativeMagnitudePruning(

@@ -12,12 +12,14 @@
 * ``time/train_before_s`` - in a resumed run, the fit seconds of the processes before it, up to the checkpoint it
   continued from (each checkpoint carries them), so that ``time/train_s`` and ``time/total_s`` are the whole run's;
   the time lost to the interruption (steps redone since the checkpoint, the restart) is left out. 0 for a run that
-  was not resumed; absent when the checkpoint predates it (then ``time/train_s`` is the last process's);
+  was not resumed, a new run started from another run's checkpoint (``ckpt_path``) included; absent when the
+  checkpoint predates it (then ``time/train_s`` is the last process's);
 * ``time/search_s`` / ``time/final_s`` - with pruning, the steps, validations, curve points and prunes up to and
   including the last prune (the mask search, the lottery-ticket protocol's cost of finding the ticket) and after it
   (the final retraining); together they are the four stage totals above.
 
-Seconds are accumulated in the callback's state, so a resumed run continues the totals of the run it resumes.
+Seconds are accumulated in the callback's state, so a resumed run continues the totals of the run it resumes (the
+stage totals of a new run started from ``ckpt_path`` continue its checkpoint's too, its fit clock does not).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ __all__ = ["StageTimer", "time_breakdown"]
 class StageTimer(L.Callback):
     """Accumulates the seconds of training steps and validation loops (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, carry_fit: bool = True) -> None:
+        """``carry_fit``: continue the fit seconds a loaded checkpoint carries (a resume), else start from 0 (a
+        new run started from another run's checkpoint)."""
+        self.carry_fit = carry_fit
         self.steps_s = 0.0
         self.steps_n = 0
         self.val_s = 0.0
@@ -49,6 +54,8 @@ class StageTimer(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start this process's fit clock (a resumed run's checkpoint state is loaded before this hook)."""
+        if not self.carry_fit:
+            self.fit_before_s = 0.0
         self._fit_t0 = time.perf_counter()
 
     def fit_s(self) -> float | None:
