@@ -520,3 +520,57 @@ def test_random_tickets_are_compared_with_their_own_rigsa_runs(tmp_path: Path):
     gsm8k = next(m for m in c4.measured if m.startswith("GSM8k"))
     assert "3 vs 3 runs" in gsm8k and "Welch over run means" in gsm8k, gsm8k
     assert c4.verdict.startswith("inconclusive")
+
+
+def test_jobs_md_sets_each_rigsa_ticket_beside_its_random_ticket(tmp_path: Path):
+    """jobs.md's paired section: per seed the RIGSA ticket and its random ticket (final-phase validations counted
+    from the last prune), their differences, and the mean difference with the paired t interval over the pairs; a
+    ticket that names no completed RIGSA run is left out."""
+    from scipy.stats import t as student_t
+
+    from rigsa_lightning.report.job_table import ticket_pairs_markdown
+
+    root = tmp_path / "study"
+    history = [{"round": 1, "global_step": 125}, {"round": 2, "global_step": 250}]
+    accs = {0: (0.86, 0.80), 1: (0.82, 0.79), 2: (0.84, 0.70)}
+    nlls = {0: (0.41, 0.30), 1: (0.31, 0.35), 2: (0.20, 0.25)}
+    for seed, (r_acc, t_acc) in accs.items():
+        curve = [
+            {"step": 249.0, "val_acc": 0.845},
+            {"step": 312.0, "val_acc": 0.705},
+            {"step": 374.0, "val_acc": r_acc},
+        ]
+        _job(root, "rigsa_paper", "rigsa", seed, r_acc, -0.02, 0.0, curve=curve, history=history)
+        _ticket(root, seed, 0.0)
+        for name, acc, nll in (
+            ("rigsa_paper", r_acc, nlls[seed][0]),
+            ("random_ticket", t_acc, nlls[seed][1]),
+        ):
+            file = root / f"{name}_s{seed}" / "metrics.json"
+            metrics = json.loads(file.read_text())
+            metrics |= {"textual_mnist/acc": acc, "forget/gsm8k/gold_nll/delta": nll}
+            if name == "random_ticket":
+                metrics["forget_curve"] = [{"step": 62.0, "val_acc": 0.07}, {"step": 124.0, "val_acc": 0.2}]
+            file.write_text(json.dumps(metrics))
+    _ticket(root, 3, 0.0)  # its RIGSA run never completed: no pair
+    text = ticket_pairs_markdown(_jobs(root))
+    assert text.startswith("## RIGSA's ticket and its random ticket, seed by seed")
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")
+    ]
+    assert [r[1] for r in rows[1:4]] == [
+        "`rigsa_paper_s0` (RIGSA ticket)",
+        "`random_ticket_s0` (random ticket)",
+        "difference RIGSA − random",
+    ]
+    assert rows[1][5] == "62: 70.5, 124: 86.0" and rows[2][5] == "62: 7.0, 124: 20.0"
+    assert rows[3][6:] == ["+6.0 pp", "+0.110"] and rows[6][6:] == ["+3.0 pp", "-0.040"]
+    assert not any("random_ticket_s3" in r[1] for r in rows)
+    diffs = np.array([0.06, 0.03, 0.14])
+    half = student_t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    mean = rows[-1]
+    assert mean[:2] == ["all", "mean difference over 3 pair(s) [paired t 95 %]"]
+    expected = f"{100 * diffs.mean():+.1f} [{100 * (diffs.mean() - half):+.1f}, {100 * (diffs.mean() + half):+.1f}] pp"
+    assert mean[6] == expected
+    build_report(root)
+    assert "## RIGSA's ticket and its random ticket, seed by seed" in (root / "jobs.md").read_text()

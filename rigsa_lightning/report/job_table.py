@@ -6,6 +6,9 @@ phase's peak learning rates, density); what it measured (validation accuracy at 
 it stopped at its target, Textual MNIST test accuracy with its Wilson 95 % interval, GSM8k's change of reference
 NLL per token at the end with its item CI and along the forgetting curve); and its wall time (mask search, final
 phase, whole job; a resumed job's whole time without the time lost to the interruption: ``jobs.run_seconds``).
+
+Then, where a study ran random tickets, each RIGSA ticket beside its own random ticket (same seed, init and
+per-matrix counts), seed by seed, with the paired differences (:func:`ticket_pairs_markdown`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rigsa_lightning.report.jobs import Job, _finite, _num, run_seconds, val_along
-from rigsa_lightning.report.statistics import wilson
+from rigsa_lightning.report.statistics import t_interval, wilson
 from rigsa_lightning.report.table import _density, _md_table, phase_budget
 
 HEADER = [
@@ -104,6 +107,7 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
         (j for j in jobs if j.status == "completed"),
         key=lambda j: (str(j.metrics.get("method")), str(j.metrics.get("name")), _seed(j)),
     )
+    pairs = ticket_pairs_markdown(jobs)
     lines = [
         "One row per completed job, every number read from its folder (`metrics.json`, `csv/metrics.csv`,",
         "`.hydra/config.yaml`). Steps: the mask search runs up to the last prune, the final phase after it; rates are",
@@ -111,6 +115,98 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
         "carry the stage totals) without the time lost to the interruption; `—`: not measured or not applicable.",
         "",
         _md_table(HEADER, [job_row(j) for j in done]) if done else "(no completed job)",
+        "",
+    ]
+    return "\n".join(lines) + ("\n" + pairs if pairs else "")
+
+
+PAIR_HEADER = [
+    "seed",
+    "job",
+    "density (%)",
+    "final lr",
+    "final-phase steps",
+    "final-phase validation acc (%) (phase step: acc)",
+    "test acc (%) [Wilson 95 %]",
+    "GSM8k Δ ref. NLL at the end [item 95 % CI]",
+]
+
+
+def _final_phase_validations(job: Job, search_steps: float) -> str:
+    """The validations after the last prune (all of them without pruning) from the forgetting curve, as
+    ``phase step: acc`` (the curve's step less the mask search's steps, as in the final-phase step count)."""
+    points = [
+        (float(p["step"]) - search_steps, 100 * float(p["val_acc"]))
+        for p in job.metrics.get("forget_curve") or []
+        if "val_acc" in p and "step" in p and float(p["step"]) > search_steps
+    ]
+    return ", ".join(f"{step:.0f}: {acc:.1f}" for step, acc in points) or "—"
+
+
+def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
+    """Each completed RIGSA ticket beside its completed random ticket (:func:`claims.ticket_pairs`' pairing, per
+    job), what each was given and measured, and per seed and over the pairs (mean, paired t 95 % interval) the
+    differences RIGSA − random ticket of test accuracy and of GSM8k's reference-NLL change. Empty without a pair."""
+    from rigsa_lightning.report.claims import ticket_pairs
+
+    done = [j for j in jobs if j.status == "completed"]
+    rigsa = [j for j in done if j.metrics.get("method") == "rigsa"]
+    tickets = [j for j in done if j.metrics.get("method") == "random_mask"]
+    pairs = [pair[0] for t in tickets for r in rigsa if (pair := ticket_pairs([r], [t])) is not None]
+    if not pairs:
+        return ""
+    rows, acc_diffs, nll_diffs = [], [], []
+    for r, t in sorted(pairs, key=lambda pair: _seed(pair[0])):
+        cells = {}
+        for job in (r, t):
+            row = dict(zip(HEADER, job_row(job), strict=True))
+            search = phase_budget(job)["search_steps"]
+            cells[job.rel] = [
+                row["density (%)"],
+                row["final lr"],
+                row["final-phase steps"],
+                _final_phase_validations(job, search),
+                row["test acc (%) [Wilson 95 %]"],
+                row["GSM8k Δ ref. NLL at the end [item 95 % CI]"],
+            ]
+        acc = [_num(j.metrics.get("textual_mnist/acc")) for j in (r, t)]
+        nll = [_num(j.metrics.get("forget/gsm8k/gold_nll/delta")) for j in (r, t)]
+        acc_diffs.append(acc[0] - acc[1])
+        nll_diffs.append(nll[0] - nll[1])
+        seed = str(r.metrics.get("seed", "?"))
+        rows.append([seed, f"`{r.rel}` (RIGSA ticket)", *cells[r.rel]])
+        rows.append([seed, f"`{t.rel}` (random ticket)", *cells[t.rel]])
+        rows.append(
+            [
+                seed,
+                "difference RIGSA − random",
+                "",
+                "",
+                "",
+                "",
+                f"{100 * acc_diffs[-1]:+.1f} pp",
+                f"{nll_diffs[-1]:+.3f}",
+            ]
+        )
+    mean = []
+    for diffs, scale, fmt in ((acc_diffs, 100.0, "{:+.1f}"), (nll_diffs, 1.0, "{:+.3f}")):
+        ci = t_interval([d for d in diffs if _finite(d)])
+        text = fmt.format(scale * ci.value)
+        text += (
+            f" [{fmt.format(scale * ci.lo)}, {fmt.format(scale * ci.hi)}]"
+            if len(diffs) > 1
+            else " (one pair: no interval)"
+        )
+        mean.append(text + (" pp" if scale > 1 else ""))
+    rows.append(["all", f"mean difference over {len(pairs)} pair(s) [paired t 95 %]", "", "", "", "", *mean])
+    lines = [
+        "## RIGSA's ticket and its random ticket, seed by seed",
+        "",
+        "Each random ticket keeps its RIGSA run's per-matrix counts with the same ΔW init and data order, so the",
+        "two differ only in which entries are kept (and in the final-phase rate each was searched for). Final-phase",
+        "steps count from the last prune; the validations are the forgetting curve's.",
+        "",
+        _md_table(PAIR_HEADER, rows),
         "",
     ]
     return "\n".join(lines)
