@@ -260,6 +260,13 @@ def _claims_forgetting(
     return [c3, c4]
 
 
+def ticket_source(job: Any) -> str:
+    """The folder name of the RIGSA run a random ticket took its per-matrix counts from (its
+    ``adapter.density_from``, resolved against its own ``.hydra``); "" for a run without one."""
+    source = config_value(job, "adapter.density_from")
+    return Path(str(source).rstrip("/")).name if source else ""
+
+
 def ticket_pairs(rigsa: Sequence[Any], others: Sequence[Any]) -> list[tuple[Any, Any]] | None:
     """The random tickets paired with their RIGSA runs, ``[(rigsa run, random ticket), ...]`` in the RIGSA runs'
     order: each random-mask run's ``adapter.density_from`` (resolved against its own ``.hydra``) ends in the folder
@@ -269,8 +276,7 @@ def ticket_pairs(rigsa: Sequence[Any], others: Sequence[Any]) -> list[tuple[Any,
     by_name = {Path(j.path).name: j for j in rigsa}
     partner: dict[str, Any] = {}
     for job in others:
-        source = config_value(job, "adapter.density_from")
-        name = Path(str(source).rstrip("/")).name if source else ""
+        name = ticket_source(job)
         if name not in by_name or name in partner:
             return None
         partner[name] = job

@@ -144,15 +144,16 @@ def _final_phase_validations(job: Job, search_steps: float) -> str:
 
 
 def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
-    """Each completed RIGSA ticket beside its completed random ticket (:func:`claims.ticket_pairs`' pairing, per
-    job), what each was given and measured, and per seed and over the pairs (mean, paired t 95 % interval) the
-    differences RIGSA − random ticket of test accuracy and of GSM8k's reference-NLL change. Empty without a pair."""
-    from rigsa_lightning.report.claims import ticket_pairs
+    """Each completed RIGSA ticket beside its completed random ticket (the run its ``adapter.density_from``
+    names: :func:`claims.ticket_source`), what each was given and measured, and per seed and over the pairs (mean,
+    paired t 95 % interval) the differences RIGSA − random ticket of test accuracy and of GSM8k's reference-NLL
+    change. Empty without a pair."""
+    from rigsa_lightning.report.claims import ticket_source
 
     done = [j for j in jobs if j.status == "completed"]
-    rigsa = [j for j in done if j.metrics.get("method") == "rigsa"]
+    rigsa = {j.path.name: j for j in done if j.metrics.get("method") == "rigsa"}
     tickets = [j for j in done if j.metrics.get("method") == "random_mask"]
-    pairs = [pair[0] for t in tickets for r in rigsa if (pair := ticket_pairs([r], [t])) is not None]
+    pairs = [(rigsa[name], t) for t in tickets if (name := ticket_source(t)) in rigsa]
     if not pairs:
         return ""
     rows, acc_diffs, nll_diffs = [], [], []
