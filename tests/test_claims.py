@@ -488,8 +488,9 @@ def test_random_tickets_are_compared_with_their_own_rigsa_runs(tmp_path: Path):
     """Each random ticket differs from its RIGSA run of the same seed by a GSM8k shift of 0.03, while the seeds
     spread by 0.2: paired, the difference is decided (contradicting "comparable"); the same runs without the pairing
     (one ticket names another seed's run) stay unpaired and inconclusive."""
+    from rigsa_lightning.config.access import get
     from rigsa_lightning.report.claims import ticket_pairs
-    from rigsa_lightning.report.jobs import config_value, load_job
+    from rigsa_lightning.report.jobs import load_job
 
     root = tmp_path / "study"
     for seed in range(3):
@@ -497,7 +498,7 @@ def test_random_tickets_are_compared_with_their_own_rigsa_runs(tmp_path: Path):
         _ticket(root, seed, 0.2 * seed)
     jobs = _jobs(root)
     ticket = load_job(root / "random_ticket_s1", root)
-    assert config_value(ticket, "adapter.density_from") == "out/v2/rigsa_paper_s1"
+    assert get(ticket.config, "adapter.density_from") == "out/v2/rigsa_paper_s1"
     pairs = ticket_pairs(
         [j for j in jobs if j.rel.startswith("rigsa")], [j for j in jobs if "ticket" in j.rel]
     )

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rigsa_lightning.config.access import get
 from rigsa_lightning.forgetting import items as item_records
 from rigsa_lightning.report import matching
-from rigsa_lightning.report.jobs import config_value
 from rigsa_lightning.report.statistics import (
     Interval,
     hierarchical_difference,
@@ -113,8 +113,8 @@ def evaluate_claims(
     """The four claims with what was measured and a verdict, from completed job folders (report's ``Job``)."""
     names = {**DEFAULT_NAMES, **(names or {})}
     runs = {m: _runs_of(jobs, m, names) for m in ("none", "rigsa", "random_mask", "qlora")}
-    changes = {m: _forgetting_changes(runs[m]) for m in ("rigsa", "random_mask", "qlora")}
-    return [_claim_chance(jobs, runs), _claim_learns(runs), *_claims_forgetting(runs, changes, iters)]
+    by_job = {id(j): _job_changes(j) for m in ("rigsa", "random_mask", "qlora") for j in runs[m]}
+    return [_claim_chance(jobs, runs), _claim_learns(runs), *_claims_forgetting(runs, by_job, iters)]
 
 
 def _claim_chance(jobs: Sequence[Any], runs: Mapping[str, list[Any]]) -> Claim:
@@ -183,23 +183,32 @@ def _learning_status(ci: Interval) -> str:
     return "above chance, not above 30 %" if ci.lo > CHANCE else "not shown above chance"
 
 
-def _forgetting_changes(jobs: Sequence[Any]) -> dict[tuple[str, str], list[dict[int, float]]]:
-    """Per measure, one ``{item: after - before}`` mapping per job (from the per-item records)."""
+def _job_changes(job: Any) -> dict[tuple[str, str], dict[int, float]]:
+    """One job's ``{item: after - before}`` mapping per measure it recorded (from its per-item records)."""
+    loaded = _items(job)
+    if loaded is None:
+        return {}
+    changes = {
+        (task, name): paired_changes(loaded[0], loaded[1], task, name) for task, name, _, _ in MEASURES
+    }
+    return {measure: change for measure, change in changes.items() if change}
+
+
+def _forgetting_changes(
+    jobs: Sequence[Any], by_job: Mapping[int, Mapping[tuple[str, str], dict[int, float]]]
+) -> dict[tuple[str, str], list[dict[int, float]]]:
+    """Per measure, the ``{item: after - before}`` mappings of ``jobs`` that recorded it, in the jobs' order
+    (``by_job``: :func:`_job_changes` of each job, keyed by ``id(job)``)."""
     per: dict[tuple[str, str], list[dict[int, float]]] = {}
     for job in jobs:
-        loaded = _items(job)
-        if loaded is None:
-            continue
-        for task, name, _, _ in MEASURES:
-            change = paired_changes(loaded[0], loaded[1], task, name)
-            if change:
-                per.setdefault((task, name), []).append(change)
+        for measure, change in by_job[id(job)].items():
+            per.setdefault(measure, []).append(change)
     return per
 
 
 def _claims_forgetting(
     runs: Mapping[str, list[Any]],
-    changes: Mapping[str, dict[tuple[str, str], list[dict[int, float]]]],
+    by_job: Mapping[int, Mapping[tuple[str, str], dict[int, float]]],
     iters: int,
 ) -> list[Claim]:
     """Claims 3 (RIGSA forgets less than QLoRA) and 4 (comparable to random masking), at matched accuracy.
@@ -231,8 +240,8 @@ def _claims_forgetting(
                     + ", ".join(f"{r.rel} with {o.rel}" for r, o in pairs)
                     + " (same seed, ΔW init and per-matrix counts; only the kept entries differ)"
                 )
-        rigsa_changes = _forgetting_changes(rigsa_runs) if paired else changes["rigsa"]
-        other_changes = _forgetting_changes(other_runs) if paired else changes[other]
+        rigsa_changes = _forgetting_changes(rigsa_runs, by_job)
+        other_changes = _forgetting_changes(other_runs, by_job)
         votes = _final_votes(
             rigsa_changes, other_changes, other, claim, iters, len(rigsa_runs) if paired else 0
         )
@@ -254,7 +263,7 @@ def _claims_forgetting(
             claim.verdict = _less_forgetting_verdict(votes, primary=("gsm8k", "gold_nll"))
         else:
             # at the stop target: every measure RIGSA has; from the curves: every curve measure they share
-            expected = list(changes["rigsa"]) if target is not None else list(votes)
+            expected = list(_forgetting_changes(runs["rigsa"], by_job)) if target is not None else list(votes)
             claim.verdict = _comparable_verdict(votes, expected=expected)
         claim.verdict += _seed_caveat(runs["rigsa"], runs[other], other, claim.verdict)
     return [c3, c4]
@@ -263,7 +272,7 @@ def _claims_forgetting(
 def ticket_source(job: Any) -> str:
     """The folder name of the RIGSA run a random ticket took its per-matrix counts from (its
     ``adapter.density_from``, resolved against its own ``.hydra``); "" for a run without one."""
-    source = config_value(job, "adapter.density_from")
+    source = get(job.config, "adapter.density_from")
     return Path(str(source).rstrip("/")).name if source else ""
 
 

@@ -72,18 +72,54 @@ def _load_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def _load_yaml(path: Path) -> Any:
-    """A YAML file as plain containers, interpolations resolved where possible (None when unreadable)."""
+_HYDRA_REF = re.compile(r"\$\{hydra:([\w.]+)\}")
+
+
+def _load_yaml(path: Path, hydra: Any = None) -> Any:
+    """A YAML file as plain containers, interpolations resolved where possible (None when unreadable).
+
+    ``hydra``: the job's ``hydra`` node (its ``.hydra/hydra.yaml``); each ``${hydra:key}`` found in it is replaced
+    by its value first (e.g. a study's ``${hydra:sweep.dir}/rigsa_paper_s${seed}``). The interpolations that still
+    need Hydra's runtime are left as written."""
     from omegaconf import OmegaConf
 
     try:
         conf = OmegaConf.load(path)
+        if hydra is not None:
+            conf = OmegaConf.create(_substitute_hydra(OmegaConf.to_container(conf, resolve=False), hydra))
     except Exception:  # noqa: BLE001 - a broken file only loses optional information
         return None
     try:
         return OmegaConf.to_container(conf, resolve=True)
     except Exception:  # noqa: BLE001 - e.g. ${hydra:...} interpolations outside a Hydra app
         return _resolve_each(conf, OmegaConf.to_container(conf, resolve=False), "")
+
+
+def _substitute_hydra(node: Any, hydra: Any) -> Any:
+    """``node`` with every ``${hydra:key}`` whose ``key`` has a value in ``hydra`` replaced by that value."""
+    from omegaconf import OmegaConf
+
+    def value_of(match: re.Match[str]) -> str:
+        value = OmegaConf.select(hydra, match.group(1))
+        return match.group(0) if value is None else str(value)
+
+    if isinstance(node, dict):
+        return {k: _substitute_hydra(v, hydra) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_hydra(v, hydra) for v in node]
+    return _HYDRA_REF.sub(value_of, node) if isinstance(node, str) else node
+
+
+def _hydra_node(folder: Path) -> Any:
+    """The ``hydra`` node of a job's ``.hydra/hydra.yaml`` (None when absent or unreadable)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return (
+            OmegaConf.load(folder / "hydra.yaml").get("hydra") if (folder / "hydra.yaml").is_file() else None
+        )
+    except Exception:  # noqa: BLE001 - a broken file only loses optional information
+        return None
 
 
 def _resolve_each(conf: Any, node: Any, key: str) -> Any:
@@ -102,42 +138,6 @@ def _resolve_each(conf: Any, node: Any, key: str) -> Any:
     return node
 
 
-_HYDRA_REF = re.compile(r"\$\{hydra:([\w.]+)\}")
-
-
-def config_value(job: Job, key: str) -> Any:
-    """The value of dotted ``key`` in the job's composed config (``.hydra/config.yaml``), every interpolation
-    resolved, the ``${hydra:...}`` ones (e.g. a study's ``${hydra:sweep.dir}/rigsa_paper_s${seed}``) from the job's
-    own ``.hydra/hydra.yaml``; None when the key is absent or does not resolve."""
-    from omegaconf import OmegaConf
-
-    folder = Path(job.path) / ".hydra"
-    try:
-        conf = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
-        hydra = (
-            OmegaConf.load(folder / "hydra.yaml").get("hydra") if (folder / "hydra.yaml").is_file() else None
-        )
-    except Exception:  # noqa: BLE001 - a missing or broken file only loses optional information
-        return None
-
-    def hydra_value(match: re.Match[str]) -> str:
-        value = OmegaConf.select(hydra, match.group(1)) if hydra is not None else None
-        return match.group(0) if value is None else str(value)
-
-    def substitute(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: substitute(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [substitute(v) for v in node]
-        return _HYDRA_REF.sub(hydra_value, node) if isinstance(node, str) else node
-
-    try:
-        value = OmegaConf.select(OmegaConf.create(substitute(conf)), key, throw_on_resolution_failure=True)
-    except Exception:  # noqa: BLE001 - an interpolation that still needs Hydra's runtime
-        return None
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def _last_log_line(path: Path) -> str:
     logs = sorted(path.glob("*.log"), key=lambda p: p.stat().st_mtime)
     if not logs:
@@ -152,8 +152,11 @@ def _last_log_line(path: Path) -> str:
 def load_job(path: Path, root: Path) -> Job:
     """Read one job folder: completed (``metrics.json``), failed (``failed.json``) or incomplete (neither)."""
     rel = "." if path == root else str(path.relative_to(root))
+    folder = path / ".hydra"
     config = (
-        _load_yaml(path / ".hydra" / "config.yaml") if (path / ".hydra" / "config.yaml").is_file() else None
+        _load_yaml(folder / "config.yaml", _hydra_node(folder))
+        if (folder / "config.yaml").is_file()
+        else None
     )
     overrides = (
         _load_yaml(path / ".hydra" / "overrides.yaml")
