@@ -523,6 +523,36 @@ def test_random_tickets_are_compared_with_their_own_rigsa_runs(tmp_path: Path):
     assert c4.verdict.startswith("inconclusive")
 
 
+def test_a_study_still_running_compares_its_completed_pairs_alone(tmp_path: Path):
+    """Three RIGSA runs, two of whose random tickets have completed: claim 4 compares the two pairs (paired
+    bootstrap and paired t), names the RIGSA run left out and lists only the compared runs; a ticket whose RIGSA
+    run has not completed is left out the same way."""
+    root = tmp_path / "study"
+    for seed in range(3):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.02, 0.2 * seed + 0.03)
+    for seed in range(2):
+        _ticket(root, seed, 0.2 * seed)
+    c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
+    paired = next(m for m in c4.measured if m.startswith("paired by seed"))
+    assert paired.startswith(
+        "paired by seed: rigsa_paper_s0 with random_ticket_s0, rigsa_paper_s1 with random_ticket_s1"
+    )
+    assert paired.endswith("; left out until their partner completes: rigsa_paper_s2"), paired
+    assert c4.runs == ["rigsa_paper_s0", "rigsa_paper_s1", "random_ticket_s0", "random_ticket_s1"]
+    gsm8k = next(m for m in c4.measured if m.startswith("GSM8k"))
+    assert "2 pairs x 40 items" in gsm8k and "paired t over the pairs" in gsm8k, gsm8k
+    found = re.search(r"GSM8k[^:]*: forgetting RIGSA − random mask (\S+) \[", gsm8k)
+    assert found is not None and float(found.group(1)) == pytest.approx(0.03, abs=0.005)
+
+    _ticket(root, 3, 0.6)  # its RIGSA run (rigsa_paper_s3) is not complete
+    c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
+    paired = next(m for m in c4.measured if m.startswith("paired by seed"))
+    assert paired.endswith("; left out until their partner completes: rigsa_paper_s2, random_ticket_s3"), (
+        paired
+    )
+    assert "random_ticket_s3" not in c4.runs
+
+
 def test_jobs_md_sets_each_rigsa_ticket_beside_its_random_ticket(tmp_path: Path):
     """jobs.md's paired section: per seed the RIGSA ticket and its random ticket (final-phase validations counted
     from the last prune), their differences, and the mean difference with the paired t interval over the pairs; a

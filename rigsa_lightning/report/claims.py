@@ -17,10 +17,12 @@ whose CI lies on one side of 0 decides; one that straddles 0 is *inconclusive at
 
 Claim 4's design is paired when its controls are random tickets (``adapter.density_from``): each shares its RIGSA
 run's seed, ΔW init, data order and per-matrix counts, so the pair differs only in which entries are kept. When every
-random-mask run names one RIGSA run of the claim and every RIGSA run is named once, the bootstrap resamples the
-pairs (not each method's runs apart) and the seed-level interval is the paired t interval over the pairs' differences
-(n - 1 degrees of freedom) instead of Welch's; otherwise (v1's random masks, a study still running) the comparison is
-unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed.
+random-mask run names a RIGSA run and no two name the same one, the completed pairs are compared: the bootstrap
+resamples the pairs (not each method's runs apart) and the seed-level interval is the paired t interval over the
+pairs' differences (n - 1 degrees of freedom) instead of Welch's; otherwise (v1's random masks) the comparison is
+unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed; the same day,
+after the first pair completed, a study still running was changed from unpaired to its completed pairs alone (a run
+whose partner has not completed is left out and named), which leaves the complete study's analysis as it was.
 
 Accuracy CIs: Wilson's interval for one run (test items), a t-interval over seeds for a method (``statistics.py``).
 
@@ -235,24 +237,30 @@ def _claims_forgetting(
             pairs = ticket_pairs(rigsa_runs, other_runs)
             if pairs is not None:
                 rigsa_runs, other_runs, paired = [p[0] for p in pairs], [p[1] for p in pairs], True
+                claim.runs = [j.rel for j in (*rigsa_runs, *other_runs)]
+                unpaired = [j.rel for j in (*runs["rigsa"], *runs[other]) if j.rel not in claim.runs]
                 claim.measured.append(
                     "paired by seed: "
                     + ", ".join(f"{r.rel} with {o.rel}" for r, o in pairs)
                     + " (same seed, ΔW init and per-matrix counts; only the kept entries differ)"
+                    + (f"; left out until their partner completes: {', '.join(unpaired)}" if unpaired else "")
                 )
         rigsa_changes = _forgetting_changes(rigsa_runs, by_job)
         other_changes = _forgetting_changes(other_runs, by_job)
         votes = _final_votes(
             rigsa_changes, other_changes, other, claim, iters, len(rigsa_runs) if paired else 0
         )
-        compared = runs["rigsa"] + runs[other]
-        target = matching.matched_by_stop(compared) if runs["rigsa"] and runs[other] else None
+        compared = [*rigsa_runs, *other_runs]
+        target = matching.matched_by_stop(compared)
         if target is not None:
             claim.measured.insert(0, f"matched accuracy: every run stopped at val acc ≥ {100 * target:.0f} %")
         elif compared and votes:
             claim.measured.append(
                 "end-of-training accuracy NOT matched (val acc "
-                + ", ".join(f"{LABELS[m]} {_val_accuracies(runs[m])}" for m in ("rigsa", other))
+                + ", ".join(
+                    f"{LABELS[m]} {_val_accuracies(g)}"
+                    for m, g in (("rigsa", rigsa_runs), (other, other_runs))
+                )
                 + "): the numbers above are not a matched comparison"
             )
             votes, why = _curve_votes(rigsa_runs, other_runs, other, claim, iters, paired)
@@ -263,9 +271,9 @@ def _claims_forgetting(
             claim.verdict = _less_forgetting_verdict(votes, primary=("gsm8k", "gold_nll"))
         else:
             # at the stop target: every measure RIGSA has; from the curves: every curve measure they share
-            expected = list(_forgetting_changes(runs["rigsa"], by_job)) if target is not None else list(votes)
+            expected = list(rigsa_changes) if target is not None else list(votes)
             claim.verdict = _comparable_verdict(votes, expected=expected)
-        claim.verdict += _seed_caveat(runs["rigsa"], runs[other], other, claim.verdict)
+        claim.verdict += _seed_caveat(rigsa_runs, other_runs, other, claim.verdict)
     return [c3, c4]
 
 
@@ -278,18 +286,18 @@ def ticket_source(job: Any) -> str:
 
 def ticket_pairs(rigsa: Sequence[Any], others: Sequence[Any]) -> list[tuple[Any, Any]] | None:
     """The random tickets paired with their RIGSA runs, ``[(rigsa run, random ticket), ...]`` in the RIGSA runs'
-    order: each random-mask run's ``adapter.density_from`` (resolved against its own ``.hydra``) ends in the folder
-    name of one RIGSA run, one to one and covering both sides; None otherwise (then the comparison is unpaired)."""
-    if not rigsa or len(rigsa) != len(others):
-        return None
-    by_name = {Path(j.path).name: j for j in rigsa}
+    order: every random-mask run's ``adapter.density_from`` (resolved against its own ``.hydra``) names a RIGSA run,
+    no two the same one; the pairs are those whose named run is among ``rigsa`` (a run on either side whose partner
+    has not completed is left out). None when a random-mask run names no RIGSA run, two name the same one, or no
+    pair is complete (then the comparison is unpaired)."""
     partner: dict[str, Any] = {}
     for job in others:
         name = ticket_source(job)
-        if name not in by_name or name in partner:
+        if not name or name in partner:
             return None
         partner[name] = job
-    return [(j, partner[Path(j.path).name]) for j in rigsa]
+    pairs = [(j, partner[Path(j.path).name]) for j in rigsa if Path(j.path).name in partner]
+    return pairs or None
 
 
 def _seed_caveat(rigsa: Sequence[Any], others: Sequence[Any], other: str, verdict: str) -> str:

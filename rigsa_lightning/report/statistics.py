@@ -94,7 +94,7 @@ def hierarchical_difference(
         rb = ra if paired else rng.integers(0, len(b), len(b))
         draws[k] = a[np.ix_(ra, idx)].mean() - b[np.ix_(rb, idx)].mean()
     lo, hi = np.quantile(draws, [0.025, 0.975])
-    runs = f"{len(first)} pairs" if paired else f"{len(first)} vs {len(second)} runs"
+    runs = f"{len(first)} pair{'s' * (len(first) != 1)}" if paired else f"{len(first)} vs {len(second)} runs"
     return Interval(value, float(lo), float(hi), f"{runs} x {len(docs)} items")
 
 
