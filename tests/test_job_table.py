@@ -165,3 +165,35 @@ def test_a_resumed_jobs_wall_time_is_the_whole_jobs(tmp_path: Path) -> None:
     carried = {**base, "resumed_from": "x/last.ckpt", "time/train_before_s": 7000.0}
     carried |= {"time/train_s": 9718.1, "time/total_s": 10860.0}
     assert run_seconds(carried, "train") == 9718.1 and run_seconds(carried) == 10860.0
+
+
+def test_the_cost_of_each_method_shows_the_mask_search_apart(tmp_path: Path) -> None:
+    """jobs.md's cost section: per method over its runs, mean [min–max] of the mask search's steps and minutes, the
+    final phase's (the whole training for a method without pruning), the end evaluation and the whole job; a
+    zero-shot job (no step) is left out."""
+    from rigsa_lightning.report.job_table import cost_markdown
+
+    history = [{"round": 1, "global_step": 125}, {"round": 2, "global_step": 250}]
+    for seed, (steps, search, final, after, total) in enumerate(
+        [(374.0, 6780.0, 2700.0, 1140.0, 10620.0), (562.0, 6852.0, 6972.0, 840.0, 14652.0)]
+    ):
+        metrics = {"seed": seed, "prune/history": history, "time/steps_n": steps, "time/search_s": search}
+        metrics |= {"time/final_s": final, "time/eval_after_s": after, "time/total_s": total}
+        _job(tmp_path, f"rigsa_paper_s{seed}", "rigsa", metrics)
+    qlora = {"seed": 0, "time/steps_n": 375.0, "time/train_s": 5430.0, "time/eval_after_s": 817.0}
+    _job(tmp_path, "qlora_r16_s0", "qlora", qlora | {"time/total_s": 7450.0})
+    _job(tmp_path, "zero_shot_s0", "none", {"seed": 0, "time/steps_n": 0.0, "time/total_s": 1320.0})
+    jobs = [load_job(p, tmp_path) for p in find_job_dirs(tmp_path)]
+    md = cost_markdown(jobs)
+    rows = {
+        cells[0]: cells[1:]
+        for line in md.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert rows == {
+        "qlora": ["1", "0", "0", "375", f"{5430 / 60:.0f}", f"{817 / 60:.0f}", f"{7450 / 60:.0f}"],
+        "rigsa": ["2", "250", "114 [113–114]", "218 [124–312]", "81 [45–116]", "16 [14–19]", "211 [177–244]"],
+    }
+    assert cost_markdown([j for j in jobs if j.rel == "zero_shot_s0"]) == ""
+    assert "## Cost of each method" in jobs_markdown(jobs)

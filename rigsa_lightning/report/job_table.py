@@ -7,7 +7,8 @@ it stopped at its target, Textual MNIST test accuracy with its Wilson 95 % inter
 NLL per token at the end with its item CI and along the forgetting curve); and its wall time (mask search, final
 phase, whole job; a resumed job's whole time without the time lost to the interruption: ``jobs.run_seconds``).
 
-Then, where a study ran random tickets, each RIGSA ticket beside its own random ticket (same seed, init and
+Then the cost of each method over its runs, the mask search apart from the final phase (:func:`cost_markdown`),
+and, where a study ran random tickets, each RIGSA ticket beside its own random ticket (same seed, init and
 per-matrix counts), seed by seed, with the paired differences (:func:`ticket_pairs_markdown`).
 """
 
@@ -108,6 +109,7 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
         key=lambda j: (str(j.metrics.get("method")), str(j.metrics.get("name")), _seed(j)),
     )
     pairs = ticket_pairs_markdown(jobs)
+    cost = cost_markdown(jobs)
     lines = [
         "One row per completed job, every number read from its folder (`metrics.json`, `csv/metrics.csv`,",
         "`.hydra/config.yaml`). Steps: the mask search runs up to the last prune, the final phase after it; rates are",
@@ -117,7 +119,84 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
         _md_table(HEADER, [job_row(j) for j in done]) if done else "(no completed job)",
         "",
     ]
-    return "\n".join(lines) + ("\n" + pairs if pairs else "")
+    return "\n".join(lines) + "".join("\n" + part for part in (cost, pairs) if part)
+
+
+COST_HEADER = [
+    "method",
+    "runs",
+    "mask-search steps",
+    "mask search (min)",
+    "final-phase steps",
+    "final phase (min)",
+    "end evaluation (min)",
+    "whole job (min)",
+]
+
+
+def _spread(values: Sequence[float], digits: int = 0) -> str:
+    """``mean [min–max]`` of the finite ``values`` (the mean alone for one, ``—`` for none)."""
+    finite = [v for v in values if _finite(v)]
+    if not finite:
+        return "—"
+    mean = f"{sum(finite) / len(finite):.{digits}f}"
+    if len(finite) == 1 or min(finite) == max(finite):
+        return mean
+    return f"{mean} [{min(finite):.{digits}f}–{max(finite):.{digits}f}]"
+
+
+def cost_markdown(jobs: Sequence[Job]) -> str:
+    """Per method (its completed runs that trained), what it cost: mean [min–max] over the runs of the mask
+    search's steps and minutes (RIGSA's pruning rounds, up to the last prune; ``time/search_s``), the final phase's
+    (after the last prune, ``time/final_s``; the whole training, ``jobs.run_seconds(part="train")``, for a method
+    without pruning), the end evaluation (``time/eval_after_s``) and the whole job (``jobs.run_seconds``). Empty
+    without such a run."""
+    budget = {id(j): phase_budget(j) for j in jobs if j.status == "completed"}
+    trained = [
+        j
+        for j in jobs
+        if id(j) in budget and budget[id(j)]["search_steps"] + budget[id(j)]["final_steps"] > 0
+    ]
+    by_method: dict[str, list[Job]] = {}
+    for job in sorted(trained, key=lambda j: (str(j.metrics.get("method")), _seed(j))):
+        by_method.setdefault(str(job.metrics.get("method", "?")), []).append(job)
+    rows = []
+    for method, group in by_method.items():
+        budgets = [budget[id(j)] for j in group]
+        pruned = [b["search_steps"] > 0 for b in budgets]
+        search_min = [_num(j.metrics.get("time/search_s")) / 60 if p else 0.0 for j, p in zip(group, pruned)]
+        final_min = [
+            _num(j.metrics.get("time/final_s") if p else run_seconds(j.metrics, "train")) / 60
+            for j, p in zip(group, pruned)
+        ]
+        rows.append(
+            [
+                method,
+                str(len(group)),
+                _spread([b["search_steps"] for b in budgets]),
+                _spread(search_min),
+                _spread([b["final_steps"] for b in budgets]),
+                _spread(final_min),
+                _spread([_num(j.metrics.get("time/eval_after_s")) / 60 for j in group]),
+                _spread([run_seconds(j.metrics) / 60 for j in group]),
+            ]
+        )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "## Cost of each method",
+            "",
+            "Mean [min–max] over each method's completed runs, from the rows above. The mask search (RIGSA's pruning",
+            "rounds, up to its last prune) is RIGSA's own cost, shown apart and not given to the controls; the final",
+            "phase (the whole training of a method without pruning) includes its validations and forgetting-curve",
+            "points; the whole job adds loading, the base's scores where they were not cached, and the end evaluation.",
+            "Each job's time is that of the machine it ran on: compare methods only where their jobs shared one.",
+            "",
+            _md_table(COST_HEADER, rows),
+            "",
+        ]
+    )
 
 
 PAIR_HEADER = [
