@@ -537,7 +537,7 @@ def test_a_study_still_running_compares_its_completed_pairs_alone(tmp_path: Path
     assert paired.startswith(
         "paired by seed: rigsa_paper_s0 with random_ticket_s0, rigsa_paper_s1 with random_ticket_s1"
     )
-    assert paired.endswith("; left out until their partner completes: rigsa_paper_s2"), paired
+    assert paired.endswith("; left out: rigsa_paper_s2 (no completed random ticket)"), paired
     assert c4.runs == ["rigsa_paper_s0", "rigsa_paper_s1", "random_ticket_s0", "random_ticket_s1"]
     gsm8k = next(m for m in c4.measured if m.startswith("GSM8k"))
     assert "2 pairs x 40 items" in gsm8k and "paired t over the pairs" in gsm8k, gsm8k
@@ -547,10 +547,31 @@ def test_a_study_still_running_compares_its_completed_pairs_alone(tmp_path: Path
     _ticket(root, 3, 0.6)  # its RIGSA run (rigsa_paper_s3) is not complete
     c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
     paired = next(m for m in c4.measured if m.startswith("paired by seed"))
-    assert paired.endswith("; left out until their partner completes: rigsa_paper_s2, random_ticket_s3"), (
-        paired
-    )
+    assert paired.endswith(
+        "; left out: rigsa_paper_s2 (no completed random ticket), "
+        "random_ticket_s3 (its RIGSA run rigsa_paper_s3 is not among the completed runs)"
+    ), paired
     assert "random_ticket_s3" not in c4.runs
+
+    # a ticket drawn from its run's exported adapter folder (or its prune history) names that run just the same
+    for seed, tail in ((0, "/adapter"), (1, "/prune_history.json")):
+        shutil.rmtree(root / f"random_ticket_s{seed}")
+        _ticket(root, seed, 0.2 * seed, source=f"rigsa_paper_s{seed}{tail}")
+    c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
+    paired = next(m for m in c4.measured if m.startswith("paired by seed"))
+    assert paired.startswith(
+        "paired by seed: rigsa_paper_s0 with random_ticket_s0, rigsa_paper_s1 with random_ticket_s1"
+    )
+
+    # no pair complete yet: no comparison of all against all, inconclusive
+    for seed in range(2):
+        shutil.rmtree(root / f"random_ticket_s{seed}")
+    c4 = {c.number: c for c in evaluate_claims(_jobs(root), iters=400)}[4]
+    assert c4.measured[0].startswith("paired by seed, no completed pair yet; left out: rigsa_paper_s0 (no"), (
+        c4.measured
+    )
+    assert not any(m.startswith("GSM8k") for m in c4.measured)
+    assert c4.verdict == "inconclusive at this scale (no completed RIGSA / random-ticket pair)"
 
 
 def test_jobs_md_sets_each_rigsa_ticket_beside_its_random_ticket(tmp_path: Path):

@@ -188,7 +188,7 @@ def test_the_cost_of_each_method_shows_the_mask_search_apart(tmp_path: Path) -> 
     rows = {
         cells[0]: cells[1:]
         for line in md.splitlines()
-        if line.startswith("| ") and not line.startswith("| method")
+        if line.startswith("| ") and not line.startswith("| runs of")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
     assert rows == {
@@ -197,3 +197,35 @@ def test_the_cost_of_each_method_shows_the_mask_search_apart(tmp_path: Path) -> 
     }
     assert cost_markdown([j for j in jobs if j.rel == "zero_shot_s0"]) == ""
     assert "## Cost of each method" in jobs_markdown(jobs)
+
+    # two run names of one method (v1's rigsa_paper and rigsa_50) are two rows
+    for name, job in (("rigsa_paper", "rigsa_paper_s0"), ("rigsa_50", "rigsa_paper_s1")):
+        file = tmp_path / job / "metrics.json"
+        file.write_text(json.dumps(json.loads(file.read_text()) | {"name": name}))
+    md = cost_markdown([load_job(p, tmp_path) for p in find_job_dirs(tmp_path)])
+    labels = [
+        line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "runs of" not in line
+    ]
+    assert labels == ["| qlora", "| rigsa_50 (rigsa)", "| rigsa_paper (rigsa)"]
+
+
+def test_a_jobs_hydra_interpolations_resolve_from_its_hydra_yaml(tmp_path: Path) -> None:
+    """``Job.config`` has each ``${hydra:key}`` replaced by the job's own ``.hydra/hydra.yaml`` value (a whole
+    value keeps its type); one whose value needs Hydra's app to resolve is left as written, the rest still load."""
+    job = tmp_path / "random_ticket_s1" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(
+        "seed: 1\nnum: ${hydra:job.num}\nfrom: ${hydra:sweep.dir}/rigsa_paper_s${seed}\n"
+        "sub: ${hydra:sweep.subdir}\nrun: ${hydra:run.dir}\n"
+    )
+    (job / "hydra.yaml").write_text(
+        "hydra:\n  job:\n    num: 4\n  sweep:\n    dir: out/v2\n    subdir: ${name}_s${seed}\n"
+    )
+    config = load_job(tmp_path / "random_ticket_s1", tmp_path).config
+    assert config == {
+        "seed": 1,
+        "num": 4,
+        "from": "out/v2/rigsa_paper_s1",
+        "sub": "${hydra:sweep.subdir}",
+        "run": "${hydra:run.dir}",
+    }

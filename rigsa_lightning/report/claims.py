@@ -17,10 +17,10 @@ whose CI lies on one side of 0 decides; one that straddles 0 is *inconclusive at
 
 Claim 4's design is paired when its controls are random tickets (``adapter.density_from``): each shares its RIGSA
 run's seed, ΔW init, data order and per-matrix counts, so the pair differs only in which entries are kept. When every
-random-mask run names a RIGSA run and no two name the same one, the completed pairs are compared: the bootstrap
-resamples the pairs (not each method's runs apart) and the seed-level interval is the paired t interval over the
-pairs' differences (n - 1 degrees of freedom) instead of Welch's; otherwise (v1's random masks) the comparison is
-unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed; the same day,
+random-mask run names the RIGSA run it was drawn from and no two name the same one, the completed pairs alone are
+compared (none yet: inconclusive): the bootstrap resamples the pairs (not each method's runs apart) and the
+seed-level interval is the paired t interval over the pairs' differences (n - 1 degrees of freedom) instead of
+Welch's; otherwise (v1's random masks, which name none) the comparison is unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed; the same day,
 after the first pair completed, a study still running was changed from unpaired to its completed pairs alone (a run
 whose partner has not completed is left out and named), which leaves the complete study's analysis as it was.
 
@@ -236,14 +236,18 @@ def _claims_forgetting(
         if other == "random_mask":
             pairs = ticket_pairs(rigsa_runs, other_runs)
             if pairs is not None:
+                left_out = _left_out_of_pairs(runs["rigsa"], runs[other], pairs)
+                if not pairs:
+                    claim.measured.append(f"paired by seed, no completed pair yet; left out: {left_out}")
+                    claim.verdict = "inconclusive at this scale (no completed RIGSA / random-ticket pair)"
+                    continue
                 rigsa_runs, other_runs, paired = [p[0] for p in pairs], [p[1] for p in pairs], True
                 claim.runs = [j.rel for j in (*rigsa_runs, *other_runs)]
-                unpaired = [j.rel for j in (*runs["rigsa"], *runs[other]) if j.rel not in claim.runs]
                 claim.measured.append(
                     "paired by seed: "
                     + ", ".join(f"{r.rel} with {o.rel}" for r, o in pairs)
                     + " (same seed, ΔW init and per-matrix counts; only the kept entries differ)"
-                    + (f"; left out until their partner completes: {', '.join(unpaired)}" if unpaired else "")
+                    + (f"; left out: {left_out}" if left_out else "")
                 )
         rigsa_changes = _forgetting_changes(rigsa_runs, by_job)
         other_changes = _forgetting_changes(other_runs, by_job)
@@ -277,27 +281,49 @@ def _claims_forgetting(
     return [c3, c4]
 
 
+_TICKET_FILES = {"prune_history.json", "metrics.json", "adapter_config.json"}
+
+
 def ticket_source(job: Any) -> str:
     """The folder name of the RIGSA run a random ticket took its per-matrix counts from (its
-    ``adapter.density_from``, resolved against its own ``.hydra``); "" for a run without one."""
+    ``adapter.density_from``, resolved against its own ``.hydra``): the run folder itself, or the one holding the
+    named ``prune_history.json`` / ``metrics.json`` or exported ``adapter/`` folder; "" for a run without one."""
     source = get(job.config, "adapter.density_from")
-    return Path(str(source).rstrip("/")).name if source else ""
+    if not source:
+        return ""
+    path = Path(str(source).rstrip("/"))
+    if path.name in _TICKET_FILES:
+        path = path.parent
+    if path.name == "adapter":  # a run's exported adapter folder
+        path = path.parent
+    return path.name
 
 
 def ticket_pairs(rigsa: Sequence[Any], others: Sequence[Any]) -> list[tuple[Any, Any]] | None:
     """The random tickets paired with their RIGSA runs, ``[(rigsa run, random ticket), ...]`` in the RIGSA runs'
-    order: every random-mask run's ``adapter.density_from`` (resolved against its own ``.hydra``) names a RIGSA run,
-    no two the same one; the pairs are those whose named run is among ``rigsa`` (a run on either side whose partner
-    has not completed is left out). None when a random-mask run names no RIGSA run, two name the same one, or no
-    pair is complete (then the comparison is unpaired)."""
+    order, when every random-mask run names the RIGSA run it was drawn from (:func:`ticket_source`) and no two name
+    the same one: the pairs whose named run is among ``rigsa`` (a run on either side without its partner is left
+    out; ``[]`` when no pair is complete). None when a random-mask run names none or two name the same one (then
+    the comparison is unpaired)."""
     partner: dict[str, Any] = {}
     for job in others:
         name = ticket_source(job)
         if not name or name in partner:
             return None
         partner[name] = job
-    pairs = [(j, partner[Path(j.path).name]) for j in rigsa if Path(j.path).name in partner]
-    return pairs or None
+    return [(j, partner[Path(j.path).name]) for j in rigsa if Path(j.path).name in partner]
+
+
+def _left_out_of_pairs(rigsa: Sequence[Any], others: Sequence[Any], pairs: Sequence[tuple[Any, Any]]) -> str:
+    """The runs :func:`ticket_pairs` left out, each with why ("" when none)."""
+    paired = {id(j) for pair in pairs for j in pair}
+    left = [f"{j.rel} (no completed random ticket)" for j in rigsa if id(j) not in paired]
+    left += [
+        f"{j.rel} (its RIGSA run {ticket_source(j)} is not among the completed runs)"
+        for j in others
+        if id(j) not in paired
+    ]
+    return ", ".join(left)
 
 
 def _seed_caveat(rigsa: Sequence[Any], others: Sequence[Any], other: str, verdict: str) -> str:

@@ -123,7 +123,7 @@ def jobs_markdown(jobs: Sequence[Job]) -> str:
 
 
 COST_HEADER = [
-    "method",
+    "runs of (method)",
     "runs",
     "mask-search steps",
     "mask search (min)",
@@ -146,7 +146,7 @@ def _spread(values: Sequence[float], digits: int = 0) -> str:
 
 
 def cost_markdown(jobs: Sequence[Job]) -> str:
-    """Per method (its completed runs that trained), what it cost: mean [min–max] over the runs of the mask
+    """Per method and run name (its completed runs that trained), what it cost: mean [min–max] over the runs of the mask
     search's steps and minutes (RIGSA's pruning rounds, up to the last prune; ``time/search_s``), the final phase's
     (after the last prune, ``time/final_s``; the whole training, ``jobs.run_seconds(part="train")``, for a method
     without pruning), the end evaluation (``time/eval_after_s``) and the whole job (``jobs.run_seconds``). Empty
@@ -158,8 +158,12 @@ def cost_markdown(jobs: Sequence[Job]) -> str:
         if id(j) in budget and budget[id(j)]["search_steps"] + budget[id(j)]["final_steps"] > 0
     ]
     by_method: dict[str, list[Job]] = {}
-    for job in sorted(trained, key=lambda j: (str(j.metrics.get("method")), _seed(j))):
-        by_method.setdefault(str(job.metrics.get("method", "?")), []).append(job)
+    for job in sorted(
+        trained, key=lambda j: (str(j.metrics.get("method")), str(j.metrics.get("name")), _seed(j))
+    ):
+        method = str(job.metrics.get("method", "?"))
+        name = str(job.metrics.get("name") or method)
+        by_method.setdefault(f"{name} ({method})" if name != method else method, []).append(job)
     rows = []
     for method, group in by_method.items():
         budgets = [budget[id(j)] for j in group]

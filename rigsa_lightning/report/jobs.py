@@ -96,18 +96,32 @@ def _load_yaml(path: Path, hydra: Any = None) -> Any:
 
 
 def _substitute_hydra(node: Any, hydra: Any) -> Any:
-    """``node`` with every ``${hydra:key}`` whose ``key`` has a value in ``hydra`` replaced by that value."""
+    """``node`` with every ``${hydra:key}`` whose ``key`` has a value in ``hydra`` replaced by that value (a whole
+    ``"${hydra:key}"`` by the value itself, not its text); one whose value does not resolve on its own (e.g.
+    ``sweep.subdir: ${name}_s${seed}``) is left as written."""
     from omegaconf import OmegaConf
 
+    def lookup(key: str) -> Any:
+        try:
+            return OmegaConf.select(hydra, key, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - an interpolation inside hydra.yaml that needs the app's config
+            return None
+
     def value_of(match: re.Match[str]) -> str:
-        value = OmegaConf.select(hydra, match.group(1))
-        return match.group(0) if value is None else str(value)
+        value = lookup(match.group(1))
+        return match.group(0) if value is None or OmegaConf.is_config(value) else str(value)
 
     if isinstance(node, dict):
         return {k: _substitute_hydra(v, hydra) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute_hydra(v, hydra) for v in node]
-    return _HYDRA_REF.sub(value_of, node) if isinstance(node, str) else node
+    if not isinstance(node, str):
+        return node
+    whole = _HYDRA_REF.fullmatch(node)
+    if whole is not None:
+        value = lookup(whole.group(1))
+        return node if value is None or OmegaConf.is_config(value) else value
+    return _HYDRA_REF.sub(value_of, node)
 
 
 def _hydra_node(folder: Path) -> Any:
