@@ -209,9 +209,18 @@ def test_the_cost_of_each_method_shows_the_mask_search_apart(tmp_path: Path) -> 
     assert labels == ["| qlora", "| rigsa_50 (rigsa)", "| rigsa_paper (rigsa)"]
 
 
-def test_a_jobs_hydra_interpolations_resolve_from_its_hydra_yaml(tmp_path: Path) -> None:
+def test_a_jobs_hydra_interpolations_resolve_from_its_hydra_yaml(tmp_path: Path, monkeypatch) -> None:
     """``Job.config`` has each ``${hydra:key}`` replaced by the job's own ``.hydra/hydra.yaml`` value (a whole
-    value keeps its type); one whose value needs Hydra's app to resolve is left as written, the rest still load."""
+    value keeps its type); one whose value needs Hydra's app to resolve is left as written, the rest still load,
+    also in a process that runs Hydra itself (whose ``hydra:`` resolver would give its own directories)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+    from omegaconf import OmegaConf
+
+    setup_globals()  # what a Hydra app (e.g. the sweep's report callback) has registered
+    monkeypatch.setattr(
+        HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": {"run": {"dir": "the/reading/process"}}})
+    )
     job = tmp_path / "random_ticket_s1" / ".hydra"
     job.mkdir(parents=True)
     (job / "config.yaml").write_text(
@@ -229,3 +238,7 @@ def test_a_jobs_hydra_interpolations_resolve_from_its_hydra_yaml(tmp_path: Path)
         "sub": "${hydra:sweep.subdir}",
         "run": "${hydra:run.dir}",
     }
+    # no hydra.yaml: every ${hydra:...} stays as written
+    (job / "hydra.yaml").unlink()
+    config = load_job(tmp_path / "random_ticket_s1", tmp_path).config
+    assert config["run"] == "${hydra:run.dir}" and config["from"] == "${hydra:sweep.dir}/rigsa_paper_s1"

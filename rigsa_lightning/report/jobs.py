@@ -79,14 +79,14 @@ def _load_yaml(path: Path, hydra: Any = None) -> Any:
     """A YAML file as plain containers, interpolations resolved where possible (None when unreadable).
 
     ``hydra``: the job's ``hydra`` node (its ``.hydra/hydra.yaml``); each ``${hydra:key}`` found in it is replaced
-    by its value first (e.g. a study's ``${hydra:sweep.dir}/rigsa_paper_s${seed}``). The interpolations that still
-    need Hydra's runtime are left as written."""
+    by its value first (e.g. a study's ``${hydra:sweep.dir}/rigsa_paper_s${seed}``). The other ``${hydra:...}``
+    interpolations are left as written, never resolved by the reading process's own Hydra run (whose resolver
+    would give that process's directories), and so is any other interpolation that needs Hydra's runtime."""
     from omegaconf import OmegaConf
 
     try:
         conf = OmegaConf.load(path)
-        if hydra is not None:
-            conf = OmegaConf.create(_substitute_hydra(OmegaConf.to_container(conf, resolve=False), hydra))
+        conf = OmegaConf.create(_substitute_hydra(OmegaConf.to_container(conf, resolve=False), hydra))
     except Exception:  # noqa: BLE001 - a broken file only loses optional information
         return None
     try:
@@ -97,11 +97,14 @@ def _load_yaml(path: Path, hydra: Any = None) -> Any:
 
 def _substitute_hydra(node: Any, hydra: Any) -> Any:
     """``node`` with every ``${hydra:key}`` whose ``key`` has a value in ``hydra`` replaced by that value (a whole
-    ``"${hydra:key}"`` by the value itself, not its text); one whose value does not resolve on its own (e.g.
-    ``sweep.subdir: ${name}_s${seed}``) is left as written."""
+    ``"${hydra:key}"`` by the value itself, not its text); one that has none (``hydra`` None, or a value that does
+    not resolve on its own, e.g. ``sweep.subdir: ${name}_s${seed}``) is escaped (``\\${hydra:key}``), so that
+    resolving the config leaves it as written."""
     from omegaconf import OmegaConf
 
     def lookup(key: str) -> Any:
+        if hydra is None:
+            return None
         try:
             return OmegaConf.select(hydra, key, throw_on_resolution_failure=True)
         except Exception:  # noqa: BLE001 - an interpolation inside hydra.yaml that needs the app's config
@@ -109,7 +112,7 @@ def _substitute_hydra(node: Any, hydra: Any) -> Any:
 
     def value_of(match: re.Match[str]) -> str:
         value = lookup(match.group(1))
-        return match.group(0) if value is None or OmegaConf.is_config(value) else str(value)
+        return "\\" + match.group(0) if value is None or OmegaConf.is_config(value) else str(value)
 
     if isinstance(node, dict):
         return {k: _substitute_hydra(v, hydra) for k, v in node.items()}
@@ -120,7 +123,7 @@ def _substitute_hydra(node: Any, hydra: Any) -> Any:
     whole = _HYDRA_REF.fullmatch(node)
     if whole is not None:
         value = lookup(whole.group(1))
-        return node if value is None or OmegaConf.is_config(value) else value
+        return "\\" + node if value is None or OmegaConf.is_config(value) else value
     return _HYDRA_REF.sub(value_of, node)
 
 
