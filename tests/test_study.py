@@ -97,6 +97,18 @@ def test_study_estimate_counts_the_grid_and_finished_jobs(tmp_path: Path, caplog
     cb.on_multirun_start(cfg)
     # only a_s0 is a point of the narrowed grid: 1 of 4 done, at its own 10 min
     assert cb.estimate == {"jobs": 4.0, "done": 1.0, "minutes_per_job": 10.0, "minutes_left": 30.0}
+    # the whole grid again, a_s1 finished in 10 min too: each experiment's jobs left at its own median (b 20 min),
+    # c's, with none finished, at the median of all (10 min): 20 + 2 x 10, where one median for all would say 30
+    cfg.hydra.overrides = {"task": []}
+    (tmp_path / "a_s1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a_s1" / ".hydra" / "overrides.yaml").write_text("- experiment=a\n- seed=1\n")
+    (tmp_path / "a_s1" / "metrics.json").write_text(
+        json.dumps({"status": "completed", "time/total_s": 600.0})
+    )
+    with caplog.at_level("INFO"):
+        cb.on_multirun_start(cfg)
+    assert cb.estimate == {"jobs": 6.0, "done": 3.0, "minutes_per_job": 40.0 / 3, "minutes_left": 40.0}
+    assert "median of the finished jobs, per experiment" in caplog.text
 
 
 def test_study_configs_compose() -> None:

@@ -107,8 +107,9 @@ class StudyEstimateCallback(Callback):
     """Print at the start of a study how many jobs are left and their estimated time.
 
     A job folder holding a completed run counts as done (``skip_completed`` skips it). The time per job left is the
-    median wall time (``time/total_s``; a resumed job's whole time) of the finished jobs of the same folder, else
-    ``job_minutes``.
+    median wall time (``time/total_s``; a resumed job's whole time) of the finished jobs of the same folder and the
+    same experiment where the grid sweeps ``experiment`` (a study's RIGSA jobs take longer than its controls), else
+    of all its finished jobs, else ``job_minutes``.
 
     Args:
         job_minutes: the estimate per job before any job of the study has finished (from the pilots).
@@ -129,19 +130,31 @@ class StudyEstimateCallback(Callback):
         params = sweep_params(config)
         total = sweep_jobs(params)
         grid = {k: {v.strip() for v in str(val).split(",")} for k, val in params.items()}
-        times = []
+        times: dict[str | None, list[float]] = {}
         for metrics in sweep_dir.glob("*/metrics.json"):
             try:
                 data = json.loads(metrics.read_text())
             except (OSError, ValueError):
                 continue
-            if not _in_grid(metrics.parent, grid):  # another grid sharing the folder (study / study_extra)
+            given = _job_overrides(metrics.parent)
+            if not _in_grid(given, grid):  # another grid sharing the folder (study / study_extra)
                 continue
             if data.get("status") == "completed" and isinstance(data.get("time/total_s"), (int, float)):
-                times.append(run_seconds(data))  # a resumed job: the whole job's
-        done = min(len(times), total)
-        per_job = statistics.median(times) / 60 if times else self.job_minutes
-        left = (total - done) * per_job
+                experiment = (given or {}).get("experiment") if len(grid.get("experiment", ())) > 1 else None
+                times.setdefault(experiment, []).append(run_seconds(data))  # a resumed job: the whole job's
+        every = [t for group in times.values() for t in group]
+        done = min(len(every), total)
+        overall = statistics.median(every) / 60 if every else self.job_minutes
+        if None in times or not times:
+            left = (total - done) * overall
+        else:  # per experiment: its points left at its own median (the overall one before it has finished a job)
+            points = total // len(grid["experiment"])
+            left = sum(
+                max(0, points - len(times.get(e, [])))
+                * (statistics.median(times[e]) / 60 if e in times else overall)
+                for e in grid["experiment"]
+            )
+        per_job = left / (total - done) if total > done else overall
         self.estimate = {
             "jobs": float(total),
             "done": float(done),
@@ -155,20 +168,28 @@ class StudyEstimateCallback(Callback):
             sweep_dir,
             left / 60,
             per_job,
-            "median of the finished jobs" if times else "the pilots' estimate",
+            ("median of the finished jobs" + (", per experiment" if times and None not in times else ""))
+            if every
+            else "the pilots' estimate",
         )
 
 
-def _in_grid(job_dir: Path, grid: dict[str, set[str]]) -> bool:
-    """Whether a job folder's overrides (``.hydra/overrides.yaml``) are a point of ``grid`` (True when unknown)."""
+def _job_overrides(job_dir: Path) -> dict[str, str] | None:
+    """A job folder's overrides (``.hydra/overrides.yaml``) as ``{key: value}``; None when unknown."""
     overrides = job_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
-        return True
+        return None
     import yaml
 
     try:
-        given = dict(filter(None, map(_override_pair, yaml.safe_load(overrides.read_text()) or [])))
+        return dict(filter(None, map(_override_pair, yaml.safe_load(overrides.read_text()) or [])))
     except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _in_grid(given: dict[str, str] | None, grid: dict[str, set[str]]) -> bool:
+    """Whether a job's overrides (:func:`_job_overrides`) are a point of ``grid`` (True when unknown)."""
+    if given is None:
         return True
     return all(given.get(k) in values for k, values in grid.items() if k in given)
 
