@@ -20,9 +20,10 @@ run's seed, ΔW init, data order and per-matrix counts, so the pair differs only
 random-mask run names the RIGSA run it was drawn from and no two name the same one, the completed pairs alone are
 compared (none yet: inconclusive): the bootstrap resamples the pairs (not each method's runs apart) and the
 seed-level interval is the paired t interval over the pairs' differences (n - 1 degrees of freedom) instead of
-Welch's; otherwise (v1's random masks, which name none) the comparison is unpaired. This rule was fixed on 2026-12-06, before the v2 study's first random ticket completed; the same day,
-after the first pair completed, a study still running was changed from unpaired to its completed pairs alone (a run
-whose partner has not completed is left out and named), which leaves the complete study's analysis as it was.
+Welch's; otherwise (v1's random masks, which name none) the comparison is unpaired. This rule was fixed on
+2026-12-06, before the v2 study's first random ticket completed; the same day, after the first pair completed, a
+study still running was changed from unpaired to its completed pairs alone (a run whose partner has not completed
+is left out and named), which leaves the complete study's analysis as it was.
 
 Accuracy CIs: Wilson's interval for one run (test items), a t-interval over seeds for a method (``statistics.py``).
 

@@ -134,15 +134,15 @@ COST_HEADER = [
 ]
 
 
-def _spread(values: Sequence[float], digits: int = 0) -> str:
-    """``mean [min–max]`` of the finite ``values`` (the mean alone for one, ``—`` for none)."""
+def _spread(values: Sequence[float]) -> str:
+    """``mean [min–max]`` of the finite ``values``, whole numbers (the mean alone for one, ``—`` for none)."""
     finite = [v for v in values if _finite(v)]
     if not finite:
         return "—"
-    mean = f"{sum(finite) / len(finite):.{digits}f}"
+    mean = f"{sum(finite) / len(finite):.0f}"
     if len(finite) == 1 or min(finite) == max(finite):
         return mean
-    return f"{mean} [{min(finite):.{digits}f}–{max(finite):.{digits}f}]"
+    return f"{mean} [{min(finite):.0f}–{max(finite):.0f}]"
 
 
 def cost_markdown(jobs: Sequence[Job]) -> str:
@@ -157,15 +157,15 @@ def cost_markdown(jobs: Sequence[Job]) -> str:
         for j in jobs
         if id(j) in budget and budget[id(j)]["search_steps"] + budget[id(j)]["final_steps"] > 0
     ]
-    by_method: dict[str, list[Job]] = {}
+    by_run: dict[str, list[Job]] = {}
     for job in sorted(
         trained, key=lambda j: (str(j.metrics.get("method")), str(j.metrics.get("name")), _seed(j))
     ):
         method = str(job.metrics.get("method", "?"))
         name = str(job.metrics.get("name") or method)
-        by_method.setdefault(f"{name} ({method})" if name != method else method, []).append(job)
+        by_run.setdefault(f"{name} ({method})" if name != method else method, []).append(job)
     rows = []
-    for method, group in by_method.items():
+    for label, group in by_run.items():
         budgets = [budget[id(j)] for j in group]
         pruned = [b["search_steps"] > 0 for b in budgets]
         search_min = [_num(j.metrics.get("time/search_s")) / 60 if p else 0.0 for j, p in zip(group, pruned)]
@@ -175,7 +175,7 @@ def cost_markdown(jobs: Sequence[Job]) -> str:
         ]
         rows.append(
             [
-                method,
+                label,
                 str(len(group)),
                 _spread([b["search_steps"] for b in budgets]),
                 _spread(search_min),

@@ -175,11 +175,7 @@ def load_job(path: Path, root: Path) -> Job:
         if (folder / "config.yaml").is_file()
         else None
     )
-    overrides = (
-        _load_yaml(path / ".hydra" / "overrides.yaml")
-        if (path / ".hydra" / "overrides.yaml").is_file()
-        else None
-    )
+    overrides = _load_yaml(folder / "overrides.yaml") if (folder / "overrides.yaml").is_file() else None
     job = Job(
         path=path,
         rel=rel,
