@@ -626,3 +626,23 @@ def test_jobs_md_sets_each_rigsa_ticket_beside_its_random_ticket(tmp_path: Path)
     assert mean[6] == expected
     build_report(root)
     assert "## RIGSA's ticket and its random ticket, seed by seed" in (root / "jobs.md").read_text()
+
+
+def test_jobs_md_pairs_tickets_as_claim_4_does(tmp_path: Path):
+    """Two random tickets drawn from one RIGSA run: claim 4 compares them unpaired, and jobs.md lists no pair
+    either; it says why instead of setting both beside the same RIGSA run."""
+    from rigsa_lightning.report.job_table import ticket_pairs_markdown
+
+    root = tmp_path / "study"
+    for seed in range(2):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.02, 0.1)
+        _ticket(root, seed, 0.0, source="rigsa_paper_s0")
+    jobs = _jobs(root)
+    c4 = {c.number: c for c in evaluate_claims(jobs, iters=200)}[4]
+    assert not any(m.startswith("paired by seed") for m in c4.measured), c4.measured
+    text = ticket_pairs_markdown(jobs)
+    assert "(RIGSA ticket)" not in text and "mean difference" not in text
+    assert text.splitlines()[2] == (
+        "Not paired: a random-mask run names no RIGSA run in `adapter.density_from`, or two name the same one "
+        "(`random_ticket_s0`, `random_ticket_s1`); claim 4 compares them unpaired."
+    )

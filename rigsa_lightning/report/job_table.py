@@ -227,16 +227,27 @@ def _final_phase_validations(job: Job, search_steps: float) -> str:
 
 
 def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
-    """Each completed RIGSA ticket beside its completed random ticket (the run its ``adapter.density_from``
-    names: :func:`claims.ticket_source`), what each was given and measured, and per seed and over the pairs (mean,
-    paired t 95 % interval) the differences RIGSA − random ticket of test accuracy and of GSM8k's reference-NLL
-    change. Empty without a pair."""
-    from rigsa_lightning.report.claims import ticket_source
+    """Each completed RIGSA ticket beside its completed random ticket, paired as claim 4 pairs them
+    (:func:`claims.ticket_pairs`: the run each ticket's ``adapter.density_from`` names), what each was given and
+    measured, and per seed and over the pairs (mean, paired t 95 % interval) the differences RIGSA − random ticket
+    of test accuracy and of GSM8k's reference-NLL change. Empty without a pair; one line saying why when the
+    tickets cannot be paired one to one (a ticket names no run, or two name the same one)."""
+    from rigsa_lightning.report.claims import ticket_pairs
 
     done = [j for j in jobs if j.status == "completed"]
-    rigsa = {j.path.name: j for j in done if j.metrics.get("method") == "rigsa"}
+    rigsa = [j for j in done if j.metrics.get("method") == "rigsa"]
     tickets = [j for j in done if j.metrics.get("method") == "random_mask"]
-    pairs = [(rigsa[name], t) for t in tickets if (name := ticket_source(t)) in rigsa]
+    pairs = ticket_pairs(rigsa, tickets) if tickets else []
+    if pairs is None:
+        return "\n".join(
+            [
+                "## RIGSA's ticket and its random ticket, seed by seed",
+                "",
+                "Not paired: a random-mask run names no RIGSA run in `adapter.density_from`, or two name the same "
+                "one (" + ", ".join(f"`{t.rel}`" for t in tickets) + "); claim 4 compares them unpaired.",
+                "",
+            ]
+        )
     if not pairs:
         return ""
     rows, acc_diffs, nll_diffs = [], [], []
