@@ -639,3 +639,22 @@ def test_real_two_job_multirun_tiny_model(tmp_path: Path) -> None:
     ).read_text()
     assert (sweep_dir / "results.md").is_file()
     assert (sweep_dir / "forgetting_vs_accuracy.png").stat().st_size > 5_000
+
+
+def test_a_measure_only_some_runs_have_says_so_in_its_panel_title() -> None:
+    """GSM8k exact match measured by 2 of 3 runs (the third scored GSM8k by NLL alone): its panel title says
+    "(2 of 3 runs)"; a measure every run has keeps its plain title; one no run has gets no panel."""
+    from rigsa_lightning.report.figures import forgetting_measures
+
+    nan = float("nan")
+    runs = [
+        {"gsm8k_delta": 0.0625, "gsm8k_gold_nll_delta": 0.3, "piqa_delta": nan},
+        {"gsm8k_delta": -0.0625, "gsm8k_gold_nll_delta": 0.2, "piqa_delta": nan},
+        {"gsm8k_gold_nll_delta": 0.1},
+    ]
+    measures = forgetting_measures(runs, {"gsm8k": "exact_match_flexible-extract", "piqa": "acc"})
+    titles = {m.key: m.title for m in measures}
+    assert titles == {
+        "gsm8k_delta": "GSM8k EM flexible-extract: below 0 = forgetting (2 of 3 runs)",
+        "gsm8k_gold_nll_delta": "GSM8k gold NLL/token: above 0 = forgetting",
+    }

@@ -82,8 +82,15 @@ class Measure:
 
 
 def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> list[Measure]:
-    """Benchmark deltas that have data; drift KL when no benchmark has any (benchmarks skipped)."""
+    """Benchmark deltas that have data; drift KL when no benchmark has any (benchmarks skipped). A measure that
+    only some of the runs have (e.g. GSM8k exact match in a study that scores GSM8k by NLL alone, beside reused
+    runs that generated) says so in its panel title: "(k of n runs)"."""
     out = []
+
+    def coverage(key: str) -> str:
+        k = sum(_finite(r.get(key, NAN)) for r in runs)
+        return "" if k == len(runs) else f" ({k} of {len(runs)} runs)"
+
     for task, metric in tasks.items():
         if any(_finite(r.get(f"{task}_delta", NAN)) for r in runs):
             name = BENCHMARKS.get(task, task)
@@ -91,7 +98,7 @@ def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> li
                 Measure(
                     f"{task}_delta",
                     f"{name} Δ vs base (pp)",
-                    f"{name} {short_metric(metric)}: below 0 = forgetting",
+                    f"{name} {short_metric(metric)}: below 0 = forgetting{coverage(f'{task}_delta')}",
                     100,
                     0,
                 )
@@ -104,7 +111,9 @@ def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> li
         if any(_finite(r.get(key, NAN)) for r in runs):
             label = BENCHMARKS.get(task, task)
             hint = "above 0 = forgetting" if name == "gold_nll" else "below 0 = forgetting"
-            out.append(Measure(key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}", 1, 0))
+            out.append(
+                Measure(key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}{coverage(key)}", 1, 0)
+            )
     if not out and any(_finite(r.get("drift_kl", NAN)) for r in runs):
         out.append(
             Measure(
