@@ -281,7 +281,8 @@ def test_end_evaluation_parts_in_the_cost_table(fake_report: dict[str, Any]) -> 
     at = [header.index(label) for label in labels]
     assert at == sorted(at)
     rigsa_50 = next(line for line in cost.splitlines() if "| rigsa_50 |" in line)
-    assert "| 1.25 ± 0.35 |" in rigsa_50 and "| 4.00 |" in rigsa_50
+    # the NaN seed is left out of the mean, and the cell says so
+    assert "| 1.25 ± 0.35 |" in rigsa_50 and "| 4.00 (1 of 2 runs) |" in rigsa_50
 
 
 def test_figures_written(fake_report: dict[str, Any]) -> None:
@@ -658,3 +659,22 @@ def test_a_measure_only_some_runs_have_says_so_in_its_panel_title() -> None:
         "gsm8k_delta": "GSM8k EM flexible-extract: below 0 = forgetting (2 of 3 runs)",
         "gsm8k_gold_nll_delta": "GSM8k gold NLL/token: above 0 = forgetting",
     }
+
+
+def test_a_group_cell_over_some_of_its_runs_says_how_many() -> None:
+    """Three QLoRA runs, two of which measured GSM8k exact match (reused from a study that generated): the
+    accuracy cell is the mean of three, the exact-match cell the mean of the two and says "(2 of 3 runs)"."""
+    from rigsa_lightning.report.table import Column, _group_table, aggregate
+
+    nan = float("nan")
+    runs = [
+        {"method": "qlora", "name": "qlora_r16", "seed": s, "tm_acc": acc, "gsm8k_delta": em}
+        for s, acc, em in ((0, 0.867, 0.0625), (1, 0.767, nan), (2, 0.82, -0.0625))
+    ]
+    cols = [Column("tm_acc", "acc", "acc"), Column("gsm8k_delta", "GSM8k Δ", "delta")]
+    rows = aggregate(runs, cols)
+    assert rows[0]["tm_acc_n"] == 3 and rows[0]["gsm8k_delta_n"] == 2
+    assert rows[0]["gsm8k_delta_mean"] == pytest.approx(0.0)
+    body = _group_table(rows, cols).splitlines()[2]
+    cells = [c.strip() for c in body.strip("|").split("|")]
+    assert cells[2:] == ["3", f"{100 * (0.867 + 0.767 + 0.82) / 3:.1f} ± 5.0", "0.0 ± 8.8 (2 of 3 runs)"]

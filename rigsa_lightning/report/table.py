@@ -281,7 +281,8 @@ def _group_sort_key(method: str, name: str, density: float) -> tuple[Any, ...]:
 
 
 def aggregate(runs: list[dict[str, Any]], columns: Sequence[Column]) -> list[dict[str, Any]]:
-    """One row per (method, name): ``<key>_mean``, ``<key>_std`` (sample std), ``n_seeds``, ``seeds``."""
+    """One row per (method, name): ``<key>_mean``, ``<key>_std`` (sample std), ``<key>_n`` (how many of the
+    group's runs have the value), ``n_seeds``, ``seeds``."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["method"], r["name"]), []).append(r)
@@ -295,8 +296,8 @@ def aggregate(runs: list[dict[str, Any]], columns: Sequence[Column]) -> list[dic
             "seeds": " ".join(str(s) for s in seeds),
         }
         for col in columns:
-            mean, std, _ = _mean_std([r.get(col.key, NAN) for r in members])
-            row[f"{col.key}_mean"], row[f"{col.key}_std"] = mean, std
+            mean, std, n = _mean_std([r.get(col.key, NAN) for r in members])
+            row[f"{col.key}_mean"], row[f"{col.key}_std"], row[f"{col.key}_n"] = mean, std, n
             if col.ci:  # the typical per-run item CI half-width (RMS over the group's runs)
                 cis = [r.get(col.ci, NAN) for r in members if _finite(r.get(col.ci, NAN))]
                 row[f"{col.key}_ci"] = math.sqrt(sum(c * c for c in cis) / len(cis)) if cis else NAN
@@ -351,14 +352,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _group_table(rows: list[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """The Markdown table of aggregated rows: method, name, seeds, then ``columns`` in display units."""
+    """The Markdown table of aggregated rows: method, name, seeds, then ``columns`` in display units; a cell whose
+    mean covers only some of the group's runs (a measure the others did not record) ends in ``(k of n runs)``."""
     header = ["method", "name", "seeds (n)"] + [c.label for c in columns]
     body = []
     for r in rows:
         cells = [method_label(r["method"]), r["name"], str(r["n_seeds"])]
-        cells += [
-            format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind, r.get(f"{c.key}_ci")) for c in columns
-        ]
+        for c in columns:
+            cell = format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind, r.get(f"{c.key}_ci"))
+            k = r.get(f"{c.key}_n", r["n_seeds"])
+            cells.append(cell + (f" ({k} of {r['n_seeds']} runs)" if 0 < k < r["n_seeds"] else ""))
         body.append(cells)
     return _md_table(header, body)
 
