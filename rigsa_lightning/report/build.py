@@ -303,7 +303,8 @@ def _tables_lines(
             {str(t) for j in completed for t in (j.metrics.get("forget/skipped") or []) if isinstance(t, str)}
         )
         md += [
-            "Mean ± sample standard deviation over seeds (a single seed shows the mean only). Accuracies in %, "
+            "Mean ± sample standard deviation over seeds (a single seed shows the mean only); a cell ending in "
+            "(k of n runs) averages the k runs that recorded it. Accuracies in %, "
             "Δ = after − before training in percentage points (negative = forgetting). "
             "Textual MNIST acc: argmax over the ten digit tokens at the answer position; gen acc: greedy generation. "
             "Drift KL: KL(base ‖ tuned) of next-token distributions on fixed prompts; drift ΔNLL: change of the loss "
