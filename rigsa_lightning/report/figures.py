@@ -22,6 +22,7 @@ from rigsa_lightning.report.table import (
     _group_sort_key,
     _mean_std,
     _natural_key,
+    runs_note,
     short_metric,
 )
 
@@ -87,18 +88,17 @@ def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> li
     runs that generated) says so in its panel title: "(k of n runs)"."""
     out = []
 
-    def coverage(key: str) -> str:
-        k = sum(_finite(r.get(key, NAN)) for r in runs)
-        return "" if k == len(runs) else f" ({k} of {len(runs)} runs)"
+    def measured(key: str) -> int:
+        return sum(_finite(r.get(key, NAN)) for r in runs)
 
     for task, metric in tasks.items():
-        if any(_finite(r.get(f"{task}_delta", NAN)) for r in runs):
+        if k := measured(f"{task}_delta"):
             name = BENCHMARKS.get(task, task)
             out.append(
                 Measure(
                     f"{task}_delta",
                     f"{name} Δ vs base (pp)",
-                    f"{name} {short_metric(metric)}: below 0 = forgetting{coverage(f'{task}_delta')}",
+                    f"{name} {short_metric(metric)}: below 0 = forgetting{runs_note(k, len(runs))}",
                     100,
                     0,
                 )
@@ -108,11 +108,13 @@ def forgetting_measures(runs: list[dict[str, Any]], tasks: dict[str, str]) -> li
             continue
         name, text = CONTINUOUS_MEASURES[task]
         key = f"{task}_{name}_delta"
-        if any(_finite(r.get(key, NAN)) for r in runs):
+        if k := measured(key):
             label = BENCHMARKS.get(task, task)
             hint = "above 0 = forgetting" if name == "gold_nll" else "below 0 = forgetting"
             out.append(
-                Measure(key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}{coverage(key)}", 1, 0)
+                Measure(
+                    key, f"{label} Δ {text} (nats)", f"{label} {text}: {hint}{runs_note(k, len(runs))}", 1, 0
+                )
             )
     if not out and any(_finite(r.get("drift_kl", NAN)) for r in runs):
         out.append(

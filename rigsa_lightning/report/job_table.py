@@ -226,6 +226,9 @@ def _final_phase_validations(job: Job, search_steps: float) -> str:
     return ", ".join(f"{step:.0f}: {acc:.1f}" for step, acc in points) or "—"
 
 
+PAIRS_HEADING = "## RIGSA's ticket and its random ticket, seed by seed"
+
+
 def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
     """Each completed RIGSA ticket beside its completed random ticket, paired as claim 4 pairs them
     (:func:`claims.ticket_pairs`: the run each ticket's ``adapter.density_from`` names), what each was given and
@@ -237,11 +240,11 @@ def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
     done = [j for j in jobs if j.status == "completed"]
     rigsa = [j for j in done if j.metrics.get("method") == "rigsa"]
     tickets = [j for j in done if j.metrics.get("method") == "random_mask"]
-    pairs = ticket_pairs(rigsa, tickets) if tickets else []
+    pairs = ticket_pairs(rigsa, tickets)
     if pairs is None:
         return "\n".join(
             [
-                "## RIGSA's ticket and its random ticket, seed by seed",
+                PAIRS_HEADING,
                 "",
                 "Not paired: a random-mask run names no RIGSA run in `adapter.density_from`, or two name the same "
                 "one (" + ", ".join(f"`{t.rel}`" for t in tickets) + "); claim 4 compares them unpaired.",
@@ -295,7 +298,7 @@ def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
         mean.append(text + (" pp" if scale > 1 else ""))
     rows.append(["all", f"mean difference over {len(pairs)} pair(s) [paired t 95 %]", "", "", "", "", *mean])
     lines = [
-        "## RIGSA's ticket and its random ticket, seed by seed",
+        PAIRS_HEADING,
         "",
         "Each random ticket keeps its RIGSA run's per-matrix counts with the same ΔW init and data order, so the",
         "two differ only in which entries are kept (and in the final-phase rate each was searched for). Final-phase",

@@ -168,7 +168,7 @@ class StudyEstimateCallback(Callback):
             sweep_dir,
             left / 60,
             per_job,
-            ("median of the finished jobs" + (", per experiment" if times and None not in times else ""))
+            ("median of the finished jobs" + (", per experiment" if None not in times else ""))
             if every
             else "the pilots' estimate",
         )

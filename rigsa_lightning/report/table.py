@@ -340,6 +340,11 @@ def format_cell(mean: float, std: float, kind: str, ci: float | None = None) -> 
     return text
 
 
+def runs_note(k: int, n: int) -> str:
+    """`` (k of n runs)`` when a value covers only ``k`` (> 0) of the ``n`` runs it summarises, else ``""``."""
+    return f" ({k} of {n} runs)" if 0 < k < n else ""
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table (``|`` in cells escaped)."""
 
@@ -360,8 +365,7 @@ def _group_table(rows: list[dict[str, Any]], columns: Sequence[Column]) -> str:
         cells = [method_label(r["method"]), r["name"], str(r["n_seeds"])]
         for c in columns:
             cell = format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], c.kind, r.get(f"{c.key}_ci"))
-            k = r.get(f"{c.key}_n", r["n_seeds"])
-            cells.append(cell + (f" ({k} of {r['n_seeds']} runs)" if 0 < k < r["n_seeds"] else ""))
+            cells.append(cell + runs_note(r[f"{c.key}_n"], r["n_seeds"]))
         body.append(cells)
     return _md_table(header, body)
 
