@@ -646,3 +646,51 @@ def test_jobs_md_pairs_tickets_as_claim_4_does(tmp_path: Path):
         "Not paired: a random-mask run names no RIGSA run in `adapter.density_from`, or two name the same one "
         "(`random_ticket_s0`, `random_ticket_s1`); claim 4 compares them unpaired."
     )
+
+
+def _given(root: Path, job: str, steps: float, density: float | None, config: str) -> None:
+    """Record what ``job`` was given: its steps trained (``time/steps_n``), ΔW density and ``.hydra`` config."""
+    path = root / job / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["time/steps_n"] = steps
+    if density is not None:
+        metrics["adapter/density"] = density
+    path.write_text(json.dumps(metrics))
+    (root / job / ".hydra" / "config.yaml").write_text(config)
+
+
+def test_claims_state_what_each_arm_was_given_side_by_side(tmp_path: Path):
+    """Claims 3 and 4 list, per compared method and run, the final-phase steps (those after the last prune), the
+    peak rate of that phase (``pruning.final_lr`` where set, else ``adapter.lr``) and ΔW's density: the
+    lottery-ticket comparison's terms, side by side."""
+    root = tmp_path / "study"
+    history = [{"round": 1, "global_step": 125}, {"round": 2, "global_step": 250}]
+    for seed, (rigsa_steps, ticket_steps) in enumerate(((374.0, 312.0), (625.0, 375.0))):
+        _job(root, "rigsa_paper", "rigsa", seed, 0.8, -0.02, 0.03, history=history)
+        _given(
+            root, f"rigsa_paper_s{seed}", rigsa_steps, 0.0275 - 0.001 * seed,
+            "adapter:\n  lr: 0.003\npruning:\n  final_lr: 0.001\n",
+        )  # fmt: skip
+        _ticket(root, seed, 0.0)
+        ticket_config = (root / f"random_ticket_s{seed}" / ".hydra" / "config.yaml").read_text()
+        _given(
+            root, f"random_ticket_s{seed}", ticket_steps, 0.0275 - 0.001 * seed,
+            ticket_config.replace("adapter:\n", "adapter:\n  lr: 0.03\n"),
+        )  # fmt: skip
+        _job(root, "qlora_r16", "qlora", seed, 0.8, -0.02, 0.03)
+        _given(root, f"qlora_r16_s{seed}", 375.0, None, "adapter:\n  lr: 0.0003\n")
+    claims = {c.number: c for c in evaluate_claims(_jobs(root), iters=200)}
+    head = "final phase per run (steps trained, fewer where it stopped at the target; peak lr; ΔW density): "
+    rigsa = "RIGSA 124, 375 steps at lr 0.001, density 2.75, 2.65 %"
+    assert f"{head}{rigsa}; QLoRA 375, 375 steps at lr 0.0003" in claims[3].measured, claims[3].measured
+    ticket = "random mask 312, 375 steps at lr 0.03, density 2.75, 2.65 %"
+    assert f"{head}{rigsa}; {ticket}" in claims[4].measured, claims[4].measured
+    paired = next(i for i, m in enumerate(claims[4].measured) if m.startswith("paired by seed"))
+    assert claims[4].measured[paired + 1] == f"{head}{rigsa}; {ticket}"  # right after the pairing
+    # jobs without step counts (no time/steps_n, no CSV) say nothing rather than "?" everywhere
+    bare = tmp_path / "bare"
+    for seed in range(2):
+        _job(bare, "rigsa_paper", "rigsa", seed, 0.8, -0.02, 0.03)
+        _job(bare, "qlora_r16", "qlora", seed, 0.8, -0.02, 0.03)
+    c3 = {c.number: c for c in evaluate_claims(_jobs(bare), iters=200)}[3]
+    assert not any(m.startswith("final phase per run") for m in c3.measured), c3.measured

@@ -264,8 +264,10 @@ def test_report_states_each_arms_phase_budget(tmp_path: Path) -> None:
 
 def test_steps_of_a_run_without_the_step_count_come_from_its_csv(tmp_path: Path) -> None:
     """A job that predates ``time/steps_n`` (v1's, reused by v2) gets its steps from ``csv/metrics.csv``: the
-    committed search pilots, their count removed, give back exactly the count their runs recorded; a CSV without a
-    training row (zero-shot) is 0 steps; no CSV and no count is unknown."""
+    committed search pilots and v2 study jobs (with forgetting-curve rows, logged one step later than validations),
+    their count removed, give back exactly the count their runs recorded; v1's study jobs stopped at the target give
+    the step they stopped at; a CSV without a training row (zero-shot) is 0 steps; no CSV and no count is
+    unknown."""
     import shutil
 
     from rigsa_lightning.report.jobs import find_job_dirs, load_job, steps_trained
@@ -273,14 +275,23 @@ def test_steps_of_a_run_without_the_step_count_come_from_its_csv(tmp_path: Path)
     archive = Path(__file__).resolve().parents[1] / "docs" / "results" / "lr_search_v2" / "jobs"
     pilots = find_job_dirs(archive)
     assert len(pilots) >= 10
-    for pilot in pilots:
-        recorded = load_job(pilot, archive).metrics["time/steps_n"]
+    study_v2 = archive.parents[1] / "study_v2" / "jobs"
+    counted = [p for p in find_job_dirs(study_v2) if "time/steps_n" in load_job(p, study_v2).metrics]
+    assert len([p for p in counted if load_job(p, study_v2).metrics.get("forget_curve")]) >= 6
+    for pilot in [*pilots, *counted]:
+        recorded = load_job(pilot, pilot.parent).metrics["time/steps_n"]
         copy = tmp_path / pilot.name
         shutil.copytree(pilot, copy)
         metrics = json.loads((copy / "metrics.json").read_text())
         del metrics["time/steps_n"]
         (copy / "metrics.json").write_text(json.dumps(metrics))
         assert steps_trained(load_job(copy, tmp_path)) == recorded, pilot.name
+    study_v1 = archive.parents[1] / "study_cpu" / "jobs"
+    v1_jobs = [load_job(p, study_v1) for p in find_job_dirs(study_v1)]
+    stopped_v1 = [j for j in v1_jobs if j.metrics.get("stop_at/reached")]
+    assert len(stopped_v1) >= 4
+    for job in stopped_v1:
+        assert steps_trained(job) == job.metrics["stop_at/step"], job.rel
     stopped = tmp_path / "stopped"  # Lightning's CSV: train rows every 5 steps, validations at a batch's step
     (stopped / "csv").mkdir(parents=True)
     (stopped / "metrics.json").write_text(json.dumps({"status": "completed", "method": "qlora"}))

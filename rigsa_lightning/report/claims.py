@@ -41,6 +41,7 @@ from typing import Any
 from rigsa_lightning.config.access import get
 from rigsa_lightning.forgetting import items as item_records
 from rigsa_lightning.report import matching
+from rigsa_lightning.report.jobs import _finite, _num
 from rigsa_lightning.report.statistics import (
     Interval,
     hierarchical_difference,
@@ -51,6 +52,7 @@ from rigsa_lightning.report.statistics import (
     t_interval,
     wilson,
 )
+from rigsa_lightning.report.table import phase_budget
 
 CHANCE = 0.1
 #: Forgetting measures compared: (task, per-item measure, sign such that a positive value = more forgetting, label).
@@ -247,9 +249,11 @@ def _claims_forgetting(
                 claim.measured.append(
                     "paired by seed: "
                     + ", ".join(f"{r.rel} with {o.rel}" for r, o in pairs)
-                    + " (same seed, ΔW init and per-matrix counts; only the kept entries differ)"
+                    + " (same seed, ΔW init and per-matrix counts: the masks differ only in which entries are kept)"
                     + (f"; left out: {left_out}" if left_out else "")
                 )
+        if given := _given_line({"rigsa": rigsa_runs, other: other_runs}):
+            claim.measured.append(given)
         rigsa_changes = _forgetting_changes(rigsa_runs, by_job)
         other_changes = _forgetting_changes(other_runs, by_job)
         votes = _final_votes(
@@ -479,6 +483,35 @@ def _changes_at(
     before, steps = records
     changes = {step: paired_changes(before, after, task, name) for step, after in steps.items()}
     return matching.items_at(curve, level, {s: c for s, c in changes.items() if c}) or None
+
+
+def _given_line(groups: Mapping[str, Sequence[Any]]) -> str:
+    """What each compared method's runs were given in their final phase, side by side (the lottery-ticket
+    protocol compares arms on the same final-phase budget and schedule; :func:`table.phase_budget`): per run the
+    steps trained after the last prune, the peak rate(s) of the adapter's weights, and ΔW's kept fraction where the
+    run recorded one below 1. "" when no run recorded its steps (jobs that predate step counts)."""
+    parts = []
+    for method, jobs in groups.items():
+        budgets = [phase_budget(j) for j in jobs]
+        steps = [b["final_steps"] for b in budgets]
+        if not any(_finite(s) for s in steps):
+            continue
+        rates = sorted({b["final_lr"] for b in budgets if _finite(b["final_lr"])})
+        text = f"{LABELS[method]} " + ", ".join(f"{s:.0f}" if _finite(s) else "?" for s in steps) + " steps"
+        if rates:
+            text += " at lr " + " / ".join(f"{r:g}" for r in rates)
+        densities = [_num(j.metrics.get("adapter/density")) for j in jobs]
+        if any(_finite(d) and d < 1 for d in densities):
+            text += (
+                ", density " + ", ".join(f"{100 * d:.2f}" if _finite(d) else "?" for d in densities) + " %"
+            )
+        parts.append(text)
+    if not parts:
+        return ""
+    return (
+        "final phase per run (steps trained, fewer where it stopped at the target; peak lr; ΔW density): "
+        + ("; ".join(parts))
+    )
 
 
 def _val_accuracies(jobs: Sequence[Any]) -> str:

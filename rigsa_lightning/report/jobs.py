@@ -307,9 +307,10 @@ def run_seconds(metrics: dict[str, Any], part: str = "total") -> float:
 
 
 def steps_trained(job: Job) -> float:
-    """The optimizer steps the run trained: ``time/steps_n``, or for a run that predates it the last step of
-    ``csv/metrics.csv`` + 1 (steps count from 0; the CSV's validation rows sit at the last step of their batch) when
-    the CSV holds a training row, 0 when it holds none (no training); NaN without either."""
+    """The optimizer steps the run trained: ``time/steps_n``, or for a run that predates it the last step of a
+    training or validation row of ``csv/metrics.csv`` + 1 (steps count from 0; a validation row sits at the last
+    step of its batch, while a forgetting-curve row (``curve/*``) carries the count of steps done, one more) when the
+    CSV holds a training row, 0 when it holds none (no training); NaN without either."""
     n = _num(job.metrics.get("time/steps_n"))
     if _finite(n):
         return n
@@ -318,7 +319,8 @@ def steps_trained(job: Job) -> float:
         return NAN
     last, trained = -1, False
     for row in rows:
-        if row.get("step"):
+        train = any(v for k, v in row.items() if k and k.startswith("train/"))
+        if row.get("step") and (train or any(v for k, v in row.items() if k and k.startswith("val/"))):
             last = max(last, int(float(row["step"])))
-        trained = trained or any(v for k, v in row.items() if k and k.startswith("train/"))
+        trained = trained or train
     return float(last + 1) if trained else 0.0
