@@ -41,7 +41,7 @@ from typing import Any
 from rigsa_lightning.config.access import get
 from rigsa_lightning.forgetting import items as item_records
 from rigsa_lightning.report import matching
-from rigsa_lightning.report.jobs import _finite, _num
+from rigsa_lightning.report.jobs import _finite
 from rigsa_lightning.report.statistics import (
     Interval,
     hierarchical_difference,
@@ -52,7 +52,7 @@ from rigsa_lightning.report.statistics import (
     t_interval,
     wilson,
 )
-from rigsa_lightning.report.table import phase_budget
+from rigsa_lightning.report.table import _density, phase_budget
 
 CHANCE = 0.1
 #: Forgetting measures compared: (task, per-item measure, sign such that a positive value = more forgetting, label).
@@ -488,8 +488,9 @@ def _changes_at(
 def _given_line(groups: Mapping[str, Sequence[Any]]) -> str:
     """What each compared method's runs were given in their final phase, side by side (the lottery-ticket
     protocol compares arms on the same final-phase budget and schedule; :func:`table.phase_budget`): per run the
-    steps trained after the last prune, the peak rate(s) of the adapter's weights, and ΔW's kept fraction where the
-    run recorded one below 1. "" when no run recorded its steps (jobs that predate step counts)."""
+    steps trained after the last prune, the peak rate(s) of the adapter's weights, and ΔW's kept fraction
+    (:func:`table._density`) where it is below 1. "" when no run recorded its steps (jobs that predate step
+    counts)."""
     parts = []
     for method, jobs in groups.items():
         budgets = [phase_budget(j) for j in jobs]
@@ -500,7 +501,7 @@ def _given_line(groups: Mapping[str, Sequence[Any]]) -> str:
         text = f"{LABELS[method]} " + ", ".join(f"{s:.0f}" if _finite(s) else "?" for s in steps) + " steps"
         if rates:
             text += " at lr " + " / ".join(f"{r:g}" for r in rates)
-        densities = [_num(j.metrics.get("adapter/density")) for j in jobs]
+        densities = [_density(j) for j in jobs]
         if any(_finite(d) and d < 1 for d in densities):
             text += (
                 ", density " + ", ".join(f"{100 * d:.2f}" if _finite(d) else "?" for d in densities) + " %"
@@ -510,7 +511,7 @@ def _given_line(groups: Mapping[str, Sequence[Any]]) -> str:
         return ""
     return (
         "final phase per run (steps trained, fewer where it stopped at the target; peak lr; ΔW density): "
-        + ("; ".join(parts))
+        + "; ".join(parts)
     )
 
 

@@ -317,10 +317,14 @@ def steps_trained(job: Job) -> float:
     rows = _csv_rows(job)
     if rows is None:
         return NAN
+
+    def logs(row: dict[str, str], prefix: str) -> bool:
+        return any(v for k, v in row.items() if k and k.startswith(prefix))
+
     last, trained = -1, False
     for row in rows:
-        train = any(v for k, v in row.items() if k and k.startswith("train/"))
-        if row.get("step") and (train or any(v for k, v in row.items() if k and k.startswith("val/"))):
+        train = logs(row, "train/")
+        if row.get("step") and (train or logs(row, "val/")):
             last = max(last, int(float(row["step"])))
         trained = trained or train
     return float(last + 1) if trained else 0.0
