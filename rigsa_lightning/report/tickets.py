@@ -1,0 +1,205 @@
+"""What a sparse adapter's mask kept, read from the exported adapter alone, beside how far the model moved.
+
+``python -m rigsa_lightning.report.tickets <sweep folder>`` writes ``tickets.md`` and ``tickets.json`` there: one
+row per completed RIGSA-family job whose folder still holds its exported ``adapter/`` (the study archives leave it
+out: 23 MB per run), then each RIGSA run beside the random ticket drawn from it (:func:`claims.ticket_pairs`).
+
+Per run (:func:`ticket_anatomy`; the initial ΔW is regenerated from the seeds the adapter records):
+
+* **initial |ΔW0| of the kept entries**: their mean absolute initial value over the mean absolute initial value of
+  all entries of the same matrices, weighted by the per-matrix counts. 1 in expectation for a uniformly random
+  mask; for ``kaiming_uniform`` ΔW0, keeping the fraction ``p`` largest of a matrix gives ``2 - p``.
+* **kept sign**: the share of kept entries whose trained value has the sign of their initial value.
+* **‖α·ΔW‖_F**: the Frobenius norm, over all adapted matrices, of the weight change the adapter applies (what
+  merging adds to the base weights; pruned entries count with their initial value under ``pruned_value: init``).
+* **rows' share**: the share of kept entries that fall in the 10 % of each matrix's rows holding the most of them
+  (about 0.1 plus sampling noise for a uniformly random mask; 1 for a mask confined to those rows).
+
+Beside them, from the job's ``metrics.json``: the drift probe's KL(base ‖ tuned) on general prompts and the GSM8k
+reference-answer NLL change (:mod:`rigsa_lightning.forgetting`), so a ticket's structure can be read against how
+far it moved the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rigsa_lightning.io import atomic_write_json, atomic_write_text
+from rigsa_lightning.report.claims import ticket_pairs
+from rigsa_lightning.report.jobs import Job, find_job_dirs, load_job
+
+#: The share of rows :attr:`TicketAnatomy.row_share` looks at.
+TOP_ROWS = 0.1
+_METHODS = {"rigsa": "RIGSA", "random_mask": "random ticket"}
+
+
+@dataclass(frozen=True)
+class TicketAnatomy:
+    """What one exported sparse adapter kept (see the module docstring for each measure)."""
+
+    density: float
+    init_magnitude_ratio: float
+    kept_sign: float
+    update_norm: float
+    row_share: float
+
+
+def ticket_anatomy(folder: str | Path) -> TicketAnatomy:
+    """Measure the exported adapter in ``folder`` (``adapter.safetensors`` + ``adapter_config.json``)."""
+    from rigsa_lightning.adapters.rigsa.export import read_sparse_adapter
+    from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
+
+    config, tensors = read_sparse_adapter(folder)
+    init_init = config.get("pruned_value", "zero") == "init"
+    kept_abs = random_abs = same_sign = update_sq = top_rows = 0.0
+    nnz = numel = 0
+    for name, info in config["modules"].items():
+        out_features, in_features = info["shape"]
+        index = tensors[f"{name}.indices"].long()
+        values = tensors[f"{name}.values"].double()
+        alpha = float(tensors[f"{name}.alpha"])
+        init = generate_initial_delta(
+            (out_features, in_features), int(info["init_seed"]), info["init"], float(info["init_std"])
+        ).reshape(-1)
+        kept_init = init[index].double()
+        kept_abs += float(kept_init.abs().sum())
+        random_abs += index.numel() * float(init.double().abs().mean())
+        same_sign += float((torch.sign(kept_init) == torch.sign(values)).sum())
+        delta_sq = float((values**2).sum())
+        if init_init:  # the pruned entries stay at their initial value and are merged too
+            delta_sq += float((init.double() ** 2).sum()) - float((kept_init**2).sum())
+        update_sq += alpha * alpha * delta_sq
+        per_row = torch.bincount(index // in_features, minlength=out_features)
+        top_rows += float(
+            per_row.sort(descending=True).values[: max(1, round(TOP_ROWS * out_features))].sum()
+        )
+        nnz += index.numel()
+        numel += out_features * in_features
+    if nnz == 0:
+        return TicketAnatomy(0.0, math.nan, math.nan, math.sqrt(update_sq), math.nan)
+    return TicketAnatomy(
+        density=nnz / numel,
+        init_magnitude_ratio=kept_abs / random_abs,
+        kept_sign=same_sign / nnz,
+        update_norm=math.sqrt(update_sq),
+        row_share=top_rows / nnz,
+    )
+
+
+def _num(metrics: dict[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _row(job: Job, anatomy: TicketAnatomy) -> dict[str, Any]:
+    method = str(job.metrics.get("method", ""))
+    return {
+        "run": job.rel,
+        "method": _METHODS.get(method, method),
+        **asdict(anatomy),
+        "drift_kl": _num(job.metrics, "forget/drift/kl/after"),
+        "gsm8k_nll_delta": _num(job.metrics, "forget/gsm8k/gold_nll/delta"),
+    }
+
+
+def ticket_rows(folder: str | Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]], list[str]]:
+    """The measured runs of a sweep folder, the (RIGSA run, random ticket) pairs among them, and the completed
+    RIGSA-family runs left out (no ``adapter/`` folder)."""
+    root = Path(folder)
+    jobs = [load_job(p, root) for p in find_job_dirs(root)]
+    rows: list[dict[str, Any]] = []
+    measured: dict[str, list[Job]] = {"rigsa": [], "random_mask": []}
+    left_out: list[str] = []
+    for job in sorted(jobs, key=lambda j: j.rel):
+        method = job.metrics.get("method")
+        if job.status != "completed" or method not in measured:
+            continue
+        if not (job.path / "adapter" / "adapter_config.json").is_file():
+            left_out.append(job.rel)
+            continue
+        rows.append(_row(job, ticket_anatomy(job.path / "adapter")))
+        measured[method].append(job)
+    pairs = ticket_pairs(measured["rigsa"], measured["random_mask"]) or []
+    return rows, [(r.rel, t.rel) for r, t in pairs], left_out
+
+
+_COLUMNS = (
+    ("density", "density (%)", lambda v: f"{100 * v:.2f}"),
+    ("init_magnitude_ratio", "initial magnitude, kept / all", lambda v: f"{v:.3f}"),
+    ("kept_sign", "kept sign", lambda v: f"{v:.3f}"),
+    ("update_norm", "‖α·ΔW‖_F", lambda v: f"{v:.2f}"),
+    ("row_share", f"in top {100 * TOP_ROWS:.0f} % rows", lambda v: f"{v:.3f}"),
+    ("drift_kl", "drift KL", lambda v: f"{v:.3f}"),
+    ("gsm8k_nll_delta", "GSM8k Δ NLL", lambda v: f"{v:+.3f}"),
+)
+
+
+def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], left_out: Sequence[str]) -> str:
+    """The markdown of :func:`write_tickets`."""
+    lines = [
+        "# What each sparse adapter kept",
+        "",
+        "Measured from each run's exported `adapter/` (`python -m rigsa_lightning.report.tickets`): see "
+        "`rigsa_lightning/report/tickets.py` for each measure. Drift KL and GSM8k Δ NLL come from the run's "
+        "`metrics.json`.",
+        "",
+        "| run | method | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        "|---|---|" + "---|" * len(_COLUMNS),
+    ]
+    for row in rows:
+        cells = [f"`{row['run']}`", row["method"]] + [fmt(row[key]) for key, _, fmt in _COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if pairs:
+        by_run = {row["run"]: row for row in rows}
+        lines += ["", "Each RIGSA run over (or minus, for GSM8k) the random ticket drawn from it:", ""]
+        lines += [
+            "| pair | initial magnitude ratio | ‖α·ΔW‖_F ratio | drift KL ratio | GSM8k Δ NLL difference |",
+            "|---|---|---|---|---|",
+        ]
+        for rigsa, ticket in pairs:
+            a, b = by_run[rigsa], by_run[ticket]
+            lines.append(
+                f"| `{rigsa}` / `{ticket}` | {a['init_magnitude_ratio'] / b['init_magnitude_ratio']:.2f} | "
+                f"{a['update_norm'] / b['update_norm']:.2f} | {a['drift_kl'] / b['drift_kl']:.1f} | "
+                f"{a['gsm8k_nll_delta'] - b['gsm8k_nll_delta']:+.3f} |"
+            )
+    if left_out:
+        lines += [
+            "",
+            "Left out (no exported `adapter/` in the job folder): " + ", ".join(f"`{r}`" for r in left_out),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tickets(folder: str | Path) -> dict[str, Path]:
+    """Write ``tickets.md`` and ``tickets.json`` into the sweep ``folder``; return their paths."""
+    folder = Path(folder)
+    rows, pairs, left_out = ticket_rows(folder)
+    out = {"md": folder / "tickets.md", "json": folder / "tickets.json"}
+    atomic_write_text(out["md"], render(rows, pairs, left_out))
+    atomic_write_json(out["json"], {"runs": rows, "pairs": [list(p) for p in pairs], "left_out": left_out})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m rigsa_lightning.report.tickets <folder>``."""
+    parser = argparse.ArgumentParser(prog="python -m rigsa_lightning.report.tickets")
+    parser.add_argument("folder")
+    args = parser.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        print(f"error: folder: {args.folder} does not exist -> give the sweep's folder", file=sys.stderr)
+        sys.exit(2)
+    out = write_tickets(args.folder)
+    print(out["md"].read_text())
+
+
+if __name__ == "__main__":
+    main()
