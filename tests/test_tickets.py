@@ -109,7 +109,9 @@ def _job(root: Path, name: str, method: str, adapters: dict[str, Any] | None, **
     source = f"density_from: {root / 'rigsa_paper_s0'}\n" if method == "random_mask" else ""
     (folder / ".hydra" / "config.yaml").write_text(f"adapter:\n  method: {method}\n  {source}")
     payload = {"status": "completed", "method": method, "name": name.rsplit("_s", 1)[0]}
-    payload |= {"forget/drift/kl/after": metrics["kl"], "forget/gsm8k/gold_nll/delta": metrics["nll"]}
+    payload |= {"forget/gsm8k/gold_nll/delta": metrics["nll"]}
+    if "kl" in metrics:  # a run with the drift probe off has no drift KL
+        payload["forget/drift/kl/after"] = metrics["kl"]
     (folder / "metrics.json").write_text(json.dumps(payload))
     if adapters is not None:
         _export(adapters, folder / "adapter")
@@ -132,11 +134,12 @@ def test_sweep_command_pairs_each_ticket_with_its_rigsa_run(
         _set(mod, keep, generate_initial_delta(mod.delta.shape, mod.init_seed)[keep], 0.8)
     _job(tmp_path, "random_ticket_s0", "random_mask", adapters, kl=0.05, nll=0.05)
     _job(tmp_path, "rigsa_paper_s1", "rigsa", None, kl=0.7, nll=0.3)  # archived: no adapter/
+    _job(tmp_path, "rigsa_paper_s2", "rigsa", adapters, nll=0.125)  # no random ticket, no drift probe
     _job(tmp_path, "qlora_r16_s0", "qlora", None, kl=0.2, nll=0.1)
 
     out = write_tickets(tmp_path)
     data = json.loads(out["json"].read_text())
-    assert [r["run"] for r in data["runs"]] == ["random_ticket_s0", "rigsa_paper_s0"]
+    assert [r["run"] for r in data["runs"]] == ["random_ticket_s0", "rigsa_paper_s0", "rigsa_paper_s2"]
     assert data["pairs"] == [["rigsa_paper_s0", "random_ticket_s0"]] and data["left_out"] == [
         "rigsa_paper_s1"
     ]
@@ -151,7 +154,8 @@ def test_sweep_command_pairs_each_ticket_with_its_rigsa_run(
     md = out["md"].read_text()
     assert "| `rigsa_paper_s0` / `random_ticket_s0` |" in md and f"| {kl_ratio} | +0.200 |" in md
     assert "Left out (no exported `adapter/` in the job folder): `rigsa_paper_s1`" in md
-    assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:8] if line)
+    assert next(line for line in md.splitlines() if "`rigsa_paper_s2`" in line).endswith("| — | +0.125 |")
+    assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:9] if line)
 
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "missing")])

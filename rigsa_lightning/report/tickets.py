@@ -131,15 +131,24 @@ def ticket_rows(folder: str | Path) -> tuple[list[dict[str, Any]], list[tuple[st
     return rows, [(r.rel, t.rel) for r, t in pairs], left_out
 
 
-_COLUMNS = (
-    ("density", "density (%)", lambda v: f"{100 * v:.2f}"),
-    ("init_magnitude_ratio", "initial magnitude, kept / all", lambda v: f"{v:.3f}"),
-    ("kept_sign", "kept sign", lambda v: f"{v:.3f}"),
-    ("update_norm", "‖α·ΔW‖_F", lambda v: f"{v:.2f}"),
-    ("row_share", f"in top {100 * TOP_ROWS:.0f} % rows", lambda v: f"{v:.3f}"),
-    ("drift_kl", "drift KL", lambda v: f"{v:.3f}"),
-    ("gsm8k_nll_delta", "GSM8k Δ NLL", lambda v: f"{v:+.3f}"),
+_COLUMNS = (  # key, title, format spec, scale
+    ("density", "density (%)", ".2f", 100.0),
+    ("init_magnitude_ratio", "initial magnitude, kept / all", ".3f", 1.0),
+    ("kept_sign", "kept sign", ".3f", 1.0),
+    ("update_norm", "‖α·ΔW‖_F", ".2f", 1.0),
+    ("row_share", f"in top {100 * TOP_ROWS:.0f} % rows", ".3f", 1.0),
+    ("drift_kl", "drift KL", ".3f", 1.0),
+    ("gsm8k_nll_delta", "GSM8k Δ NLL", "+.3f", 1.0),
 )
+
+
+def _cell(value: float, spec: str) -> str:
+    """``value`` formatted with ``spec``; "—" where it was not measured (NaN, inf)."""
+    return format(value, spec) if math.isfinite(value) else "—"
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b != 0 and math.isfinite(b) else math.nan
 
 
 def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], left_out: Sequence[str]) -> str:
@@ -151,11 +160,12 @@ def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], lef
         "`rigsa_lightning/report/tickets.py` for each measure. Drift KL and GSM8k Δ NLL come from the run's "
         "`metrics.json`.",
         "",
-        "| run | method | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        "| run | method | " + " | ".join(title for _, title, _, _ in _COLUMNS) + " |",
         "|---|---|" + "---|" * len(_COLUMNS),
     ]
     for row in rows:
-        cells = [f"`{row['run']}`", row["method"]] + [fmt(row[key]) for key, _, fmt in _COLUMNS]
+        cells = [f"`{row['run']}`", row["method"]]
+        cells += [_cell(scale * row[key], spec) for key, _, spec, scale in _COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if pairs:
         by_run = {row["run"]: row for row in rows}
@@ -166,11 +176,13 @@ def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], lef
         ]
         for rigsa, ticket in pairs:
             a, b = by_run[rigsa], by_run[ticket]
-            lines.append(
-                f"| `{rigsa}` / `{ticket}` | {a['init_magnitude_ratio'] / b['init_magnitude_ratio']:.2f} | "
-                f"{a['update_norm'] / b['update_norm']:.2f} | {a['drift_kl'] / b['drift_kl']:.1f} | "
-                f"{a['gsm8k_nll_delta'] - b['gsm8k_nll_delta']:+.3f} |"
-            )
+            cells = [
+                _cell(_ratio(a["init_magnitude_ratio"], b["init_magnitude_ratio"]), ".2f"),
+                _cell(_ratio(a["update_norm"], b["update_norm"]), ".2f"),
+                _cell(_ratio(a["drift_kl"], b["drift_kl"]), ".1f"),
+                _cell(a["gsm8k_nll_delta"] - b["gsm8k_nll_delta"], "+.3f"),
+            ]
+            lines.append(f"| `{rigsa}` / `{ticket}` | " + " | ".join(cells) + " |")
     if left_out:
         lines += [
             "",
