@@ -1,8 +1,8 @@
 """What a sparse adapter's mask kept, read from the exported adapter alone, beside how far the model moved.
 
 ``python -m rigsa_lightning.report.tickets <sweep folder>`` writes ``tickets.md`` and ``tickets.json`` there: one
-row per completed RIGSA-family job whose folder still holds its exported ``adapter/`` (the study archives leave it
-out: 23 MB per run), then each RIGSA run beside the random ticket drawn from it (:func:`claims.ticket_pairs`).
+row per completed RIGSA-family job whose folder still holds its exported ``adapter/`` (a study's archive leaves it
+out for its size), then each RIGSA run beside the random ticket drawn from it (:func:`claims.ticket_pairs`).
 
 Per run (:func:`ticket_anatomy`; the initial ΔW is regenerated from the seeds the adapter records):
 
