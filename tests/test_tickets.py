@@ -11,10 +11,18 @@ from typing import Any
 import pytest
 import torch
 
+from rigsa_lightning.adapters.rigsa.export import read_sparse_adapter
 from rigsa_lightning.adapters.rigsa.inject import inject_rigsa
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 from rigsa_lightning.export import save_sparse_adapter
-from rigsa_lightning.report.tickets import TOP_ROWS, main, ticket_anatomy, write_tickets
+from rigsa_lightning.report.tickets import (
+    PLACEMENTS,
+    TOP_ROWS,
+    main,
+    place_values,
+    ticket_anatomy,
+    write_tickets,
+)
 
 ADAPTER = {
     "method": "rigsa",
@@ -157,9 +165,64 @@ def test_sweep_command_pairs_each_ticket_with_its_rigsa_run(
     assert next(line for line in md.splitlines() if "`rigsa_paper_s2`" in line).endswith("| — | +0.125 |")
     assert all(line.count("|") == md.splitlines()[4].count("|") for line in md.splitlines()[4:9] if line)
 
+    # Placements: each pair's drift KL with the values swapped, read from the scored placements' evaluation.json.
+    placements = tmp_path.parent / f"{tmp_path.name}_placements"
+    for placement, kl in zip(PLACEMENTS, (0.0123, 0.0456)):
+        (placements / "rigsa_paper_s0" / placement).mkdir(parents=True)
+        (placements / "rigsa_paper_s0" / placement / "evaluation.json").write_text(
+            json.dumps({"forget/drift/kl/after": kl})
+        )
+    out = write_tickets(tmp_path, placements)
+    pair_line = next(line for line in out["md"].read_text().splitlines() if "/ `random_ticket_s0`" in line)
+    assert pair_line.endswith(f"| {kl_ratio} | +0.200 | 0.0123 | 0.0456 |")
+    assert json.loads(out["json"].read_text())["placements_drift_kl"] == {
+        "rigsa_paper_s0": dict(zip(PLACEMENTS, (0.0123, 0.0456)))
+    }
+
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "missing")])
     assert err.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: folder: {tmp_path / 'missing'} does not exist -> give the sweep's folder"
     ]
+
+
+def test_placing_one_runs_values_on_anothers_positions(
+    tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The placed adapter holds the first run's values and gates on the second's kept entries, loads as any
+    exported adapter, and two runs with different per-matrix counts are refused in one line (exit 2)."""
+    model, _ = tiny_model
+    adapters = inject_rigsa(model, ADAPTER)
+    gen = torch.Generator().manual_seed(3)
+    folders = []
+    for k, alpha in ((0, 0.7), (1, 0.2)):
+        for mod in adapters.values():
+            keep = torch.zeros(mod.delta.numel(), dtype=torch.bool)
+            keep[torch.randperm(mod.delta.numel(), generator=gen)[: mod.delta.numel() // 5]] = True
+            _set(mod, keep.view(mod.delta.shape), torch.randn(int(keep.sum()), generator=gen), alpha)
+        folders.append(_export(adapters, tmp_path / f"run{k}"))
+    placed = place_values(folders[0], folders[1], tmp_path / "placed")
+    _, values = read_sparse_adapter(folders[0])
+    _, positions = read_sparse_adapter(folders[1])
+    _, got = read_sparse_adapter(placed)
+    for name in adapters:
+        assert torch.equal(got[f"{name}.values"], values[f"{name}.values"])
+        assert torch.equal(got[f"{name}.alpha"], values[f"{name}.alpha"])
+        assert torch.equal(got[f"{name}.indices"], positions[f"{name}.indices"])
+        assert not torch.equal(got[f"{name}.indices"], values[f"{name}.indices"])
+
+    mod = next(iter(adapters.values()))
+    keep = mod.mask.clone()
+    keep.view(-1)[keep.view(-1).nonzero()[0]] = False  # one entry fewer in one matrix
+    _set(mod, keep, torch.ones(int(keep.sum())), 0.5)
+    fewer = _export(adapters, tmp_path / "fewer")
+    with pytest.raises(SystemExit) as err:
+        main(["--place", str(folders[0]), str(fewer), str(tmp_path / "refused")])
+    assert err.value.code == 2 and not (tmp_path / "refused").exists()
+    line = capsys.readouterr().err.strip()
+    assert (
+        line.startswith("error: --place: ")
+        and "-> place a run's values on the random ticket drawn from it" in line
+    )
+    assert "\n" not in line

@@ -18,11 +18,19 @@ Per run (:func:`ticket_anatomy`; the initial ΔW is regenerated from the seeds t
 Beside them, from the job's ``metrics.json``: the drift probe's KL(base ‖ tuned) on general prompts and the GSM8k
 reference-answer NLL change (:mod:`rigsa_lightning.forgetting`), so a ticket's structure can be read against how
 far it moved the model.
+
+**Placements** separate where a ticket's entries sit from what it learned on them: :func:`place_values` (``--place
+VALUES POSITIONS OUT``) writes an adapter with one run's trained values and gates on another's kept positions (a
+RIGSA run and its random ticket keep the same count in every matrix). Scored with ``python -m
+rigsa_lightning.evaluate adapter_path=OUT``, their ``evaluation.json`` files under ``--placements DIR``
+(``DIR/<RIGSA run>/{rigsa_values_on_ticket_positions,ticket_values_on_rigsa_positions}/``) add each pair's drift KL
+with the values swapped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -32,7 +40,8 @@ from typing import Any
 
 import torch
 
-from rigsa_lightning.io import atomic_write_json, atomic_write_text
+from rigsa_lightning.config.errors import ConfigError
+from rigsa_lightning.io import atomic_dir, atomic_write_json, atomic_write_text
 from rigsa_lightning.report.claims import ticket_pairs
 from rigsa_lightning.report.jobs import Job, find_job_dirs, load_job
 
@@ -94,6 +103,65 @@ def ticket_anatomy(folder: str | Path) -> TicketAnatomy:
     )
 
 
+#: The two placements of a pair, as folder names under ``--placements DIR/<RIGSA run>/``.
+PLACEMENTS = ("rigsa_values_on_ticket_positions", "ticket_values_on_rigsa_positions")
+
+
+def place_values(values_from: str | Path, positions_from: str | Path, out: str | Path) -> Path:
+    """Write to ``out`` an exported adapter holding ``values_from``'s trained values (in index order) and gates on
+    ``positions_from``'s kept entries, matrix by matrix; its config is ``positions_from``'s. The two adapters must
+    adapt the same matrices and keep the same count in each (a RIGSA run and its random ticket do)."""
+    from safetensors.torch import save_file
+
+    from rigsa_lightning.adapters.rigsa.export import (
+        CONFIG_NAME,
+        FORMAT,
+        FORMAT_VERSION,
+        WEIGHTS_NAME,
+        read_sparse_adapter,
+    )
+
+    values_cfg, values = read_sparse_adapter(values_from)
+    config, positions = read_sparse_adapter(positions_from)
+    if set(values_cfg["modules"]) != set(config["modules"]):
+        raise ConfigError(
+            "--place", "the two adapters adapt different matrices", "pair runs of the same targets"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in config["modules"]:
+        kept, index = values[f"{name}.values"], positions[f"{name}.indices"]
+        if kept.numel() != index.numel():
+            raise ConfigError(
+                "--place",
+                f"{name} keeps {kept.numel()} entries in {values_from} and {index.numel()} in {positions_from}",
+                "place a run's values on the random ticket drawn from it (the same per-matrix counts)",
+            )
+        tensors |= {
+            f"{name}.values": kept,
+            f"{name}.indices": index,
+            f"{name}.alpha": values[f"{name}.alpha"],
+        }
+    config = {**config, "extra": {**config.get("extra", {}), "values_from": str(values_from)}}
+    with atomic_dir(out) as tmp:
+        save_file(
+            tensors,
+            str(tmp / WEIGHTS_NAME),
+            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)},
+        )
+        atomic_write_json(tmp / CONFIG_NAME, config)
+    return Path(out)
+
+
+def _placed_kl(placements: Path | None, rigsa_run: str, placement: str) -> float:
+    if placements is None:
+        return math.nan
+    evaluation = placements / rigsa_run / placement / "evaluation.json"
+    try:
+        return _num(json.loads(evaluation.read_text()), "forget/drift/kl/after")
+    except (OSError, ValueError):
+        return math.nan
+
+
 def _num(metrics: dict[str, Any], key: str) -> float:
     value = metrics.get(key)
     return float(value) if isinstance(value, (int, float)) else math.nan
@@ -111,8 +179,8 @@ def _row(job: Job, anatomy: TicketAnatomy) -> dict[str, Any]:
 
 
 def ticket_rows(folder: str | Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]], list[str]]:
-    """The measured runs of a sweep folder, the (RIGSA run, random ticket) pairs among them, and the completed
-    RIGSA-family runs left out (no ``adapter/`` folder)."""
+    """The measured runs of a sweep folder, the (RIGSA run, random ticket) pairs among them (by folder name), and
+    the completed RIGSA-family runs left out (no ``adapter/`` folder)."""
     root = Path(folder)
     jobs = [load_job(p, root) for p in find_job_dirs(root)]
     rows: list[dict[str, Any]] = []
@@ -151,8 +219,13 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 and math.isfinite(b) else math.nan
 
 
-def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], left_out: Sequence[str]) -> str:
-    """The markdown of :func:`write_tickets`."""
+def render(
+    rows: Sequence[dict[str, Any]],
+    pairs: Sequence[tuple[str, str]],
+    left_out: Sequence[str],
+    placed: dict[str, tuple[float, float]] | None = None,
+) -> str:
+    """The markdown of :func:`write_tickets` (``placed``: each RIGSA run's drift KL under :data:`PLACEMENTS`)."""
     lines = [
         "# What each sparse adapter kept",
         "",
@@ -170,10 +243,10 @@ def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], lef
     if pairs:
         by_run = {row["run"]: row for row in rows}
         lines += ["", "Each RIGSA run over (or minus, for GSM8k) the random ticket drawn from it:", ""]
-        lines += [
-            "| pair | initial magnitude ratio | ‖α·ΔW‖_F ratio | drift KL ratio | GSM8k Δ NLL difference |",
-            "|---|---|---|---|---|",
-        ]
+        head = "| pair | initial magnitude ratio | ‖α·ΔW‖_F ratio | drift KL ratio | GSM8k Δ NLL difference |"
+        if placed:
+            head += " drift KL, RIGSA's values on the ticket's positions | the ticket's values on RIGSA's positions |"
+        lines += [head, "|---" * head.count(" | ") + "|---|"]
         for rigsa, ticket in pairs:
             a, b = by_run[rigsa], by_run[ticket]
             cells = [
@@ -182,6 +255,8 @@ def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], lef
                 _cell(_ratio(a["drift_kl"], b["drift_kl"]), ".1f"),
                 _cell(a["gsm8k_nll_delta"] - b["gsm8k_nll_delta"], "+.3f"),
             ]
+            if placed:
+                cells += [_cell(kl, ".4f") for kl in placed.get(rigsa, (math.nan, math.nan))]
             lines.append(f"| `{rigsa}` / `{ticket}` | " + " | ".join(cells) + " |")
     if left_out:
         lines += [
@@ -191,25 +266,39 @@ def render(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], lef
     return "\n".join(lines) + "\n"
 
 
-def write_tickets(folder: str | Path) -> dict[str, Path]:
-    """Write ``tickets.md`` and ``tickets.json`` into the sweep ``folder``; return their paths."""
+def write_tickets(folder: str | Path, placements: str | Path | None = None) -> dict[str, Path]:
+    """Write ``tickets.md`` and ``tickets.json`` into the sweep ``folder``; return their paths. ``placements``: the
+    folder of the pairs' scored placements (see the module docstring)."""
     folder = Path(folder)
     rows, pairs, left_out = ticket_rows(folder)
+    where = Path(placements) if placements is not None else None
+    placed = {r: (_placed_kl(where, r, PLACEMENTS[0]), _placed_kl(where, r, PLACEMENTS[1])) for r, _ in pairs}
     out = {"md": folder / "tickets.md", "json": folder / "tickets.json"}
-    atomic_write_text(out["md"], render(rows, pairs, left_out))
-    atomic_write_json(out["json"], {"runs": rows, "pairs": [list(p) for p in pairs], "left_out": left_out})
+    atomic_write_text(out["md"], render(rows, pairs, left_out, placed if where is not None else None))
+    data: dict[str, Any] = {"runs": rows, "pairs": [list(p) for p in pairs], "left_out": left_out}
+    if where is not None:
+        data["placements_drift_kl"] = {r: dict(zip(PLACEMENTS, kls)) for r, kls in placed.items()}
+    atomic_write_json(out["json"], data)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m rigsa_lightning.report.tickets <folder>``."""
+    """``python -m rigsa_lightning.report.tickets <folder> [--placements DIR]`` or ``--place VALUES POSITIONS OUT``."""
     parser = argparse.ArgumentParser(prog="python -m rigsa_lightning.report.tickets")
-    parser.add_argument("folder")
+    parser.add_argument("folder", nargs="?")
+    parser.add_argument("--placements", help="the pairs' scored placements: DIR/<RIGSA run>/<placement>/")
+    parser.add_argument("--place", nargs=3, metavar=("VALUES", "POSITIONS", "OUT"), help="write a placement")
     args = parser.parse_args(argv)
-    if not Path(args.folder).is_dir():
-        print(f"error: folder: {args.folder} does not exist -> give the sweep's folder", file=sys.stderr)
+    try:
+        if args.place:
+            print(place_values(*args.place))
+            return
+        if not args.folder or not Path(args.folder).is_dir():
+            raise ConfigError("folder", f"{args.folder} does not exist", "give the sweep's folder")
+        out = write_tickets(args.folder, args.placements)
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
         sys.exit(2)
-    out = write_tickets(args.folder)
     print(out["md"].read_text())
 
 
