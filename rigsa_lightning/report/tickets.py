@@ -41,9 +41,9 @@ from typing import Any
 import torch
 
 from rigsa_lightning.config.errors import ConfigError
-from rigsa_lightning.io import atomic_dir, atomic_write_json, atomic_write_text
+from rigsa_lightning.io import atomic_write_json, atomic_write_text
 from rigsa_lightning.report.claims import ticket_pairs
-from rigsa_lightning.report.jobs import Job, find_job_dirs, load_job
+from rigsa_lightning.report.jobs import Job, _num, find_job_dirs, load_job
 
 #: The share of rows :attr:`TicketAnatomy.row_share` looks at.
 TOP_ROWS = 0.1
@@ -75,16 +75,20 @@ def ticket_anatomy(folder: str | Path) -> TicketAnatomy:
         index = tensors[f"{name}.indices"].long()
         values = tensors[f"{name}.values"].double()
         alpha = float(tensors[f"{name}.alpha"])
-        init = generate_initial_delta(
-            (out_features, in_features), int(info["init_seed"]), info["init"], float(info["init_std"])
-        ).reshape(-1)
-        kept_init = init[index].double()
+        init = (
+            generate_initial_delta(
+                (out_features, in_features), int(info["init_seed"]), info["init"], float(info["init_std"])
+            )
+            .reshape(-1)
+            .double()
+        )
+        kept_init = init[index]
         kept_abs += float(kept_init.abs().sum())
-        random_abs += index.numel() * float(init.double().abs().mean())
+        random_abs += index.numel() * float(init.abs().mean())
         same_sign += float((torch.sign(kept_init) == torch.sign(values)).sum())
         delta_sq = float((values**2).sum())
         if init_init:  # the pruned entries stay at their initial value and are merged too
-            delta_sq += float((init.double() ** 2).sum()) - float((kept_init**2).sum())
+            delta_sq += float((init**2).sum()) - float((kept_init**2).sum())
         update_sq += alpha * alpha * delta_sq
         per_row = torch.bincount(index // in_features, minlength=out_features)
         top_rows += float(
@@ -111,15 +115,7 @@ def place_values(values_from: str | Path, positions_from: str | Path, out: str |
     """Write to ``out`` an exported adapter holding ``values_from``'s trained values (in index order) and gates on
     ``positions_from``'s kept entries, matrix by matrix; its config is ``positions_from``'s. The two adapters must
     adapt the same matrices and keep the same count in each (a RIGSA run and its random ticket do)."""
-    from safetensors.torch import save_file
-
-    from rigsa_lightning.adapters.rigsa.export import (
-        CONFIG_NAME,
-        FORMAT,
-        FORMAT_VERSION,
-        WEIGHTS_NAME,
-        read_sparse_adapter,
-    )
+    from rigsa_lightning.adapters.rigsa.export import read_sparse_adapter, write_adapter_files
 
     values_cfg, values = read_sparse_adapter(values_from)
     config, positions = read_sparse_adapter(positions_from)
@@ -142,29 +138,15 @@ def place_values(values_from: str | Path, positions_from: str | Path, out: str |
             f"{name}.alpha": values[f"{name}.alpha"],
         }
     config = {**config, "extra": {**config.get("extra", {}), "values_from": str(values_from)}}
-    with atomic_dir(out) as tmp:
-        save_file(
-            tensors,
-            str(tmp / WEIGHTS_NAME),
-            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)},
-        )
-        atomic_write_json(tmp / CONFIG_NAME, config)
-    return Path(out)
+    return write_adapter_files(out, tensors, config)
 
 
-def _placed_kl(placements: Path | None, rigsa_run: str, placement: str) -> float:
-    if placements is None:
-        return math.nan
+def _placed_kl(placements: Path, rigsa_run: str, placement: str) -> float:
     evaluation = placements / rigsa_run / placement / "evaluation.json"
     try:
-        return _num(json.loads(evaluation.read_text()), "forget/drift/kl/after")
-    except (OSError, ValueError):
+        return _num(json.loads(evaluation.read_text()).get("forget/drift/kl/after"))
+    except (OSError, ValueError, AttributeError):
         return math.nan
-
-
-def _num(metrics: dict[str, Any], key: str) -> float:
-    value = metrics.get(key)
-    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _row(job: Job, anatomy: TicketAnatomy) -> dict[str, Any]:
@@ -173,8 +155,8 @@ def _row(job: Job, anatomy: TicketAnatomy) -> dict[str, Any]:
         "run": job.rel,
         "method": _METHODS.get(method, method),
         **asdict(anatomy),
-        "drift_kl": _num(job.metrics, "forget/drift/kl/after"),
-        "gsm8k_nll_delta": _num(job.metrics, "forget/gsm8k/gold_nll/delta"),
+        "drift_kl": _num(job.metrics.get("forget/drift/kl/after")),
+        "gsm8k_nll_delta": _num(job.metrics.get("forget/gsm8k/gold_nll/delta")),
     }
 
 
@@ -271,12 +253,13 @@ def write_tickets(folder: str | Path, placements: str | Path | None = None) -> d
     folder of the pairs' scored placements (see the module docstring)."""
     folder = Path(folder)
     rows, pairs, left_out = ticket_rows(folder)
-    where = Path(placements) if placements is not None else None
-    placed = {r: (_placed_kl(where, r, PLACEMENTS[0]), _placed_kl(where, r, PLACEMENTS[1])) for r, _ in pairs}
+    placed = None
+    if placements is not None:
+        placed = {r: tuple(_placed_kl(Path(placements), r, p) for p in PLACEMENTS) for r, _ in pairs}
     out = {"md": folder / "tickets.md", "json": folder / "tickets.json"}
-    atomic_write_text(out["md"], render(rows, pairs, left_out, placed if where is not None else None))
+    atomic_write_text(out["md"], render(rows, pairs, left_out, placed))
     data: dict[str, Any] = {"runs": rows, "pairs": [list(p) for p in pairs], "left_out": left_out}
-    if where is not None:
+    if placed is not None:
         data["placements_drift_kl"] = {r: dict(zip(PLACEMENTS, kls)) for r, kls in placed.items()}
     atomic_write_json(out["json"], data)
     return out

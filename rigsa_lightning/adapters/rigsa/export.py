@@ -68,11 +68,8 @@ def save_sparse_adapter(
     extra: dict | None = None,
 ) -> Path:
     """Write ``adapter.safetensors`` + ``adapter_config.json`` into ``folder`` (replaced atomically); return it."""
-    from safetensors.torch import save_file
-
     from rigsa_lightning.adapters.rigsa.storage import storage_of
 
-    folder = Path(folder)
     adapter_plain = _to_plain(adapter_cfg)
     pruning_plain = _to_plain(pruning_cfg)
     tensors: dict[str, torch.Tensor] = {}
@@ -124,7 +121,18 @@ def save_sparse_adapter(
         "pruning": pruning_plain,
         "extra": _to_plain(extra) if extra else {},
     }
-    with atomic_dir(folder) as tmp:  # an existing adapter folder is replaced once the new one is complete
+    return write_adapter_files(folder, tensors, config)
+
+
+def write_adapter_files(
+    folder: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]
+) -> Path:
+    """Write ``tensors`` (``<module>.alpha / .indices / .values``) and ``config`` as an exported adapter in
+    ``folder``, replacing an existing one atomically once the new one is complete; return the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
         save_file(
             tensors,
             str(tmp / WEIGHTS_NAME),
