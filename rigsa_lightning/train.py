@@ -354,6 +354,8 @@ def train(
     metrics["status"] = "completed"
     if resume is not None:
         metrics["resumed_from"] = str(ckpt_path)
+    elif cfg.get("ckpt_path"):  # a new run started from another run's checkpoint or winning ticket
+        metrics["started_from"] = str(cfg.ckpt_path)
     from rigsa_lightning.export import finish_run_exports
 
     metrics.update(finish_run_exports(cfg, run_dir, metrics))  # export.peft, then a README.md card per export

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -152,6 +153,52 @@ def test_study_v2_runs_seed_by_seed() -> None:
         "random_ticket_s1",
         "qlora_r16_s1",
     ]
+
+
+def test_study_v2_equal_rate_swaps_the_two_tickets_final_rates_and_changes_nothing_else() -> None:
+    """``+sweep=study_v2_equal_rate``: RIGSA's ticket of the study's run (its ticket.ckpt.xz, no new mask search)
+    retrained at the random ticket's rate, the random ticket at RIGSA's final rate; budget, schedule, stop, data,
+    evaluation and the paired counts are the study's, in a folder of its own."""
+    from hydra import compose, initialize_config_dir
+
+    from rigsa_lightning.config.access import CONFIG_DIR
+
+    def arms(sweep: str) -> dict[str, Any]:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return {
+                experiment: compose(
+                    config_name="train",
+                    overrides=[f"+sweep={sweep}", f"experiment={experiment}", "seed=2"],
+                    return_hydra_config=True,
+                )
+                for experiment in ("rigsa_paper", "random_ticket")
+            }
+
+    study, equal = arms("study_v2"), arms("study_v2_equal_rate")
+    rigsa, ticket = equal["rigsa_paper"], equal["random_ticket"]
+    assert rigsa.pruning.final_lr == study["random_ticket"].adapter.lr == 3.0e-2
+    assert ticket.adapter.lr == study["rigsa_paper"].pruning.final_lr == 3.0e-3
+    assert (
+        rigsa.adapter.lr == study["rigsa_paper"].adapter.lr
+    )  # the rounds' rate: the ticket's own checkpoint
+    assert rigsa.ckpt_path == "outputs/study/v2/rigsa_paper_s2/ticket.ckpt.xz" and ticket.ckpt_path is None
+    assert ticket.adapter.density_from == "outputs/study/v2/rigsa_paper_s2"
+    assert equal["rigsa_paper"].hydra.sweep.dir == "outputs/study/v2_equal_rate"
+    assert str(rigsa.hydra.sweeper.params.seed) == "0"
+    assert rigsa.hydra.sweeper.params.experiment == "rigsa_paper,random_ticket"
+    for name, cfg in equal.items():
+        same = study[name]
+        for key in (
+            "pruning.final_epochs",
+            "pruning.rounds",
+            "stop_at",
+            "data",
+            "eval",
+            "trainer",
+            "adapter.init",
+        ):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(same, key), (name, key)
+        assert cfg.skip_completed is True and cfg.pruning.final_epochs == 3
 
 
 def test_lr_search_and_paper_scale_compose() -> None:

@@ -4,6 +4,7 @@ rewound ticket, and a job archived at its ticket that a fresh folder continues t
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
 from rigsa_lightning.pruning.ticket_checkpoint import TICKET_FILE, pack, unpack
-from tests.helpers import SMALL, load_ckpt, run_cli, tail
+from tests.helpers import SMALL, load_ckpt, only_run_dir, run_cli, run_dirs, tail
 from tests.test_resume import assert_same_tensors, comparable_metrics, csv_rows, reference_and_killed
 
 
@@ -196,3 +197,70 @@ def test_an_unreadable_ticket_is_a_one_line_resume_error_and_unpack_never_overwr
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: job: ") and "last.ckpt exists (maybe further along) ->" in line
+
+
+def test_a_new_run_started_from_a_winning_ticket_retrains_it_as_the_original_run_did(tmp_path: Path) -> None:
+    """``ckpt_path=<RIGSA run>/ticket.ckpt.xz``: the final retraining again, without the mask search. At the
+    original run's options it ends exactly where that run ended (adapter and final state bit for bit); at another
+    final rate it trains the same mask to other values; a file that is not a ticket is a one-line error, exit 2,
+    with no run folder left behind."""
+    from safetensors.torch import load_file
+
+    from rigsa_lightning.pruning.ticket_checkpoint import TICKET_START
+
+    args = ["experiment=rigsa_75", *SMALL]
+    ref_root, same_root, other_root = tmp_path / "ref", tmp_path / "same", tmp_path / "other"
+    for root in (ref_root, same_root, other_root):
+        root.mkdir()
+    ref = run_cli(args, ref_root)
+    assert ref.returncode == 0, tail(ref)
+    ref_dir = only_run_dir(ref_root)
+    ticket = ref_dir / TICKET_FILE
+    assert ticket.is_file()
+
+    same = run_cli([*args, f"ckpt_path={ticket}"], same_root)
+    assert same.returncode == 0, tail(same)
+    same_dir = only_run_dir(same_root)
+    assert_same(load_ckpt(same_dir / TICKET_START), unpack(ticket.read_bytes()))
+    ref_adapter = load_file(str(ref_dir / "adapter" / "adapter.safetensors"))
+    assert_same_tensors(ref_adapter, load_file(str(same_dir / "adapter" / "adapter.safetensors")), "adapter")
+    ref_ckpt, same_ckpt = (
+        load_ckpt(ref_dir / "checkpoints" / "last.ckpt"),
+        load_ckpt(same_dir / "checkpoints" / "last.ckpt"),
+    )
+    assert ref_ckpt["global_step"] == same_ckpt["global_step"] == 24
+    assert_same_tensors(ref_ckpt["state_dict"], same_ckpt["state_dict"], "final checkpoint state")
+    metrics = json.loads((same_dir / "metrics.json").read_text())
+    ref_metrics = json.loads((ref_dir / "metrics.json").read_text())
+    assert metrics["started_from"] == str(ticket) and "resumed_from" not in metrics
+    assert metrics["prune/history"] == ref_metrics["prune/history"]  # the ticket's mask search, carried over
+    steps = [int(r["step"]) for r in csv_rows(same_dir) if "train/loss_step" in r]
+    assert steps and min(steps) >= 16, "only the final retraining (steps 16-24) runs again"
+    assert any(int(r["step"]) < 16 for r in csv_rows(ref_dir) if "train/loss_step" in r)
+
+    other = run_cli([*args, f"ckpt_path={ticket}", "pruning.final_lr=0.05"], other_root)
+    assert other.returncode == 0, tail(other)
+    assert "options differ from the checkpoint's run" in other.stdout + other.stderr
+    other_adapter = load_file(str(only_run_dir(other_root) / "adapter" / "adapter.safetensors"))
+    index_keys = [k for k in ref_adapter if k.endswith("indices")]
+    value_keys = [k for k in ref_adapter if k.endswith("values")]
+    assert index_keys and value_keys
+    for key in index_keys:  # the same mask
+        assert torch.equal(ref_adapter[key], other_adapter[key]), key
+    assert any(not torch.equal(ref_adapter[k], other_adapter[k]) for k in value_keys), (
+        "trained at another rate"
+    )
+
+    bad_root = tmp_path / "bad"
+    bad_root.mkdir()
+    bad = bad_root / TICKET_FILE
+    bad.write_bytes(b"not an lzma stream")
+    res = run_cli([*args, f"ckpt_path={bad}"], bad_root)
+    assert res.returncode == 2, tail(res)
+    lines = res.stderr.strip().splitlines()
+    assert (
+        lines[-1].startswith("error: ckpt_path: ")
+        and "is not a readable winning-ticket checkpoint" in lines[-1]
+    )
+    assert " -> point it at a RIGSA run's ticket.ckpt.xz" in lines[-1]
+    assert run_dirs(bad_root) == [], "bad input leaves no run folder"

@@ -259,7 +259,11 @@ _FIXED: dict[str, Option] = {
     "name": _str("short name of the run (run folder, W&B run name)"),
     "task_name": _str("name of the command's task (log and W&B grouping)"),
     "seed": _int("global seed (data order, dropout, ...)", *_SEED, example="42"),
-    "ckpt_path": _str("a .ckpt file to start a new run from", null=True),
+    "ckpt_path": _str(
+        "a .ckpt file to start a new run from, or a RIGSA run's ticket.ckpt.xz (its winning ticket: the final "
+        "retraining at this run's options)",
+        null=True,
+    ),
     "resume": _str("a run folder to continue from its checkpoints/last.ckpt", null=True),
     "skip_completed": _bool("rerun of a study: skip completed job folders, continue interrupted ones"),
     "threads": _int("torch CPU threads (null: torch's default)", 1, null=True),
@@ -434,7 +438,7 @@ _FIXED: dict[str, Option] = {
 
 def _method_options(methods: Sequence[str]) -> dict[str, Option]:
     """The options made by the registered methods: ``adapter.method``'s choices and, per method, a study's
-    ``lr_by_method.<m>``, ``final_lr_by_method.<m>`` and ``ticket_from_by_method.<m>``."""
+    ``lr_by_method.<m>``, ``final_lr_by_method.<m>``, ``ticket_from_by_method.<m>`` and ``start_from_by_method.<m>``."""
     return {
         "adapter.method": _choice("adaptation method", *methods),
         **{
@@ -450,6 +454,13 @@ def _method_options(methods: Sequence[str]) -> dict[str, Option]:
         **{
             f"ticket_from_by_method.{m}": _str(
                 f"a study's adapter.density_from for {m} (random_mask: the paired rigsa run)", null=True
+            )
+            for m in methods
+        },
+        **{
+            f"start_from_by_method.{m}": _str(
+                f"a study's ckpt_path for {m} (rigsa: a run's ticket.ckpt.xz, retrained without a new mask search)",
+                null=True,
             )
             for m in methods
         },

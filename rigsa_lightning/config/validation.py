@@ -145,7 +145,9 @@ def validate_cfg(cfg: DictConfig) -> PruningSchedule:
         check_resume_folder(cfg.resume)
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
         raise ConfigError(
-            "ckpt_path", f"{cfg.ckpt_path} does not exist", "point it at a .ckpt file of this run"
+            "ckpt_path",
+            f"{cfg.ckpt_path} does not exist",
+            f"point it at a .ckpt file of this run, or at a RIGSA run's {TICKET_FILE}",
         )
     return schedule
 
@@ -237,9 +239,13 @@ def check_run_start(cfg: DictConfig, run_dir: Path, *, multirun: bool) -> tuple[
     """Where the run starts from: ``(resume folder or None, checkpoint to load or None)``.
 
     A resumed run continues in its own folder (not in a multirun unless ``skip_completed`` set it) from
-    ``checkpoints/last.ckpt`` unless ``ckpt_path`` is given; a new run needs a free folder. The checkpoint's stored
-    options are compared with ``cfg`` (:func:`check_checkpoint`).
+    ``checkpoints/last.ckpt`` unless ``ckpt_path`` is given; a new run needs a free folder. A new run given a RIGSA
+    run's ``ticket.ckpt.xz`` starts from that winning ticket (unpacked into its folder,
+    :func:`~rigsa_lightning.pruning.ticket_checkpoint.start_from_ticket`). The checkpoint's stored options are
+    compared with ``cfg`` (:func:`check_checkpoint`).
     """
+    from rigsa_lightning.pruning.ticket_checkpoint import is_ticket_file, start_from_ticket
+
     resume = resume_folder(cfg)
     ckpt_path: Path | None = Path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     if resume is not None:
@@ -261,6 +267,8 @@ def check_run_start(cfg: DictConfig, run_dir: Path, *, multirun: bool) -> tuple[
         )
     else:
         check_run_folder_free(run_dir)
+        if ckpt_path is not None and is_ticket_file(ckpt_path):  # a winning ticket: its final retraining anew
+            ckpt_path = start_from_ticket(ckpt_path, run_dir)
     if ckpt_path is not None:
         check_checkpoint(cfg, ckpt_path, "resume" if resume is not None else "ckpt_path")
     return resume, ckpt_path

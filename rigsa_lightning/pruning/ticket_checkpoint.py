@@ -39,6 +39,7 @@ __all__ = [
     "checkpoint_from_ticket",
     "pack",
     "restore_ticket",
+    "start_from_ticket",
     "unpack",
     "write_ticket",
 ]
@@ -149,6 +150,38 @@ def restore_ticket(ticket_path: str | Path, ckpt_path: str | Path) -> None:
     """Write the checkpoint packed in ``ticket_path`` to ``ckpt_path``, atomically."""
     ckpt = unpack(Path(ticket_path).read_bytes())
     atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+
+
+#: Where a new run started from a winning ticket (``ckpt_path=<RIGSA run>/ticket.ckpt.xz``) keeps the checkpoint
+#: unpacked from it, in its own folder: the state it started from, beside its own ``checkpoints/``.
+TICKET_START = "ticket_start.ckpt"
+
+
+def is_ticket_file(path: str | Path) -> bool:
+    """Whether ``path`` names a packed winning ticket (``*.ckpt.xz``) rather than a Lightning checkpoint."""
+    return Path(path).name.endswith(".ckpt.xz")
+
+
+def start_from_ticket(ticket: str | Path, run_dir: str | Path) -> Path:
+    """Unpack ``ticket`` into ``<run_dir>/ticket_start.ckpt`` (atomically) and return that path: a new run then starts
+    from the ticket (RIGSA's final retraining, at the new run's own options: another final rate or budget) without
+    searching the mask again. An unreadable file is a one-line ``ckpt_path`` error and writes nothing."""
+    from rigsa_lightning.config.errors import ConfigError
+
+    ticket = Path(ticket)
+    try:
+        ckpt = unpack(ticket.read_bytes())
+    except (ValueError, OSError, RuntimeError, lzma.LZMAError, KeyError, EOFError) as exc:
+        raise ConfigError(
+            "ckpt_path",
+            f"{ticket} is not a readable winning-ticket checkpoint ({type(exc).__name__}: {str(exc)[:160]})",
+            f"point it at a RIGSA run's {TICKET_FILE} or at a .ckpt file",
+        ) from exc
+    out = Path(run_dir) / TICKET_START
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: torch.save(ckpt, tmp))
+    log.info("starting from the winning ticket %s (unpacked to %s)", ticket, out)
+    return out
 
 
 def checkpoint_from_ticket(run_dir: str | Path) -> bool:
