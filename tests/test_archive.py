@@ -43,13 +43,17 @@ def test_save_keeps_completed_jobs_small_files_only(tmp_path: Path) -> None:
     assert (kept / ".hydra" / "overrides.yaml").read_text() == "- experiment=rigsa_paper_s0\n"
     assert (kept / "train.log").is_file() and (kept / "csv" / "metrics.csv").is_file()
     assert not (kept / "checkpoints").exists() and not (kept / "adapter").exists()
+    assert not (kept / "ticket.ckpt.xz").exists()  # this job has none
     assert not (archive / "qlora_r16_s0").exists() and (archive / "multirun.yaml").is_file()
     # a second save replaces the copy (a newer completed run of the same job)
     (sweep / "rigsa_paper_s0" / "metrics.json").write_text(
         json.dumps({"status": "completed", "textual_mnist/acc": 0.9})
     )
+    # a completed RIGSA job keeps its winning ticket (retrainable with ckpt_path on any machine)
+    (sweep / "rigsa_paper_s0" / "ticket.ckpt.xz").write_bytes(b"packed ticket")
     save(sweep, archive)
     assert json.loads((kept / "metrics.json").read_text())["textual_mnist/acc"] == 0.9
+    assert (kept / "ticket.ckpt.xz").read_bytes() == b"packed ticket"
     assert not list(archive.glob("*.partial"))
 
 
