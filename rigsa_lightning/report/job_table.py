@@ -229,12 +229,20 @@ def _final_phase_validations(job: Job, search_steps: float) -> str:
 PAIRS_HEADING = "## RIGSA's ticket and its random ticket, seed by seed"
 
 
-def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
+PAIRS_NOTE = (
+    "Each random ticket keeps its RIGSA run's per-matrix counts with the same ΔW init and data order, so the\n"
+    "two differ only in which entries are kept (and in the final-phase rate each was searched for). Final-phase\n"
+    "steps count from the last prune; the validations are the forgetting curve's."
+)
+
+
+def ticket_pairs_markdown(jobs: Sequence[Job], heading: str = PAIRS_HEADING, note: str = PAIRS_NOTE) -> str:
     """Each completed RIGSA ticket beside its completed random ticket, paired as claim 4 pairs them
     (:func:`claims.ticket_pairs`: the run each ticket's ``adapter.density_from`` names), what each was given and
     measured, and per seed and over the pairs (mean, paired t 95 % interval) the differences RIGSA − random ticket
-    of test accuracy and of GSM8k's reference-NLL change. Empty without a pair; one line saying why when the
-    tickets cannot be paired one to one (a ticket names no run, or two name the same one)."""
+    of test accuracy and of GSM8k's reference-NLL change, under ``heading`` and ``note``. Empty without a pair; one
+    line saying why when the tickets cannot be paired one to one (a ticket names no run, or two name the same
+    one)."""
     from rigsa_lightning.report.claims import ticket_pairs
 
     done = [j for j in jobs if j.status == "completed"]
@@ -244,7 +252,7 @@ def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
     if pairs is None:
         return "\n".join(
             [
-                PAIRS_HEADING,
+                heading,
                 "",
                 "Not paired: a random-mask run names no RIGSA run in `adapter.density_from`, or two name the same "
                 "one (" + ", ".join(f"`{t.rel}`" for t in tickets) + "); claim 4 compares them unpaired.",
@@ -298,11 +306,9 @@ def ticket_pairs_markdown(jobs: Sequence[Job]) -> str:
         mean.append(text + (" pp" if scale > 1 else ""))
     rows.append(["all", f"mean difference over {len(pairs)} pair(s) [paired t 95 %]", "", "", "", "", *mean])
     lines = [
-        PAIRS_HEADING,
+        heading,
         "",
-        "Each random ticket keeps its RIGSA run's per-matrix counts with the same ΔW init and data order, so the",
-        "two differ only in which entries are kept (and in the final-phase rate each was searched for). Final-phase",
-        "steps count from the last prune; the validations are the forgetting curve's.",
+        note,
         "",
         _md_table(PAIR_HEADER, rows),
         "",
