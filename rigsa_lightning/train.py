@@ -352,10 +352,15 @@ def train(
     timings["memory/peak_rss_gb"] = _peak_rss_gb()
     metrics.update(timings)
     metrics["status"] = "completed"
+    from rigsa_lightning.pruning.ticket_checkpoint import ticket_started_from
+
+    started = ticket_started_from(run_dir)  # kept in the run folder: also once the run was continued
     if resume is not None:
         metrics["resumed_from"] = str(ckpt_path)
-    elif cfg.get("ckpt_path"):  # a new run started from another run's checkpoint or winning ticket
-        metrics["started_from"] = str(cfg.ckpt_path)
+    elif cfg.get("ckpt_path"):  # a new run started from another run's checkpoint
+        started = started or str(cfg.ckpt_path)
+    if started:
+        metrics["started_from"] = started
     from rigsa_lightning.export import finish_run_exports
 
     metrics.update(finish_run_exports(cfg, run_dir, metrics))  # export.peft, then a README.md card per export

@@ -16,12 +16,14 @@ HISTORY = [
 ]
 
 
-def _job(folder: Path, name: str, method: str, rate: float, gsm: float, kl: float, steps: float) -> Path:
+def _job(
+    folder: Path, name: str, method: str, rate: float, gsm: float, kl: float, steps: float, seed: int = 0
+) -> Path:
     job = folder / name
     (job / ".hydra").mkdir(parents=True)
-    source = "outputs/study/v2/rigsa_paper_s0" if method == "random_mask" else None
+    source = f"outputs/study/v2/rigsa_paper_s{seed}" if method == "random_mask" else None
     config = {
-        "seed": 0,
+        "seed": seed,
         "adapter": {
             "method": method,
             "lr": rate if method == "random_mask" else 3e-3,
@@ -34,7 +36,7 @@ def _job(folder: Path, name: str, method: str, rate: float, gsm: float, kl: floa
     metrics = {
         "status": "completed",
         "method": method,
-        "seed": 0,
+        "seed": seed,
         "time/steps_n": steps + (250 if rigsa else 0),
         "textual_mnist/acc": 0.8,
         "textual_mnist/n": 300.0,
@@ -54,6 +56,10 @@ def test_the_two_sweeps_pair_rate_by_rate_and_fill_the_mask_by_rate_grid(tmp_pat
     _job(study, "random_ticket_s0", "random_mask", 3e-2, gsm=0.050, kl=0.076, steps=312)
     _job(equal, "rigsa_paper_s0", "rigsa", 3e-2, gsm=0.300, kl=0.500, steps=62)
     _job(equal, "random_ticket_s0", "random_mask", 3e-3, gsm=0.020, kl=0.010, steps=375)
+    # seed 1: the study's pair and, at 3e-2 only, its RIGSA ticket (written first: pairing goes by the named run)
+    _job(equal, "rigsa_paper_s1", "rigsa", 3e-2, gsm=0.700, kl=0.900, steps=100, seed=1)
+    _job(study, "random_ticket_s1", "random_mask", 3e-2, gsm=0.100, kl=0.020, steps=300, seed=1)
+    _job(study, "rigsa_paper_s1", "rigsa", 3e-3, gsm=0.500, kl=0.800, steps=200, seed=1)
     text = equal_rate_markdown([study, equal])
     low, high = text.split("## Both tickets at final rate 0.003")[1].split(
         "## Both tickets at final rate 0.03"
@@ -68,11 +74,18 @@ def test_the_two_sweeps_pair_rate_by_rate_and_fill_the_mask_by_rate_grid(tmp_pat
         "`v2_equal_rate/rigsa_paper_s0` (RIGSA ticket)" in high
         and "`v2/random_ticket_s0` (random ticket)" in high
     )
-    assert "+0.389" in low  # 0.409 - 0.020
-    assert "+0.250" in high  # 0.300 - 0.050
+
+    def differences(section: str) -> dict[str, str]:  # seed -> GSM8k difference RIGSA − random ticket
+        cells = [line.split("|") for line in section.splitlines() if "difference RIGSA − random" in line]
+        return {c[1].strip(): c[-2].strip() for c in cells}
+
+    assert differences(low) == {"0": "+0.389"}  # 0.409 - 0.020; seed 1 has no random ticket at 3e-3
+    # each RIGSA ticket against the random ticket drawn from its own run: 0.300 - 0.050 and 0.700 - 0.100
+    assert differences(high) == {"0": "+0.250", "1": "+0.600"}
+    assert "Without a partner at this rate (not in the table): `v2/rigsa_paper_s1`." in low
     assert "`v2/random_ticket_s0`" not in low and "`v2/rigsa_paper_s0`" not in high
     rows = [line for line in grid.splitlines() if line.startswith("| `rigsa_paper_s0`")]
-    assert len(rows) == 2
+    assert len(rows) == 2 and len([line for line in grid.splitlines() if "| `rigsa_paper_s1`" in line]) == 2
     rigsa_row, random_row = rows
     assert rigsa_row.index("`v2/rigsa_paper_s0`: GSM8k +0.409") < rigsa_row.index(
         "`v2_equal_rate/rigsa_paper_s0`"

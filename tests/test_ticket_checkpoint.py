@@ -202,15 +202,17 @@ def test_an_unreadable_ticket_is_a_one_line_resume_error_and_unpack_never_overwr
 def test_a_new_run_started_from_a_winning_ticket_retrains_it_as_the_original_run_did(tmp_path: Path) -> None:
     """``ckpt_path=<RIGSA run>/ticket.ckpt.xz``: the final retraining again, without the mask search. At the
     original run's options it ends exactly where that run ended (adapter and final state bit for bit); at another
-    final rate it trains the same mask to other values; a file that is not a ticket is a one-line error, exit 2,
-    with no run folder left behind."""
+    final rate it trains the same mask to other values, exactly as a whole run at that final rate does (its first
+    step included: the restored optimizer's rates are the old run's); a file that is not a ticket is a one-line
+    error, exit 2, with no run folder left behind."""
     from safetensors.torch import load_file
 
     from rigsa_lightning.pruning.ticket_checkpoint import TICKET_START
 
     args = ["experiment=rigsa_75", *SMALL]
     ref_root, same_root, other_root = tmp_path / "ref", tmp_path / "same", tmp_path / "other"
-    for root in (ref_root, same_root, other_root):
+    whole_root = tmp_path / "whole"
+    for root in (ref_root, same_root, other_root, whole_root):
         root.mkdir()
     ref = run_cli(args, ref_root)
     assert ref.returncode == 0, tail(ref)
@@ -233,6 +235,7 @@ def test_a_new_run_started_from_a_winning_ticket_retrains_it_as_the_original_run
     metrics = json.loads((same_dir / "metrics.json").read_text())
     ref_metrics = json.loads((ref_dir / "metrics.json").read_text())
     assert metrics["started_from"] == str(ticket) and "resumed_from" not in metrics
+    assert json.loads((same_dir / "ticket_start.json").read_text()) == {"ticket": str(ticket)}
     assert metrics["prune/history"] == ref_metrics["prune/history"]  # the ticket's mask search, carried over
     steps = [int(r["step"]) for r in csv_rows(same_dir) if "train/loss_step" in r]
     assert steps and min(steps) >= 16, "only the final retraining (steps 16-24) runs again"
@@ -242,6 +245,12 @@ def test_a_new_run_started_from_a_winning_ticket_retrains_it_as_the_original_run
     assert other.returncode == 0, tail(other)
     assert "options differ from the checkpoint's run" in other.stdout + other.stderr
     other_adapter = load_file(str(only_run_dir(other_root) / "adapter" / "adapter.safetensors"))
+    whole = run_cli(
+        [*args, "pruning.final_lr=0.05"], whole_root
+    )  # the same rounds, then the final phase at 0.05
+    assert whole.returncode == 0, tail(whole)
+    whole_adapter = load_file(str(only_run_dir(whole_root) / "adapter" / "adapter.safetensors"))
+    assert_same_tensors(whole_adapter, other_adapter, "a ticket retrained at 0.05 = a whole run at 0.05")
     index_keys = [k for k in ref_adapter if k.endswith("indices")]
     value_keys = [k for k in ref_adapter if k.endswith("values")]
     assert index_keys and value_keys

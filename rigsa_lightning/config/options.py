@@ -261,7 +261,7 @@ _FIXED: dict[str, Option] = {
     "seed": _int("global seed (data order, dropout, ...)", *_SEED, example="42"),
     "ckpt_path": _str(
         "a .ckpt file to start a new run from, or a RIGSA run's ticket.ckpt.xz (its winning ticket: the final "
-        "retraining at this run's options)",
+        "retraining at this run's final-phase options)",
         null=True,
     ),
     "resume": _str("a run folder to continue from its checkpoints/last.ckpt", null=True),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import lzma
 import sys
@@ -30,16 +31,18 @@ import numpy as np
 import torch
 
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
-from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE
-from rigsa_lightning.io import atomic_write
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE, TICKET_START
+from rigsa_lightning.io import atomic_write, atomic_write_json
 
 __all__ = [
     "TICKET_FILE",
+    "TICKET_START",
     "TicketCheckpoint",
     "checkpoint_from_ticket",
     "pack",
     "restore_ticket",
     "start_from_ticket",
+    "ticket_started_from",
     "unpack",
     "write_ticket",
 ]
@@ -152,11 +155,6 @@ def restore_ticket(ticket_path: str | Path, ckpt_path: str | Path) -> None:
     atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
 
 
-#: Where a new run started from a winning ticket (``ckpt_path=<RIGSA run>/ticket.ckpt.xz``) keeps the checkpoint
-#: unpacked from it, in its own folder: the state it started from, beside its own ``checkpoints/``.
-TICKET_START = "ticket_start.ckpt"
-
-
 def is_ticket_file(path: str | Path) -> bool:
     """Whether ``path`` names a packed winning ticket (``*.ckpt.xz``) rather than a Lightning checkpoint."""
     return Path(path).name.endswith(".ckpt.xz")
@@ -171,7 +169,7 @@ def start_from_ticket(ticket: str | Path, run_dir: str | Path) -> Path:
     ticket = Path(ticket)
     try:
         ckpt = unpack(ticket.read_bytes())
-    except (ValueError, OSError, RuntimeError, lzma.LZMAError, KeyError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - not xz, not a torch file, disallowed pickle content, not a ticket
         raise ConfigError(
             "ckpt_path",
             f"{ticket} is not a readable winning-ticket checkpoint ({type(exc).__name__}: {str(exc)[:160]})",
@@ -180,8 +178,18 @@ def start_from_ticket(ticket: str | Path, run_dir: str | Path) -> Path:
     out = Path(run_dir) / TICKET_START
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: torch.save(ckpt, tmp))
+    # where it came from, for metrics.json's started_from also after the run is interrupted and continued
+    atomic_write_json(out.with_suffix(".json"), {"ticket": str(ticket)})
     log.info("starting from the winning ticket %s (unpacked to %s)", ticket, out)
     return out
+
+
+def ticket_started_from(run_dir: str | Path) -> str | None:
+    """The winning ticket a run was started from (:func:`start_from_ticket`), or None."""
+    try:
+        return str(json.loads((Path(run_dir) / TICKET_START).with_suffix(".json").read_text())["ticket"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def checkpoint_from_ticket(run_dir: str | Path) -> bool:

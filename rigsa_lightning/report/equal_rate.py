@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rigsa_lightning.io import atomic_write_text
-from rigsa_lightning.report.claims import ticket_source
+from rigsa_lightning.report.claims import ticket_pairs, ticket_source
 from rigsa_lightning.report.job_table import ticket_pairs_markdown
 from rigsa_lightning.report.jobs import Job, _finite, _num, find_job_dirs, load_job
 from rigsa_lightning.report.table import _md_table, phase_budget
@@ -62,9 +62,11 @@ def ticket_name(job: Job) -> str:
     return job.path.name if job.metrics.get("method") == "rigsa" else ticket_source(job)
 
 
-def _cell(job: Job | None) -> str:
-    if job is None:
-        return "—"
+def _cell(jobs: Sequence[Job]) -> str:
+    return "; ".join(_one_cell(job) for job in jobs) or "—"
+
+
+def _one_cell(job: Job) -> str:
     m = job.metrics
     parts = []
     gsm = _num(m.get("forget/gsm8k/gold_nll/delta"))
@@ -92,9 +94,10 @@ def grid_markdown(jobs: Sequence[Job]) -> str:
     """Per RIGSA run (seed) with both tickets at one rate or one ticket at two rates: one row per mask, one column
     per rate ("" when no run has either: a study alone, each ticket at its own rate)."""
     rates = sorted({final_rate(j) for j in jobs if _finite(final_rate(j))})
-    cells: dict[str, dict[tuple[str, float], Job]] = {}
+    cells: dict[str, dict[tuple[str, float], list[Job]]] = {}
     for job in jobs:
-        cells.setdefault(ticket_name(job), {})[(str(job.metrics.get("method")), final_rate(job))] = job
+        key = (str(job.metrics.get("method")), final_rate(job))
+        cells.setdefault(ticket_name(job), {}).setdefault(key, []).append(job)
     rows = []
     for name in sorted(cells):
         grid = cells[name]
@@ -103,7 +106,7 @@ def grid_markdown(jobs: Sequence[Job]) -> str:
         if not (both or two_rates):
             continue
         for method, mask in _MASKS.items():
-            rows.append([f"`{name}`", mask, *(_cell(grid.get((method, rate))) for rate in rates)])
+            rows.append([f"`{name}`", mask, *(_cell(grid.get((method, rate), [])) for rate in rates)])
     if not rows:
         return ""
     header = ["RIGSA run", "mask", *(f"final rate {rate:g}" for rate in rates)]
@@ -140,10 +143,17 @@ def equal_rate_markdown(folders: Sequence[Path]) -> str:
             lines += [heading, "", "Not paired: two RIGSA runs of the same ticket at this rate.", ""]
             continue
         part = ticket_pairs_markdown(group, heading=heading, note=NOTE)
-        lines.append(
-            part
-            or "\n".join([heading, "", "No pair: " + ", ".join(f"`{j.rel}`" for j in group) + " alone.", ""])
-        )
+        if not part:
+            lines += [heading, "", "No pair: " + ", ".join(f"`{j.rel}`" for j in group) + " alone.", ""]
+            continue
+        lines.append(part)
+        rigsa = [j for j in group if j.metrics.get("method") == "rigsa"]
+        paired = {
+            id(j) for pair in ticket_pairs(rigsa, [j for j in group if j not in rigsa]) or [] for j in pair
+        }
+        alone = [f"`{j.rel}`" for j in group if id(j) not in paired]
+        if alone:
+            lines += ["Without a partner at this rate (not in the table): " + ", ".join(alone) + ".", ""]
     grid = grid_markdown(jobs)
     if grid:
         lines.append(grid)

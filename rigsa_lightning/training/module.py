@@ -204,6 +204,19 @@ class RigsaLitModule(GatedAdapterHooks, L.LightningModule):
             counts = self.parameter_counts()
             self.log_dict({k: float(v) for k, v in counts.items()}, on_step=False, on_epoch=True)
 
+    def on_train_start(self) -> None:
+        """Each group's rate from this run's schedule at the restored step. A run started from another run's
+        checkpoint (a winning ticket retrained at another ``pruning.final_lr``) restores that run's optimizer, whose
+        rates its own options computed; without this its first step would run at them. A run continuing its own
+        checkpoint or starting fresh gets the rates it has (the product ``LambdaLR`` computes)."""
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, lam in zip(
+                    sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
+                ):
+                    group["lr"] = base * lam(sched.last_epoch)
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         groups = param_groups(self.prepared, self.cfg.adapter)

@@ -2,7 +2,8 @@
 # The v2 study's two tickets at one final-phase rate (conf/sweep/study_v2_equal_rate.yaml): RIGSA's ticket of
 # rigsa_paper_s<seed> retrained from its archived ticket.ckpt.xz at the random ticket's 3e-2, and the random ticket
 # at RIGSA's 3e-3; then the report beside the study's own jobs (python -m rigsa_lightning.report.equal_rate).
-#   bash docs/results/study_v2/equal_rate.sh [seed]          # seed 0 by default; two slots may run side by side
+#   bash docs/results/study_v2/equal_rate.sh [seed]    # seed 0 by default (a seed whose study pair is complete);
+#                                                      # two slots may run the same seed side by side
 # Resumable like the study: completed jobs are restored from the archive and skipped, an interrupted one continues
 # from its last 25-step checkpoint.
 set -euo pipefail
@@ -17,7 +18,7 @@ for d in zero_shot forgetting_before; do
   mkdir -p "$RIGSA_CACHE/$d" && cp -n docs/results/study_v2/base_cache/$d/*.json "$RIGSA_CACHE/$d"/ 2> /dev/null || true
 done
 # the study's completed jobs (their tickets and prune histories) where this machine lacks them
-$PY -m rigsa_lightning.report.archive restore "$study_archive" outputs/study/v2
+flock /tmp/rigsa_study_v2_archive.lock $PY -m rigsa_lightning.report.archive restore "$study_archive" outputs/study/v2
 $PY -m rigsa_lightning.train -m +sweep=study_v2_equal_rate threads="$THREADS" seed="$seed"
 $PY -m rigsa_lightning.report.equal_rate outputs/study/v2 outputs/study/v2_equal_rate \
   --out docs/results/study_v2/equal_rate/equal_rate.md
