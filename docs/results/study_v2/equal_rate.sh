@@ -2,12 +2,15 @@
 # The v2 study's two tickets at one final-phase rate (conf/sweep/study_v2_equal_rate.yaml): RIGSA's ticket of
 # rigsa_paper_s<seed> retrained from its archived ticket.ckpt.xz at the random ticket's 3e-2, and the random ticket
 # at RIGSA's 3e-3; then the report beside the study's own jobs (python -m rigsa_lightning.report.equal_rate).
-#   bash docs/results/study_v2/equal_rate.sh [seed]    # seed 0 by default (a seed whose study pair is complete);
-#                                                      # two slots may run the same seed side by side
+#   bash docs/results/study_v2/equal_rate.sh [seed] [archive folder]
+# seed 0 by default (a seed whose study pair is complete); two slots may run the same seed side by side. Each
+# completed job is archived in docs/results/study_v2/equal_rate/jobs (or the folder given: a worktree's run archived
+# into the main checkout).
 # Resumable like the study: completed jobs are restored from the archive and skipped, an interrupted one continues
 # from its last 25-step checkpoint.
 set -euo pipefail
 seed=${1:-0}
+archive=${2:-$PWD/docs/results/study_v2/equal_rate/jobs}
 study_archive=$PWD/docs/results/study_v2/jobs
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 PY=${PY:-python}
@@ -19,6 +22,6 @@ for d in zero_shot forgetting_before; do
 done
 # the study's completed jobs (their tickets and prune histories) where this machine lacks them
 flock /tmp/rigsa_study_v2_archive.lock $PY -m rigsa_lightning.report.archive restore "$study_archive" outputs/study/v2
-$PY -m rigsa_lightning.train -m +sweep=study_v2_equal_rate threads="$THREADS" seed="$seed"
-$PY -m rigsa_lightning.report.equal_rate outputs/study/v2 outputs/study/v2_equal_rate \
-  --out docs/results/study_v2/equal_rate/equal_rate.md
+$PY -m rigsa_lightning.train -m +sweep=study_v2_equal_rate threads="$THREADS" seed="$seed" \
+  hydra.callbacks.archive.folder="$archive"
+$PY -m rigsa_lightning.report.equal_rate outputs/study/v2 outputs/study/v2_equal_rate --out "$archive/../equal_rate.md"
