@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE, TICKET_START
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE, TICKET_START, TICKET_START_SOURCE
 from rigsa_lightning.config.errors import ConfigError
 from rigsa_lightning.config.validation import RUN_MARKERS
 from rigsa_lightning.io import atomic_write_json, atomic_write_text, copy_changed_files
@@ -65,7 +65,7 @@ def clean_empty_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
         return
     # Hydra's bookkeeping, this process's claim (``skip_completed``) and the copy of a winning ticket it started from
-    ours = (".hydra", LOCK_NAME, TICKET_START, Path(TICKET_START).with_suffix(".json").name)
+    ours = (".hydra", LOCK_NAME, TICKET_START, TICKET_START_SOURCE)
     leftovers = [p for p in run_dir.iterdir() if p.name not in ours and not p.name.endswith(".log")]
     if not leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rigsa_lightning.adapters.rigsa.seeding import generate_initial_delta
-from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE, TICKET_START
+from rigsa_lightning.adapters.rigsa.ticket import TICKET_FILE, TICKET_START, TICKET_START_SOURCE
 from rigsa_lightning.io import atomic_write, atomic_write_json
 
 __all__ = [
@@ -179,7 +179,7 @@ def start_from_ticket(ticket: str | Path, run_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: torch.save(ckpt, tmp))
     # where it came from, for metrics.json's started_from also after the run is interrupted and continued
-    atomic_write_json(out.with_suffix(".json"), {"ticket": str(ticket)})
+    atomic_write_json(Path(run_dir) / TICKET_START_SOURCE, {"ticket": str(ticket)})
     log.info("starting from the winning ticket %s (unpacked to %s)", ticket, out)
     return out
 
@@ -187,7 +187,7 @@ def start_from_ticket(ticket: str | Path, run_dir: str | Path) -> Path:
 def ticket_started_from(run_dir: str | Path) -> str | None:
     """The winning ticket a run was started from (:func:`start_from_ticket`), or None."""
     try:
-        return str(json.loads((Path(run_dir) / TICKET_START).with_suffix(".json").read_text())["ticket"])
+        return str(json.loads((Path(run_dir) / TICKET_START_SOURCE).read_text())["ticket"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -26,7 +26,14 @@ from typing import Any
 
 from rigsa_lightning.config.errors import ConfigError
 
-__all__ = ["PRUNE_HISTORY_FILE", "TICKET_FILE", "TICKET_START", "TicketCounts", "read_ticket_counts"]
+__all__ = [
+    "PRUNE_HISTORY_FILE",
+    "TICKET_FILE",
+    "TICKET_START",
+    "TICKET_START_SOURCE",
+    "TicketCounts",
+    "read_ticket_counts",
+]
 
 PRUNE_HISTORY_FILE = "prune_history.json"
 #: The winning ticket's packed post-prune checkpoint in a run folder (rigsa_lightning.pruning.ticket_checkpoint).
@@ -34,6 +41,8 @@ TICKET_FILE = "ticket.ckpt.xz"
 #: Where a new run started from a winning ticket (``ckpt_path=<RIGSA run>/ticket.ckpt.xz``) keeps the checkpoint
 #: unpacked from it, in its own folder (with ``ticket_start.json``: the ticket's path).
 TICKET_START = "ticket_start.ckpt"
+#: Beside it: the ticket's path (metrics.json's ``started_from``, also once the run was interrupted and continued).
+TICKET_START_SOURCE = "ticket_start.json"
 OPTION = "adapter.density_from"
 _FIX = "point adapter.density_from at a finished rigsa run folder (or its exported adapter folder)"
 
