@@ -96,6 +96,22 @@ def test_the_two_sweeps_pair_rate_by_rate_and_fill_the_mask_by_rate_grid(tmp_pat
     )
 
 
+def test_the_committed_archives_one_inside_the_other_are_named_apart(tmp_path: Path) -> None:
+    """The study's archive ``…/jobs`` and the equal-rate archive ``…/equal_rate/jobs`` share their folder's name: each
+    job is named from the two folders' common parent, so the two ``rigsa_paper_s0`` stay apart."""
+    study, equal = tmp_path / "study_v2" / "jobs", tmp_path / "study_v2" / "equal_rate" / "jobs"
+    _job(study, "rigsa_paper_s0", "rigsa", 3e-3, gsm=0.409, kl=0.716, steps=124)
+    _job(study, "random_ticket_s0", "random_mask", 3e-2, gsm=0.050, kl=0.076, steps=312)
+    _job(equal, "rigsa_paper_s0", "rigsa", 3e-2, gsm=0.114, kl=0.116, steps=312)
+    _job(equal, "random_ticket_s0", "random_mask", 3e-3, gsm=0.091, kl=0.165, steps=375)
+    text = equal_rate_markdown([study, equal])
+    low, high = text.split("## Both tickets at final rate 0.03\n")
+    assert "`jobs/rigsa_paper_s0` (RIGSA ticket)" in low
+    assert "`equal_rate/jobs/random_ticket_s0` (random ticket)" in low
+    assert "`equal_rate/jobs/rigsa_paper_s0` (RIGSA ticket)" in high and "`jobs/random_ticket_s0`" in high
+    assert "| +0.318 |" in low and "| +0.064 |" in high  # 0.409 - 0.091 and 0.114 - 0.050
+
+
 def test_a_study_alone_has_no_pair_at_either_rate_and_two_runs_of_one_ticket_are_not_paired(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,7 @@ writes ``equal_rate.md`` into the last folder (``--out`` to choose).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,12 +40,14 @@ NOTE = (
 
 
 def ticket_jobs(folders: Sequence[Path]) -> list[Job]:
-    """The completed RIGSA and random-mask jobs of every folder, each named ``<folder>/<job>`` (two sweeps may both
-    hold a ``rigsa_paper_s0``)."""
+    """The completed RIGSA and random-mask jobs of every folder, each named by its path from the folders' common
+    parent (two sweeps may both hold a ``rigsa_paper_s0``): ``v2/…`` and ``v2_equal_rate/…`` for the two sweep
+    folders, ``jobs/…`` and ``equal_rate/jobs/…`` for the study's archive and the equal-rate archive inside it."""
+    root = Path(os.path.commonpath([str(folder.resolve().parent) for folder in folders]))
     jobs = []
     for folder in folders:
-        for path in find_job_dirs(folder):
-            job = load_job(path, folder.parent)
+        for path in find_job_dirs(folder.resolve()):
+            job = load_job(path, root)
             if job.status == "completed" and job.metrics.get("method") in _MASKS:
                 jobs.append(job)
     return jobs
