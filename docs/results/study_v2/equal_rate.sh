@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The v2 study's two tickets at one final-phase rate (conf/sweep/study_v2_equal_rate.yaml): RIGSA's ticket of
 # rigsa_paper_s<seed> retrained from its archived ticket.ckpt.xz at the random ticket's 3e-2, and the random ticket
-# at RIGSA's 3e-3; then the report beside the study's own jobs (python -m rigsa_lightning.report.equal_rate).
+# at RIGSA's 3e-3; then the report from both archives (python -m rigsa_lightning.report.equal_rate).
 #   bash docs/results/study_v2/equal_rate.sh [seed] [archive folder]
 # seed 0 by default (a seed whose study pair is complete); two slots may run the same seed side by side. Each
 # completed job is archived in docs/results/study_v2/equal_rate/jobs (or the folder given: a worktree's run archived
@@ -24,4 +24,5 @@ done
 flock /tmp/rigsa_study_v2_archive.lock $PY -m rigsa_lightning.report.archive restore "$study_archive" outputs/study/v2
 $PY -m rigsa_lightning.train -m +sweep=study_v2_equal_rate threads="$THREADS" seed="$seed" \
   hydra.callbacks.archive.folder="$archive"
-$PY -m rigsa_lightning.report.equal_rate outputs/study/v2 outputs/study/v2_equal_rate --out "$archive/../equal_rate.md"
+# the report from the archives, so the committed equal_rate.md is rebuilt from the committed job folders it names
+$PY -m rigsa_lightning.report.equal_rate "${study_archive#"$PWD"/}" "${archive#"$PWD"/}" --out "$archive/../equal_rate.md"
